@@ -1,0 +1,26 @@
+# s2s (Subject-to-Subject): teach Stable Diffusion a subject, sample, edit, evaluate.
+# Table of contents: the stages live in rules/*.smk; all logic lives in the s2s package.
+
+# The demo config applies only when no --configfile is given: Snakemake would otherwise merge the
+# demo's subject into the user's config.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/sample.smk"
+include: "rules/evaluate.smk"
+include: "rules/edit.smk"
+
+
+report: "report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,94 @@
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+
+from s2s import config as s2s_config  # noqa: E402
+from s2s.io import S2SError  # noqa: E402
+
+# Our own check first: one line naming the key and the fix (Snakemake's validate prints the whole
+# schema on error); then Snakemake's validate, which also fills the schema's defaults.
+try:
+    config = s2s_config.check_config(config, base_dir=Path.cwd())
+except S2SError as _error:
+    sys.exit(f"s2s config error: {_error}")
+validate(config, schema="../config/schema.yaml")
+
+RESULTS = config["results_dir"]
+LOGS = f"{RESULTS}/logs"
+SUBJECTS = list(config["subjects"])
+METHODS = list(config["methods"])
+SAMPLE_METHODS = s2s_config.sample_methods(config)
+PROMPT_IDS = s2s_config.prompt_ids(config)
+PROMPT_CHUNKS = s2s_config.prompt_chunks(config)
+SEEDS = config["sampling"]["seeds"]
+TINY = config["tiny_models"]
+EDITS_ON = bool(config["edits"]["manifest"])
+
+
+wildcard_constraints:
+    subject="|".join(SUBJECTS),
+    method="|".join(SAMPLE_METHODS),
+
+
+def base_model_inputs():
+    """The tiny base model is a workflow output; a real one is outside the DAG."""
+    return [f"{RESULTS}/tiny_models/sd/model_index.json"] if TINY else []
+
+
+def metric_model_inputs():
+    return [f"{RESULTS}/tiny_models/inception_like.safetensors", f"{RESULTS}/tiny_models/clip/config.json"] if TINY else []
+
+
+def subject_of(wildcards):
+    return s2s_config.subject(config, wildcards.subject)
+
+
+def subject_photos(wildcards):
+    subject = subject_of(wildcards)
+    return f"{RESULTS}/{subject.name}/photos" if subject.synthetic else subject.images
+
+
+def train_inputs(method):
+    def inputs(wildcards):
+        files = {"instance": f"{RESULTS}/{wildcards.subject}/instance", "base": base_model_inputs()}
+        if uses_prior(method):
+            files["class_images"] = f"{RESULTS}/{wildcards.subject}/class_images"
+        return files
+
+    return inputs
+
+
+def sample_inputs(wildcards):
+    files = base_model_inputs()
+    if wildcards.method != "base":
+        files = files + [trained_model_file(wildcards.subject, wildcards.method)]
+    return files
+
+
+def uses_prior(method):
+    return method != "textual_inversion" and s2s_config.train_config(config, method).with_prior_preservation
+
+
+def trained_model_file(subject, method):
+    return {
+        "textual_inversion": f"{RESULTS}/{subject}/models/textual_inversion/learned_embeds.safetensors",
+        "lora": f"{RESULTS}/{subject}/models/lora/pytorch_lora_weights.safetensors",
+        "dreambooth": f"{RESULTS}/{subject}/models/dreambooth/model_index.json",
+    }[method]
+
+
+def sample_files(subject, method):
+    return expand(f"{RESULTS}/{subject}/samples/{method}/{{pid}}/{{seed}}.png", pid=PROMPT_IDS, seed=SEEDS)
+
+
+def all_targets():
+    targets = [f"{RESULTS}/table1.csv", f"{RESULTS}/table1.md", f"{RESULTS}/table1.html"]
+    for subject in SUBJECTS:
+        targets += expand(f"{RESULTS}/{subject}/grids/{{method}}.png", method=SAMPLE_METHODS)
+        targets.append(f"{RESULTS}/{subject}/loss_curves.png")
+        if EDITS_ON:
+            targets += edit_targets(subject)
+    return targets

@@ -1,0 +1,74 @@
+# Evaluation: metrics per method (CLIP score, FID/KID/IS and the study's variants, DINO, CLIP-I,
+# CLIP-T, bootstrap CIs), an image grid per method, then Table 1 and the loss curves.
+
+
+rule evaluate:
+    input:
+        samples=lambda wildcards: sample_files(wildcards.subject, wildcards.method),
+        instance=f"{RESULTS}/{{subject}}/instance",
+        models=metric_model_inputs(),
+    output:
+        metrics=f"{RESULTS}/{{subject}}/metrics/{{method}}.json",
+        grid=report(
+            f"{RESULTS}/{{subject}}/grids/{{method}}.png",
+            caption="../report/grid.rst",
+            category="Samples",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "method": "{method}"},
+        ),
+    log:
+        f"{LOGS}/{{subject}}/evaluate_{{method}}.log",
+    conda:
+        "../envs/s2s.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    script:
+        "../workflow_scripts/evaluate.py"
+
+
+rule table:
+    input:
+        metrics=expand(f"{RESULTS}/{{subject}}/metrics/{{method}}.json", subject=SUBJECTS, method=SAMPLE_METHODS),
+        summaries=expand(
+            f"{RESULTS}/{{subject}}/models/{{method}}/train_summary.json", subject=SUBJECTS, method=METHODS
+        ),
+    output:
+        csv=f"{RESULTS}/table1.csv",
+        md=f"{RESULTS}/table1.md",
+        html=report(f"{RESULTS}/table1.html", caption="../report/table.rst", category="Table 1"),
+    log:
+        f"{LOGS}/table.log",
+    conda:
+        "../envs/s2s.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/table.py"
+
+
+rule loss_curves:
+    input:
+        summaries=lambda wildcards: expand(
+            f"{RESULTS}/{wildcards.subject}/models/{{method}}/train_summary.json", method=METHODS
+        ),
+    output:
+        report(
+            f"{RESULTS}/{{subject}}/loss_curves.png",
+            caption="../report/loss.rst",
+            category="Training",
+            labels={"subject": "{subject}"},
+        ),
+    log:
+        f"{LOGS}/{{subject}}/loss_curves.log",
+    conda:
+        "../envs/s2s.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/loss_curves.py"

@@ -1,0 +1,27 @@
+# Training: one rule per method. Checkpoints live outside the outputs (results/{subject}/checkpoints/)
+# so that Snakemake's clean-up of a failed job's outputs never deletes them; a re-run resumes.
+
+
+for _method in ("textual_inversion", "dreambooth", "lora"):
+
+    rule:
+        name:
+            f"train_{_method}"
+        input:
+            unpack(train_inputs(_method)),
+        output:
+            model=trained_model_file("{subject}", _method),
+            summary=f"{RESULTS}/{{subject}}/models/{_method}/train_summary.json",
+        params:
+            method=_method,
+        log:
+            f"{LOGS}/{{subject}}/train_{_method}.log",
+        conda:
+            "../envs/s2s.yaml"
+        threads: 2
+        resources:
+            mem_mb=lambda wildcards, attempt: 32000 * attempt,
+            runtime=480,
+            gpu=1,
+        script:
+            "../workflow_scripts/train.py"

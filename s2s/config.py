@@ -1,0 +1,241 @@
+"""Typed, validated configuration.
+
+``config/schema.yaml`` is the single source of truth for keys, types and defaults. ``check_config``
+turns the first schema violation, and the checks a schema cannot express (folders that must exist,
+unsafe names), into one line that names the key and the fix. ``load`` builds frozen dataclasses so
+that stage functions take the sub-config they need instead of reaching into nested dicts.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from s2s.io import PICKLE_SUFFIXES, S2SError, check_safe_name
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+METHODS = ("textual_inversion", "dreambooth", "lora")
+TINY_DIR = "tiny_models"
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _schema_error_line(error) -> str:
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        where = f"under {key}" if key != "(top level)" else "at the top level"
+        return f"config: unknown key(s) {', '.join(extra)} {where}; allowed keys: {allowed}"
+    if "propertyNames" in error.schema_path:
+        return (
+            f"config key {key}: name {error.instance!r} is not allowed: use letters, digits, '_' and '-' "
+            "(it becomes a folder under results/)"
+        )
+    if error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"config key {key}: {error.instance!r} is not one of: {allowed}"
+    if error.validator == "pattern" and error.validator_value == "\\{\\}":
+        return f"config key {key}: {error.instance!r} must contain the subject placeholder {{}}"
+    if error.validator == "pattern" and "{class}" in error.validator_value:
+        return f"config key {key}: {error.instance!r} must contain the placeholder {{class}}"
+    if error.validator == "required":
+        return f"config key {key}: {error.message}"
+    return f"config key {key}: {error.message}"
+
+
+def _fill_defaults(config: dict, schema: dict) -> None:
+    """Fill schema defaults into objects, recursively (objects declared with default {} included)."""
+    props = schema.get("properties", {})
+    for name, sub in props.items():
+        if name not in config and "default" in sub and name != "training":
+            config[name] = copy.deepcopy(sub["default"])
+        if name == "training":
+            config.setdefault("training", {})
+        if isinstance(config.get(name), dict) and sub.get("type") == "object":
+            _fill_defaults(config[name], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and extra.get("type") == "object":
+        for name, value in config.items():
+            if name not in props and isinstance(value, dict):
+                _fill_defaults(value, extra)
+
+
+def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
+    """Validate a raw config dict; return a copy with defaults filled. Raises S2SError (one line)."""
+    import jsonschema
+
+    schema = load_schema()
+    config = copy.deepcopy(raw or {})
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.path)))
+    if errors:
+        raise S2SError(_schema_error_line(errors[0]))
+    _fill_defaults(config, schema)
+    base_dir = Path(base_dir)
+    for name, subject in config["subjects"].items():
+        check_safe_name(name, "subject name")
+        if not subject.get("synthetic"):
+            images = subject.get("images")
+            if not images:
+                raise S2SError(f"config key subjects.{name}.images: missing; give a folder of photos (or synthetic: true)")
+            if not (base_dir / images).is_dir():
+                raise S2SError(
+                    f"config key subjects.{name}.images: folder {images} does not exist "
+                    f"(relative paths are taken from {base_dir.resolve()})"
+                )
+        class_images = subject.get("class_images")
+        if class_images and not (base_dir / class_images).is_dir():
+            raise S2SError(f"config key subjects.{name}.class_images: folder {class_images} does not exist")
+    ti = config["training"].get("textual_inversion", {})
+    if ti.get("with_prior_preservation"):
+        raise S2SError(
+            "config key training.textual_inversion.with_prior_preservation: Textual Inversion has no "
+            "prior-preservation loss; remove the key"
+        )
+    model = config["model"]["name_or_path"]
+    if Path(model).suffix.lower() in PICKLE_SUFFIXES:
+        raise S2SError(f"config key model.name_or_path: {model} is a pickle weight file; only safetensors are loaded")
+    manifest = config["edits"].get("manifest")
+    if manifest and not (base_dir / manifest).is_file():
+        raise S2SError(f"config key edits.manifest: file {manifest} does not exist")
+    return config
+
+
+# ---------------------------------------------------------------- typed views
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str
+    learning_rate: float
+    max_train_steps: int
+    train_batch_size: int
+    gradient_accumulation_steps: int
+    scale_lr: bool
+    lr_scheduler: str
+    lr_warmup_steps: int
+    adam_beta1: float
+    adam_beta2: float
+    adam_weight_decay: float
+    adam_epsilon: float
+    use_8bit_adam: bool
+    max_grad_norm: float
+    mixed_precision: str
+    gradient_checkpointing: bool
+    cache_latents: bool
+    with_prior_preservation: bool
+    prior_loss_weight: float
+    checkpointing_steps: int
+    checkpoints_total_limit: int
+    validation_prompt: str | None
+    validation_steps: int
+    seed: int
+    # method-specific
+    num_vectors: int = 1
+    initializer_token: str | None = None
+    train_text_encoder: bool = False
+    rank: int = 4
+    alpha: float = 4.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+
+
+@dataclass(frozen=True)
+class Subject:
+    name: str
+    class_noun: str
+    token: str
+    images: str | None
+    synthetic: bool
+    class_images: str | None
+
+    @property
+    def phrase(self) -> str:
+        """The subject phrase that replaces {} in prompts, e.g. 'sks dog'."""
+        return f"{self.token} {self.class_noun}"
+
+
+def train_config(config: dict, method: str) -> TrainConfig:
+    if method not in METHODS:
+        raise S2SError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    schema = load_schema()
+    training = config.get("training", {})
+    merged: dict[str, Any] = dict(schema["properties"]["training"]["default"])
+    merged.update({k: v for k, v in training.items() if k not in METHODS})
+    method_schema = schema["properties"]["training"]["properties"][method]["properties"]
+    merged.update({k: v["default"] for k, v in method_schema.items() if "default" in v})
+    merged.update(training.get(method, {}))
+    if method == "textual_inversion":
+        merged["with_prior_preservation"] = False
+    if "target_modules" in merged:
+        merged["target_modules"] = tuple(merged["target_modules"])
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(method=method, **{k: v for k, v in merged.items() if k in known})
+
+
+def subject(config: dict, name: str) -> Subject:
+    raw = config["subjects"][name]
+    return Subject(
+        name=name,
+        class_noun=raw["class"],
+        token=raw.get("token", "sks"),
+        images=raw.get("images"),
+        synthetic=bool(raw.get("synthetic", False)),
+        class_images=raw.get("class_images"),
+    )
+
+
+def results_dir(config: dict) -> Path:
+    return Path(config.get("results_dir", "results"))
+
+
+def base_model(config: dict) -> str:
+    """The base model's hub id or folder (the tiny one when tiny_models is on)."""
+    if config.get("tiny_models"):
+        return str(results_dir(config) / TINY_DIR / "sd")
+    return config["model"]["name_or_path"]
+
+
+def metric_models(config: dict) -> dict[str, str | None]:
+    ev = config["evaluation"]
+    if config.get("tiny_models"):
+        tiny = results_dir(config) / TINY_DIR
+        return {
+            "clip_model": str(tiny / "clip"),
+            "dino_model": str(tiny / "dino"),
+            "feature_extractor": str(tiny / "inception_like.safetensors"),
+        }
+    return {k: ev[k] for k in ("clip_model", "dino_model", "feature_extractor")}
+
+
+def prompt_ids(config: dict) -> list[str]:
+    return [f"p{i:02d}" for i in range(len(config["sampling"]["prompts"]))]
+
+
+def prompt_chunks(config: dict) -> list[list[str]]:
+    ids = prompt_ids(config)
+    size = config["sampling"]["prompt_chunk_size"]
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def sample_methods(config: dict) -> list[str]:
+    return (["base"] if config["sampling"]["include_base"] else []) + list(config["methods"])
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]

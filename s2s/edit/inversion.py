@@ -1,0 +1,171 @@
+"""Inverting a photograph into the starting noise that regenerates it, so it can be edited like a sample.
+
+- ``ddim``: DDIM inversion with the source prompt at guidance 1 (diffusers' ``DDIMInverseScheduler``).
+  Regenerating at guidance 7.5 with an empty unconditional prompt drifts away from the photo.
+- ``null_text``: Mokady et al.'s null-text inversion: after DDIM inversion, optimise one unconditional
+  ("null") embedding per step so that guided sampling follows the inversion trajectory.
+- ``negative_prompt``: Miyake et al.'s negative-prompt inversion: no optimisation; sampling uses the
+  source prompt's embedding as the unconditional one, so one inversion plus one generation in all.
+- ``direct``: Ju et al.'s direct inversion: the source branch is put back on the inversion trajectory
+  after every step (done while editing, see ``s2s.edit.p2p``); no optimisation either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from s2s.edit.processors import count_unet_calls
+from s2s.io import S2SError
+
+log = logging.getLogger(__name__)
+
+INVERSIONS = ("negative_prompt", "null_text", "ddim", "direct")
+
+
+@dataclass
+class Inversion:
+    method: str
+    prompt: str
+    num_inference_steps: int
+    image_latent: torch.Tensor  # the photo's latent, [1, C, h, w]
+    trajectory: list[torch.Tensor]  # DDIM-inverted latents, trajectory[0] = image latent ... [-1] = noise
+    null_embeddings: list[torch.Tensor] | None  # null-text: the unconditional embedding of each sampling step
+    unet_calls: int
+    seconds: float
+
+    @property
+    def noise(self) -> torch.Tensor:
+        return self.trajectory[-1]
+
+
+def model_resolution(pipe) -> int:
+    """The pixel size the model was built for (512 for SD 1.x, 64 for the tiny model)."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def load_image(path: Path | str, size: int) -> Image.Image:
+    """An RGB photo, upright per its EXIF tag, centre-cropped to a square and resized to ``size``."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise S2SError(f"{path}: not a readable image ({exc})") from exc
+    return ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+@torch.no_grad()
+def encode_image(pipe, image: Image.Image) -> torch.Tensor:
+    """The VAE latent of an image (the posterior mean, so inversion is deterministic)."""
+    pixels = pipe.image_processor.preprocess(image).to(pipe._execution_device, pipe.vae.dtype)
+    return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def _check_ddim(pipe) -> None:
+    from diffusers import DDIMScheduler
+
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        raise S2SError(
+            f"inversion needs the pipeline's scheduler to be DDIMScheduler, not {type(pipe.scheduler).__name__}: "
+            "set pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
+        )
+
+
+@torch.no_grad()
+def ddim_invert(pipe, image_latent: torch.Tensor, prompt_embeds: torch.Tensor, num_inference_steps: int):
+    """DDIM inversion at guidance 1: the latents at each timestep, from the image latent to the noise."""
+    from diffusers import DDIMInverseScheduler
+
+    # DDIMInverseScheduler with the sampler's config steps through exactly the reversed timesteps of
+    # DDIMScheduler.set_timesteps (same spacing, offset and final alpha), which inversion needs.
+    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    inverse.set_timesteps(num_inference_steps, device=image_latent.device)
+    latent = image_latent
+    trajectory = [latent]
+    for t in inverse.timesteps:
+        noise_pred = pipe.unet(latent, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        latent = inverse.step(noise_pred, t, latent, return_dict=False)[0]
+        trajectory.append(latent)
+    return trajectory
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module):
+    """Stop gradients into a module's weights (only the null embedding is optimised); restore the flags."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def optimise_null_text(pipe, trajectory, cond, uncond, guidance_scale: float, inner_steps: int = 10,
+                       lr: float = 1e-2, epsilon: float = 1e-5) -> list[torch.Tensor]:
+    """Null-text optimisation (Mokady et al., Alg. 1): per sampling step, Adam on the null embedding so that
+    the guided DDIM step from the current latent lands on the inversion trajectory.
+
+    Written by hand because diffusers has no null-text inversion outside community examples.
+    """
+    from diffusers import DDIMScheduler
+
+    n = len(trajectory) - 1
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(n, device=trajectory[0].device)
+    latent = trajectory[-1]
+    nulls = []
+    with _frozen(pipe.unet):
+        for i, t in enumerate(scheduler.timesteps):
+            target = trajectory[n - i - 1]
+            with torch.no_grad():
+                noise_cond = pipe.unet(latent, t, encoder_hidden_states=cond, return_dict=False)[0]
+            null = uncond.detach().clone().requires_grad_(True)
+            # The paper's code decays lr as 1 - i/100 and relaxes the early stop by 2e-5 per step over
+            # 50 steps; written as fractions of the schedule so other step counts keep the same shape.
+            optimizer = torch.optim.Adam([null], lr=lr * (1.0 - i / (2.0 * n)))
+            threshold = epsilon + 1e-3 * i / n
+            for _ in range(inner_steps):
+                noise_uncond = pipe.unet(latent, t, encoder_hidden_states=null, return_dict=False)[0]
+                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                prev = scheduler.step(noise, t, latent, return_dict=False)[0]
+                loss = F.mse_loss(prev, target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if loss.item() < threshold:
+                    break
+            uncond = null.detach()
+            nulls.append(uncond)
+            with torch.no_grad():
+                noise_uncond = pipe.unet(latent, t, encoder_hidden_states=uncond, return_dict=False)[0]
+                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                latent = scheduler.step(noise, t, latent, return_dict=False)[0]
+    return nulls
+
+
+def invert(pipe, image: Image.Image, prompt: str, method: str = "negative_prompt", num_inference_steps: int = 50,
+           guidance_scale: float = 7.5, inner_steps: int = 10) -> Inversion:
+    """Invert ``image`` (already at the model's resolution) with its caption ``prompt``."""
+    if method not in INVERSIONS:
+        raise S2SError(f"unknown inversion {method!r}; use one of {', '.join(INVERSIONS)}")
+    _check_ddim(pipe)
+    start = time.perf_counter()
+    device = pipe._execution_device
+    with count_unet_calls(pipe.unet) as count:
+        image_latent = encode_image(pipe, image)
+        cond, uncond = pipe.encode_prompt(prompt, device, 1, True)
+        trajectory = ddim_invert(pipe, image_latent, cond, num_inference_steps)
+        nulls = None
+        if method == "null_text":
+            nulls = optimise_null_text(pipe, trajectory, cond, uncond, guidance_scale, inner_steps)
+    seconds = time.perf_counter() - start
+    log.info("%s inversion of %r: %d UNet calls, %.2f s", method, prompt, count.calls, seconds)
+    return Inversion(method, prompt, num_inference_steps, image_latent, trajectory, nulls, count.calls, seconds)

@@ -1,0 +1,216 @@
+"""Evaluate one method's samples: every metric with a bootstrap interval, into one JSON file.
+
+Images are read once, each model is loaded once, and each network sees each image once; the bootstrap
+works on the extracted features and per-image values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from s2s.io import S2SError, write_json
+from s2s.metrics.bootstrap import bootstrap_ci, bootstrap_set_ci
+from s2s.metrics.features import extract_features, load_feature_extractor
+from s2s.metrics.fidelity import load_clip, load_dino, subject_fidelity
+from s2s.metrics.image_metrics import (
+    clip_score,
+    fid_from_features,
+    fid_sample_size_warning,
+    frechet_distance,
+    is_from_logits,
+    kid_from_features,
+    study_fid_from_logits,
+    study_is_from_logits,
+)
+
+log = logging.getLogger(__name__)
+
+# Every model used here works at <= 518 px; shrinking multi-megapixel photos on load saves memory.
+MAX_IMAGE_SIDE = 1024
+
+DEFINITIONS = {
+    "clip_score": "mean over images of 100*max(cos(CLIP image, CLIP prompt), 0) (torchmetrics CLIPScore)",
+    "fid": "FID on the extractor's pooled features (torchmetrics FrechetInceptionDistance)",
+    "kid": "KID, polynomial kernel MMD^2 on pooled features (torchmetrics KernelInceptionDistance)",
+    "inception_score": "IS on logits_unbiased (torchmetrics InceptionScore), one split",
+    "study_fid_softmax": "the study's FID: Frechet distance between softmax outputs (pytorch-ignite default)",
+    "study_is": "the study's IS: exp mean KL(p(y|x)||p(y)) on softmax of full logits (pytorch-ignite)",
+    "dino": "mean cosine of DINO CLS embeddings, generated vs real (DreamBooth paper)",
+    "clip_i": "mean cosine of CLIP image embeddings, generated vs real (DreamBooth paper)",
+    "clip_t": "mean raw cosine of CLIP prompt and image embeddings (DreamBooth paper)",
+}
+
+
+def load_images(paths: list[str | Path]) -> list[torch.Tensor]:
+    """Read images as uint8 [3, H, W] RGB tensors (EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    out = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise S2SError(f"{path}: image not found")
+        try:
+            with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise S2SError(f"{path}: not a readable image ({exc})") from exc
+        if max(im.size) > MAX_IMAGE_SIDE:
+            im.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE), Image.Resampling.LANCZOS)
+        out.append(torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous())
+    return out
+
+
+def _check_samples(samples: list[dict]) -> None:
+    if not samples:
+        raise S2SError("evaluate: no generated samples (the sample manifest is empty)")
+    for i, sample in enumerate(samples):
+        missing = {"prompt", "seed", "path"} - set(sample)
+        if missing:
+            raise S2SError(f"evaluate: sample {i} lacks {sorted(missing)} (each needs prompt, seed, path)")
+
+
+def _finite(x: float | None) -> float | None:
+    """JSON has no NaN: undefined values are written as null."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _entry(value: float | None, ci: tuple[float, float], n: int, key: str, **extra) -> dict:
+    return {
+        "value": _finite(value),
+        "ci_low": _finite(ci[0]),
+        "ci_high": _finite(ci[1]),
+        "n": n,
+        **extra,
+        "definition": DEFINITIONS[key],
+    }
+
+
+def evaluate_method(
+    method: str,
+    samples: list[dict],
+    real_images: list[str],
+    out_json: str | Path,
+    clip_model: str,
+    dino_model: str | None,
+    feature_extractor: str,
+    reference_images: list[str] | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Compute all metrics for one method's samples and write them (atomically) to ``out_json``.
+
+    ``samples``: dicts with prompt, seed, path of each generated image. ``real_images``: the subject's
+    photos (the reference for DINO / CLIP-I, and the real set of FID / KID). ``reference_images``: more
+    real images added to the FID / KID real set only.
+    """
+    _check_samples(samples)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        log.warning(message)
+        warnings.append(message)
+
+    generated = load_images([s["path"] for s in samples])
+    prompts = [s["prompt"] for s in samples]
+    real = load_images(real_images)
+    fid_real = real + load_images(reference_images or [])
+    n_gen, n_real, n_fid_real = len(generated), len(real), len(fid_real)
+    if n_gen < 2 or n_fid_real < 2:
+        raise S2SError(
+            f"evaluate {method}: FID/KID/IS need at least 2 generated and 2 real images, "
+            f"got {n_gen} and {n_fid_real}"
+        )
+    log.info("evaluating %s: %d generated, %d real (+%d reference) images, %d bootstrap resamples",
+             method, n_gen, n_real, n_fid_real - n_real, n_boot)
+
+    extractor = load_feature_extractor(feature_extractor)
+    feats_gen = extract_features(extractor, generated)
+    feats_real = extract_features(extractor, fid_real)
+    clip = load_clip(clip_model)
+    dino = load_dino(dino_model) if dino_model else None
+    if dino is None:
+        warn("DINO skipped: no DINO model configured (evaluation.dino_model is null)")
+
+    per_image = {"clip_score": clip_score(generated, prompts, clip)}
+    fidelity = subject_fidelity(generated, real, prompts, clip, dino)
+    per_image.update({k: fidelity[k] for k in ("clip_i", "clip_t", "dino")})
+
+    boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
+    metrics: dict[str, dict | None] = {}
+    for key, values in per_image.items():
+        if values is None:
+            metrics[key] = None
+            continue
+        arr = values.numpy()
+        metrics[key] = _entry(float(arr.mean()), bootstrap_ci(arr, **boot), n_gen, key)
+
+    def set_metric(key: str, value: float, of_indices: Callable[[np.ndarray], float], **extra) -> None:
+        ci = bootstrap_set_ci(of_indices, n_gen, **boot)
+        metrics[key] = _entry(value, ci, n_gen, key, n_generated=n_gen, **extra)
+
+    pool_gen, pool_real = feats_gen["pool"], feats_real["pool"]
+    logits_gen, logits_real = feats_gen["logits"], feats_real["logits"]
+    unbiased_gen = feats_gen["logits_unbiased"]
+
+    # The point value comes from torchmetrics; resamples use the exact low-rank formula (tested equal),
+    # because torchmetrics' eigendecomposition of a 2048 x 2048 matrix per resample is too slow.
+    set_metric("fid", fid_from_features(pool_real, pool_gen),
+               lambda idx: frechet_distance(pool_real, pool_gen[idx]), n_real=n_fid_real,
+               feature_dim=pool_gen.shape[1])
+    kid_mean, kid_std, subset_size, subsets = kid_from_features(pool_real, pool_gen, seed=seed)
+    set_metric("kid", kid_mean, lambda idx: kid_from_features(pool_real, pool_gen[idx], seed=seed)[0],
+               n_real=n_fid_real, std_over_subsets=_finite(kid_std), subset_size=subset_size, subsets=subsets)
+    set_metric("inception_score", is_from_logits(unbiased_gen, seed=seed)[0],
+               lambda idx: is_from_logits(unbiased_gen[idx], seed=seed)[0], splits=1)
+    set_metric("study_fid_softmax", study_fid_from_logits(logits_real, logits_gen),
+               lambda idx: study_fid_from_logits(logits_real, logits_gen[idx]), n_real=n_fid_real,
+               feature_dim=logits_gen.shape[1])
+    set_metric("study_is", study_is_from_logits(logits_gen), lambda idx: study_is_from_logits(logits_gen[idx]),
+               splits=1)
+
+    for what, dim in (("FID", pool_gen.shape[1]), ("study FID (softmax)", logits_gen.shape[1])):
+        message = fid_sample_size_warning(what, n_fid_real, n_gen, dim)
+        if message:
+            warn(message)
+
+    result = {
+        "method": method,
+        "n_generated": n_gen,
+        "n_real": n_real,
+        "n_fid_real": n_fid_real,
+        "metrics": metrics,
+        # The DreamBooth paper's "Real Images" row: mean DINO / CLIP-I over pairs of distinct real images.
+        "reference": {"dino_real": fidelity["dino_real"], "clip_i_real": fidelity["clip_i_real"]},
+        "models": {
+            "clip_model": clip_model,
+            "dino_model": dino_model,
+            "feature_extractor": feature_extractor,
+            "feature_extractor_name": extractor.name,
+        },
+        "bootstrap": {
+            **boot,
+            "kind": "percentile",
+            "resampled": "generated images, with replacement (real images fixed)",
+        },
+        "per_image": [
+            {
+                "path": str(s["path"]),
+                "prompt": s["prompt"],
+                "seed": s["seed"],
+                **{k: (None if v is None else float(v[i])) for k, v in per_image.items()},
+            }
+            for i, s in enumerate(samples)
+        ],
+        "warnings": warnings,
+    }
+    write_json(out_json, result)
+    log.info("wrote %s", out_json)
+    return result

@@ -1,0 +1,423 @@
+"""One training loop for Textual Inversion, DreamBooth and DreamBooth+LoRA.
+
+It reads top to bottom like the diffusers training examples (encode, noise, UNet, target by
+``prediction_type``, loss), with two differences that matter for cost and trust:
+- frozen encoders run once: each image's latent distribution and each prompt's embedding is computed
+  before the loop, and a fresh latent is drawn from the cached distribution every step (the examples
+  re-encode every step);
+- checkpoints and resume are exact: data order is a pure function of (seed, micro-batch index) and
+  every generator's state is saved, so an interrupted and resumed run ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from s2s.config import Subject, TrainConfig
+from s2s.data import list_images, load_prepared
+from s2s.io import S2SError, atomic_dir, save_png, write_json, write_text
+from s2s.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from s2s.train.methods import make_method
+
+log = logging.getLogger(__name__)
+
+
+def _pixels(paths: list[Path], resolution: int) -> torch.Tensor:
+    import numpy as np
+
+    arrays = [np.asarray(load_prepared(p, resolution), dtype=np.float32) for p in paths]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return x / 127.5 - 1.0
+
+
+@torch.no_grad()
+def encode_latent_distributions(vae, pixels: torch.Tensor, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE posterior of each image, computed once."""
+    means, stds = [], []
+    for chunk in pixels.split(batch_size):
+        dist = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def encode_prompt(tokenizer, text_encoder, prompt: str, device) -> torch.Tensor:
+    ids = tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def _batch_indices(seed: int, micro_index: int, batch_size: int, n: int, salt: int = 0) -> torch.Tensor:
+    """Indices of one micro-batch: consecutive slices of per-epoch permutations (pure function)."""
+    start = micro_index * batch_size
+    out = []
+    for pos in range(start, start + batch_size):
+        epoch, offset = divmod(pos, n)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + salt)
+        out.append(int(torch.randperm(n, generator=gen)[offset]))
+    return torch.tensor(out)
+
+
+def _place(module, device, dtype) -> None:
+    # Only cast when needed: diffusers warns on any dtype cast through .to().
+    if dtype == torch.float32:
+        module.to(device)
+    else:
+        module.to(device, dtype=dtype)
+
+
+def _make_optimizer(cfg: TrainConfig, params, lr: float):
+    if cfg.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise S2SError(
+                "training.use_8bit_adam: bitsandbytes is not installed; `pip install bitsandbytes` "
+                "(CUDA only) or set use_8bit_adam: false"
+            ) from exc
+        optimizer_cls = bnb.optim.AdamW8bit
+    else:
+        optimizer_cls = torch.optim.AdamW
+    return optimizer_cls(
+        params,
+        lr=lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+    )
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(
+    cfg: TrainConfig,
+    subject: Subject,
+    base_model: str,
+    instance_dir: Path | str,
+    out_dir: Path | str,
+    checkpoint_dir: Path | str,
+    resolution: int,
+    instance_prompt: str,
+    class_dir: Path | str | None = None,
+    class_prompt: str | None = None,
+    device: str = "auto",
+    validation_dir: Path | str | None = None,
+    stop_after_steps: int | None = None,
+) -> dict:
+    """Train one method and write its model into ``out_dir`` (atomically). Returns the summary.
+
+    ``stop_after_steps`` ends the run early without saving the model (tests use it to simulate an
+    interruption after a checkpoint).
+    """
+    from accelerate import Accelerator
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.optimization import get_scheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from s2s.models import check_model_source, offline_hint, pick_device
+
+    started = time.perf_counter()
+    out_dir, checkpoint_dir, instance_dir = Path(out_dir), Path(checkpoint_dir), Path(instance_dir)
+    dev = pick_device(device)
+    mixed_precision = cfg.mixed_precision if dev.type == "cuda" else "no"
+    if mixed_precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise S2SError("training.mixed_precision: bf16 is not supported by this GPU; use fp16")
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=dev.type == "cpu",
+    )
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    torch.manual_seed(cfg.seed)
+
+    # ---- load the frozen and trainable components the standard way
+    check_model_source(base_model, "model.name_or_path")
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder", use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", use_safetensors=True)
+        unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", use_safetensors=True)
+        noise_scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
+    except (OSError, ValueError) as exc:
+        raise offline_hint(base_model, "model.name_or_path", exc) from exc
+
+    method = make_method(cfg, subject)
+    method.setup(unet, text_encoder, tokenizer)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if method.trains_text:
+            text_encoder.gradient_checkpointing_enable()
+    vae.requires_grad_(False)
+    # Frozen parts run in the mixed-precision dtype; trained parts stay fp32 (their optimizer state too).
+    _place(vae, accelerator.device, weight_dtype)
+    _place(unet, accelerator.device, torch.float32 if cfg.method != "textual_inversion" else weight_dtype)
+    _place(text_encoder, accelerator.device, torch.float32 if method.trains_text else weight_dtype)
+    if cfg.method == "lora":
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    # ---- data: instance (and class) images, encoded once
+    instance_paths = list_images(instance_dir)
+    if not instance_paths:
+        raise S2SError(f"{instance_dir}: no prepared instance images; run the prepare rule first")
+    use_prior = method.uses_prior
+    class_paths: list[Path] = []
+    if use_prior:
+        if class_dir is None or not list_images(class_dir):
+            raise S2SError(
+                f"training.{cfg.method}.with_prior_preservation is on but no class images were found "
+                f"in {class_dir}; generate them (class_priors rule) or set with_prior_preservation: false"
+            )
+        class_paths = list_images(class_dir)
+    prompt = method.expand_prompt(instance_prompt)
+    instance_pixels = _pixels(instance_paths, resolution)
+    class_pixels = _pixels(class_paths, resolution) if use_prior else None
+    if cfg.cache_latents:
+        inst_mean, inst_std = encode_latent_distributions(vae, instance_pixels)
+        if use_prior:
+            cls_mean, cls_std = encode_latent_distributions(vae, class_pixels)
+    text_cache: dict[str, torch.Tensor] = {}
+    if not method.trains_text:
+        with torch.no_grad():
+            text_cache[prompt] = encode_prompt(tokenizer, text_encoder, prompt, accelerator.device)
+            if use_prior:
+                text_cache[class_prompt] = encode_prompt(tokenizer, text_encoder, class_prompt, accelerator.device)
+
+    # ---- optimizer, schedule, accelerate
+    trainable = method.trainable()
+    n_trainable = sum(p.numel() for p in trainable.values())
+    lr = cfg.learning_rate
+    if cfg.scale_lr:
+        lr *= cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+    optimizer = _make_optimizer(cfg, list(trainable.values()), lr)
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=cfg.max_train_steps,
+    )
+    trained_module = text_encoder if cfg.method == "textual_inversion" else unet
+    trained_module, optimizer = accelerator.prepare(trained_module, optimizer)
+    if cfg.method == "textual_inversion":
+        text_encoder = trained_module
+    else:
+        unet = trained_module
+    noise_gen = torch.Generator().manual_seed(cfg.seed * 31 + accelerator.process_index)
+    generators = {"noise": noise_gen}
+
+    # ---- resume
+    start_step = 0
+    checkpoints = list_checkpoints(checkpoint_dir)
+    if checkpoints:
+        start_step = load_checkpoint(checkpoints[-1], trainable, optimizer, lr_scheduler, generators)
+        log.info("resuming from checkpoint %s (step %d of %d)", checkpoints[-1], start_step, cfg.max_train_steps)
+    else:
+        log.info("starting %s training from scratch (%d steps)", cfg.method, cfg.max_train_steps)
+    log.info(
+        "run: method=%s instance_images=%d class_images=%d batch=%d accumulation=%d lr=%g "
+        "trainable_params=%d prior=%s cache_latents=%s device=%s precision=%s",
+        cfg.method, len(instance_paths), len(class_paths), cfg.train_batch_size,
+        cfg.gradient_accumulation_steps, lr, n_trainable, use_prior, cfg.cache_latents,
+        accelerator.device, mixed_precision,
+    )
+
+    prediction_type = noise_scheduler.config.prediction_type
+    scaling = vae.config.scaling_factor
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    losses: list[tuple[int, float, float]] = []
+    step_times: list[float] = []
+    bs = cfg.train_batch_size
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+
+    def latents_for(indices, mean, std, pixels):
+        if cfg.cache_latents:
+            m, s = mean[indices], std[indices]
+            return (m + s * torch.randn(m.shape, generator=noise_gen)).to(accelerator.device)
+        with torch.no_grad():
+            dist = vae.encode(pixels[indices].to(accelerator.device, weight_dtype)).latent_dist
+            return (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise_gen).to(dist.mean)).float()
+
+    def text_for(p: str, n: int) -> torch.Tensor:
+        if p in text_cache:
+            return text_cache[p].expand(n, -1, -1)
+        return encode_prompt(tokenizer, text_encoder, p, accelerator.device).expand(n, -1, -1)
+
+    trained_module.train()
+    progress = tqdm(
+        range(start_step, cfg.max_train_steps),
+        initial=start_step,
+        total=cfg.max_train_steps,
+        desc=cfg.method,
+        disable=not accelerator.is_local_main_process,
+        mininterval=2.0,
+    )
+    step = start_step
+    for step in progress:
+        t0 = time.perf_counter()
+        step_loss = step_prior = 0.0
+        for micro in range(cfg.gradient_accumulation_steps):
+            micro_index = (step * cfg.gradient_accumulation_steps + micro) * world + rank
+            # 1. pick images; draw latents from their cached posterior
+            idx = _batch_indices(cfg.seed, micro_index, bs, len(instance_paths))
+            latents = latents_for(idx, *(inst_mean, inst_std) if cfg.cache_latents else (None, None), instance_pixels)
+            texts = text_for(prompt, bs)
+            if use_prior:
+                cidx = _batch_indices(cfg.seed, micro_index, bs, len(class_paths), salt=1)
+                c_lat = latents_for(cidx, *(cls_mean, cls_std) if cfg.cache_latents else (None, None), class_pixels)
+                latents = torch.cat([latents, c_lat])
+                texts = torch.cat([texts, text_for(class_prompt, bs)])
+            latents = latents * scaling
+            # 2. noise at random timesteps
+            noise = torch.randn(latents.shape, generator=noise_gen).to(latents)
+            timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=noise_gen).to(latents.device)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            # 3. predict and pick the target by prediction type
+            with accelerator.autocast():
+                model_pred = unet(noisy.to(weight_dtype if cfg.method == "textual_inversion" else torch.float32),
+                                  timesteps, texts.to(unet.dtype)).sample
+            if prediction_type == "epsilon":
+                target = noise
+            elif prediction_type == "v_prediction":
+                target = noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                raise S2SError(f"{base_model}: unknown scheduler prediction_type {prediction_type!r}")
+            # 4. loss: instance term, plus the weighted class prior-preservation term
+            if use_prior:
+                pred_inst, pred_cls = model_pred.float().chunk(2)
+                tgt_inst, tgt_cls = target.float().chunk(2)
+                instance_loss = F.mse_loss(pred_inst, tgt_inst)
+                prior_loss = F.mse_loss(pred_cls, tgt_cls)
+                loss = instance_loss + cfg.prior_loss_weight * prior_loss
+                step_prior += prior_loss.item() / cfg.gradient_accumulation_steps
+            else:
+                loss = F.mse_loss(model_pred.float(), target.float())
+            if not torch.isfinite(loss):
+                last = list_checkpoints(checkpoint_dir)
+                kept = f"the last good checkpoint {last[-1]} is kept" if last else "no checkpoint was written yet"
+                raise S2SError(
+                    f"training {cfg.method}: loss became {loss.item()} at step {step + 1}; likely cause: "
+                    f"learning rate too high (training.{cfg.method}.learning_rate={lr:g}) or fp16 overflow "
+                    f"(try mixed_precision: bf16 or no); {kept}"
+                )
+            step_loss += loss.item() / cfg.gradient_accumulation_steps
+            last_micro = micro == cfg.gradient_accumulation_steps - 1
+            with accelerator.no_sync(trained_module) if not last_micro else contextlib.nullcontext():
+                accelerator.backward(loss / cfg.gradient_accumulation_steps)
+        # 5. one optimizer step per accumulated batch
+        accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step()
+        global_step = step + 1
+        step_times.append(time.perf_counter() - t0)
+        losses.append((global_step, step_loss, step_prior))
+        progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+        if accelerator.is_main_process:
+            if global_step % cfg.checkpointing_steps == 0 and global_step < cfg.max_train_steps:
+                save_checkpoint(
+                    checkpoint_dir, global_step, trainable, optimizer, lr_scheduler, generators,
+                    cfg.checkpoints_total_limit,
+                )
+            if cfg.validation_prompt and global_step % cfg.validation_steps == 0:
+                _validation_image(cfg, subject, method, base_model, unet, text_encoder, tokenizer, vae,
+                                  validation_dir or checkpoint_dir / "validation", global_step, resolution)
+        if stop_after_steps is not None and global_step >= stop_after_steps:
+            log.info("stopping early after step %d (stop_after_steps)", global_step)
+            return {"stopped_at": global_step}
+    progress.close()
+    accelerator.wait_for_everyone()
+
+    summary = {
+        "method": cfg.method,
+        "subject": subject.name,
+        "steps": cfg.max_train_steps,
+        "resumed_from_step": start_step,
+        "steps_this_run": cfg.max_train_steps - start_step,
+        "final_loss": losses[-1][1] if losses else None,
+        "mean_loss": sum(v for _, v, _ in losses) / len(losses) if losses else None,
+        "wall_time_s": time.perf_counter() - started,
+        "train_time_s": sum(step_times),
+        "median_step_s": sorted(step_times)[len(step_times) // 2] if step_times else None,
+        "steps_per_s": len(step_times) / sum(step_times) if step_times else None,
+        "peak_memory_mb": _peak_memory_mb(accelerator.device),
+        "trainable_params": n_trainable,
+        "learning_rate": lr,
+        "with_prior_preservation": use_prior,
+        "cache_latents": cfg.cache_latents,
+        "mixed_precision": mixed_precision,
+        "num_processes": world,
+        "device": str(accelerator.device),
+        "versions": versions(),
+    }
+    if accelerator.is_main_process:
+        unwrapped_unet = accelerator.unwrap_model(unet)
+        unwrapped_text = accelerator.unwrap_model(text_encoder)
+        with atomic_dir(out_dir) as tmp:
+            method.save(tmp, base_model, unwrapped_unet, unwrapped_text, tokenizer)
+            write_json(tmp / "train_summary.json", summary)
+            write_text(
+                tmp / "loss.csv",
+                "step,loss,prior_loss\n" + "".join(f"{s},{v:.6f},{p:.6f}\n" for s, v, p in losses),
+            )
+        log.info(
+            "finished %s: %d steps, final loss %.4f, %.3f s/step median",
+            cfg.method, cfg.max_train_steps, summary["final_loss"] or math.nan, summary["median_step_s"] or 0,
+        )
+    return summary
+
+
+@torch.no_grad()
+def _validation_image(cfg, subject, method, base_model, unet, text_encoder, tokenizer, vae, folder, step, resolution):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler")
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    prompt = method.expand_prompt(cfg.validation_prompt.replace("{}", subject.phrase))
+    was_training = unet.training
+    unet.eval()
+    image = pipe(prompt, num_inference_steps=25, generator=torch.Generator().manual_seed(0),
+                 height=resolution, width=resolution).images[0]
+    if was_training:
+        unet.train()
+    save_png(image, Path(folder) / f"step-{step:06d}.png")
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import diffusers
+    import peft
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "cuda": torch.version.cuda or "none",
+        "host": os.uname().nodename,
+    }

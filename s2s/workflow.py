@@ -1,0 +1,185 @@
+"""Glue between Snakemake rules and the package: one function per rule, called by a 3-line script.
+
+Each function takes the ``snakemake`` object, sends logging to the rule's log file, and calls one
+stage function with typed arguments. A user-facing ``S2SError`` ends the job with its one-line
+message (no traceback from deep inside a library); anything else keeps its traceback for debugging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from s2s import config as cfgmod
+from s2s.io import S2SError
+
+log = logging.getLogger("s2s")
+
+
+def _setup(smk) -> dict:
+    if smk.log:
+        handler = logging.FileHandler(smk.log[0], mode="a", encoding="utf-8")
+        stream = open(smk.log[0], "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives for the job
+        sys.stderr = stream  # tqdm and library warnings go to the rule's log too
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    import torch
+
+    torch.set_num_threads(max(1, int(smk.threads)))
+    # The workflow validated the config at parse time; validate again so a script run by hand is safe.
+    return cfgmod.check_config(dict(smk.config), base_dir=Path.cwd())
+
+
+def run(smk, step: str) -> None:
+    config = _setup(smk)
+    try:
+        STEPS[step](smk, config)
+    except S2SError as exc:
+        log.error("%s", exc)
+        print(f"s2s error: {exc}", file=sys.__stderr__)
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- one function per rule
+
+
+def build_tiny_models(smk, config) -> None:
+    from s2s.metrics.features import build_tiny_feature_extractor
+    from s2s.tiny import build_tiny_clip, build_tiny_dino, build_tiny_sd
+
+    seed = config["seed"]
+    resolution = config["model"]["resolution"]
+    build_tiny_sd(Path(smk.output.sd).parent, seed=seed, resolution=resolution)
+    build_tiny_clip(Path(smk.output.clip).parent, seed=seed + 10)
+    build_tiny_dino(Path(smk.output.dino).parent, seed=seed + 20)
+    build_tiny_feature_extractor(smk.output.features, seed=seed + 30)
+
+
+def draw_synthetic_subject(smk, config) -> None:
+    from s2s.data import draw_synthetic_subject as draw
+
+    name = smk.wildcards.subject
+    draw(smk.output[0], config["data"]["synthetic_count"], seed=config["seed"] + sum(map(ord, name)),
+         resolution=config["model"]["resolution"])
+
+
+def prepare_instance(smk, config) -> None:
+    from s2s.data import prepare_subject
+
+    prepare_subject(smk.input.photos, smk.output[0], config["model"]["resolution"], config["data"]["small_images"])
+
+
+def class_priors(smk, config) -> None:
+    from s2s.data import prepare_subject
+    from s2s.sample import generate_class_images
+
+    subject = cfgmod.subject(config, smk.wildcards.subject)
+    resolution = config["model"]["resolution"]
+    if subject.class_images:
+        prepare_subject(subject.class_images, smk.output[0], resolution, config["data"]["small_images"])
+        return
+    ci = config["class_images"]
+    generate_class_images(
+        cfgmod.base_model(config),
+        class_prompt_for(config, subject),
+        ci["num_class_images"],
+        smk.output[0],
+        resolution,
+        ci["num_inference_steps"],
+        ci["guidance_scale"],
+        ci["batch_size"],
+        seed=config["seed"],
+        device=config["device"],
+        precision=config["training"].get("mixed_precision", "no"),
+    )
+
+
+def class_prompt_for(config, subject) -> str:
+    return config["class_prompt"].replace("{class}", subject.class_noun)
+
+
+def instance_prompt_for(config, subject) -> str:
+    return config["instance_prompt"].replace("{}", subject.phrase)
+
+
+def train(smk, config) -> None:
+    from s2s.train.loop import train as train_method
+
+    subject = cfgmod.subject(config, smk.wildcards.subject)
+    method = smk.params.method
+    tcfg = cfgmod.train_config(config, method)
+    results = cfgmod.results_dir(config) / subject.name
+    train_method(
+        tcfg,
+        subject,
+        base_model=cfgmod.base_model(config),
+        instance_dir=smk.input.instance,
+        out_dir=results / "models" / method,
+        checkpoint_dir=results / "checkpoints" / method,
+        validation_dir=results / "validation" / method,
+        resolution=config["model"]["resolution"],
+        instance_prompt=instance_prompt_for(config, subject),
+        class_dir=smk.input.get("class_images"),
+        class_prompt=class_prompt_for(config, subject),
+        device=config["device"],
+    )
+
+
+def sample(smk, config) -> None:
+    from s2s.sample import fill_prompt, sample_method
+
+    subject = cfgmod.subject(config, smk.wildcards.subject)
+    method = smk.wildcards.method
+    sampling = config["sampling"]
+    all_ids = cfgmod.prompt_ids(config)
+    prompts = {
+        pid: fill_prompt(sampling["prompts"][all_ids.index(pid)], subject.phrase) for pid in smk.params.prompt_ids
+    }
+    model_dir = None if method == "base" else cfgmod.results_dir(config) / subject.name / "models" / method
+    sample_method(
+        cfgmod.base_model(config),
+        method,
+        model_dir,
+        prompts,
+        sampling["seeds"],
+        cfgmod.results_dir(config) / subject.name / "samples" / method,
+        resolution=config["model"]["resolution"],
+        num_inference_steps=sampling["num_inference_steps"],
+        guidance_scale=sampling["guidance_scale"],
+        scheduler=sampling["scheduler"],
+        batch_size=sampling["batch_size"],
+        device=config["device"],
+        precision=config["training"].get("mixed_precision", "no"),
+    )
+
+
+STEPS = {
+    "build_tiny_models": build_tiny_models,
+    "draw_synthetic_subject": draw_synthetic_subject,
+    "prepare_instance": prepare_instance,
+    "class_priors": class_priors,
+    "train": train,
+    "sample": sample,
+}
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def loss_curves(smk, config) -> None:
+    from s2s.plots import loss_curves as draw, read_loss_csv
+
+    curves = {}
+    for summary in smk.input.summaries:
+        folder = Path(summary).parent
+        if (folder / "loss.csv").exists():
+            curves[folder.name] = read_loss_csv(folder / "loss.csv")
+    draw(curves, smk.output[0])
+
+
+STEPS["loss_curves"] = loss_curves
