@@ -143,6 +143,8 @@ def prepare_subject(folder: Path | str, out_dir: Path | str, resolution: int, sm
 
 
 def list_images(folder: Path | str) -> list[Path]:
+    if not Path(folder).is_dir():
+        return []
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
 
 

@@ -78,7 +78,9 @@ class AttentionStore:
 
     def __init__(self, store_prompts: tuple[int, ...] = (0,)):
         store_prompts = tuple(store_prompts)
-        if store_prompts and store_prompts != tuple(range(store_prompts[0], store_prompts[0] + len(store_prompts))):
+        if store_prompts and store_prompts != tuple(
+            range(store_prompts[0], store_prompts[0] + len(store_prompts))
+        ):
             raise ValueError("store_prompts must be consecutive prompt indices, e.g. (0,) or (0, 1)")
         self.store_prompts = store_prompts
         AttentionStore.reset(self, 0, (0, 0))
@@ -115,7 +117,9 @@ class AttentionStore:
         rows = slice(first, first + len(self.store_prompts))
         sim = (query[rows] @ key[rows].transpose(-1, -2)).float() * scale
         if mask is not None:
-            sim = sim.masked_fill(~mask[rows], float("-inf")) if mask.dtype == torch.bool else sim + mask[rows]
+            sim = (
+                sim.masked_fill(~mask[rows], float("-inf")) if mask.dtype == torch.bool else sim + mask[rows]
+            )
         maps = sim.softmax(-1).mean(1)
         if layer in self.step_maps:  # a layer called twice in one step (never in SD's UNet) adds up
             self.step_maps[layer] += maps
@@ -145,8 +149,14 @@ class LocalBlend:
     prompts' masks is kept. From ``start_step`` on, x_t = x_src + mask * (x_t - x_src) after every step.
     """
 
-    def __init__(self, source_positions, target_positions, threshold: float = 0.3, start_step: int = 0,
-                 downscale: int = MAP_DOWNSCALE):
+    def __init__(
+        self,
+        source_positions,
+        target_positions,
+        threshold: float = 0.3,
+        start_step: int = 0,
+        downscale: int = MAP_DOWNSCALE,
+    ):
         self.positions = (list(source_positions), list(target_positions))
         self.threshold = threshold
         self.start_step = start_step
@@ -176,8 +186,13 @@ class EditController(AttentionStore, abc.ABC):
     ``cross_alphas`` window per step and target token, the self-attention window) and local blending.
     """
 
-    def __init__(self, cross_alphas: torch.Tensor, self_window: tuple[int, int],
-                 local_blend: LocalBlend | None = None, self_replace_max_res: int = SELF_REPLACE_MAX_RES):
+    def __init__(
+        self,
+        cross_alphas: torch.Tensor,
+        self_window: tuple[int, int],
+        local_blend: LocalBlend | None = None,
+        self_replace_max_res: int = SELF_REPLACE_MAX_RES,
+    ):
         super().__init__(store_prompts=(0, 1) if local_blend is not None else (0,))
         self.cross_alphas = cross_alphas
         self.self_window = self_window
@@ -298,14 +313,15 @@ class Reweight(EditController):
 
 
 def _blend_words(spec_words, source: str, target: str) -> tuple[list[str], list[str]]:
-    """``blend_words`` is a list of words looked up in both prompts, or a ``[source words, target words]`` pair."""
+    """``blend_words``: a list of words looked up in both prompts, or ``[source words, target words]``."""
     if spec_words and all(isinstance(w, list | tuple) for w in spec_words) and len(spec_words) == 2:
         return list(spec_words[0]), list(spec_words[1])
     if isinstance(spec_words, str):
         spec_words = [spec_words]
     if not isinstance(spec_words, list | tuple) or not all(isinstance(w, str) for w in spec_words):
         raise EditSpecError(
-            f"blend_words {spec_words!r}: give a list of words or [[source words], [target words]]", "blend_words"
+            f"blend_words {spec_words!r}: give a list of words or [[source words], [target words]]",
+            "blend_words",
         )
     return list(spec_words), list(spec_words)
 
@@ -325,27 +341,38 @@ def build_local_blend(tokenizer, source: str, target: str, spec: dict, num_steps
     return LocalBlend(src_pos, tgt_pos, threshold=threshold, start_step=start)
 
 
-def build_controller(tokenizer, source: str, target: str, spec: dict, num_steps: int,
-                     max_len: int | None = None) -> EditController:
+def build_controller(
+    tokenizer, source: str, target: str, spec: dict, num_steps: int, max_len: int | None = None
+) -> EditController:
     """The controller of an edit spec: ``edit`` (replace | refine | reweight | subject) and P2P's
     parameters (see ``SPEC_KEYS``; ``DEFAULT_SPEC`` for defaults). Prompts are as the tokenizer sees them
     (after textual-inversion token expansion). ``subject`` edits align like ``refine``; ``reweight``
     chains onto ``replace`` (same token count) or ``refine`` when the prompts differ."""
     unknown = set(spec) - SPEC_KEYS
     if unknown:
-        raise EditSpecError(f"unknown edit parameter(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}", "params")
+        raise EditSpecError(
+            f"unknown edit parameter(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}", "params"
+        )
     edit = spec.get("edit", "replace")
     if edit not in EDITS:
         raise EditSpecError(f"unknown edit {edit!r}; use one of {', '.join(EDITS)}", "edit")
     max_len = max_len or tokenizer.model_max_length
     common = {
         "cross_alphas": cross_replace_alphas(
-            tokenizer, target, num_steps, spec.get("cross_replace_steps", DEFAULT_SPEC["cross_replace_steps"]), max_len
+            tokenizer,
+            target,
+            num_steps,
+            spec.get("cross_replace_steps", DEFAULT_SPEC["cross_replace_steps"]),
+            max_len,
         ),
         "self_window": step_window(
-            spec.get("self_replace_steps", DEFAULT_SPEC["self_replace_steps"]), num_steps, "self_replace_steps"
+            spec.get("self_replace_steps", DEFAULT_SPEC["self_replace_steps"]),
+            num_steps,
+            "self_replace_steps",
         ),
-        "local_blend": build_local_blend(tokenizer, source, target, spec, num_steps) if spec.get("blend_words") else None,
+        "local_blend": build_local_blend(tokenizer, source, target, spec, num_steps)
+        if spec.get("blend_words")
+        else None,
         "self_replace_max_res": int(spec.get("self_replace_max_res", SELF_REPLACE_MAX_RES)),
     }
     if edit == "replace":
@@ -353,13 +380,19 @@ def build_controller(tokenizer, source: str, target: str, spec: dict, num_steps:
     if edit in ("refine", "subject"):
         return Refine(*refinement_mapper(tokenizer, source, target, max_len), **common)
     if not spec.get("equalizer"):
-        raise EditSpecError("reweight edit needs 'equalizer': {word: scale, ...} (words of the target)", "equalizer")
+        raise EditSpecError(
+            "reweight edit needs 'equalizer': {word: scale, ...} (words of the target)", "equalizer"
+        )
     prev = None
     if source != target:
         same_length = len(tokenizer(source).input_ids) == len(tokenizer(target).input_ids)
         same_words = len(source.split()) == len(target.split())
         prev = build_controller(
-            tokenizer, source, target, {"edit": "replace" if same_length and same_words else "refine"}, num_steps,
+            tokenizer,
+            source,
+            target,
+            {"edit": "replace" if same_length and same_words else "refine"},
+            num_steps,
             max_len,
         )
     return Reweight(equalizer(tokenizer, target, spec["equalizer"], max_len), prev=prev, **common)

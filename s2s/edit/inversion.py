@@ -73,7 +73,7 @@ def _check_ddim(pipe) -> None:
 
     if not isinstance(pipe.scheduler, DDIMScheduler):
         raise S2SError(
-            f"inversion needs the pipeline's scheduler to be DDIMScheduler, not {type(pipe.scheduler).__name__}: "
+            f"inversion needs a DDIMScheduler in the pipeline, not {type(pipe.scheduler).__name__}: "
             "set pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
         )
 
@@ -108,8 +108,16 @@ def _frozen(module: torch.nn.Module):
             param.requires_grad_(flag)
 
 
-def optimise_null_text(pipe, trajectory, cond, uncond, guidance_scale: float, inner_steps: int = 10,
-                       lr: float = 1e-2, epsilon: float = 1e-5) -> list[torch.Tensor]:
+def optimise_null_text(
+    pipe,
+    trajectory,
+    cond,
+    uncond,
+    guidance_scale: float,
+    inner_steps: int = 10,
+    lr: float = 1e-2,
+    epsilon: float = 1e-5,
+) -> list[torch.Tensor]:
     """Null-text optimisation (Mokady et al., Alg. 1): per sampling step, Adam on the null embedding so that
     the guided DDIM step from the current latent lands on the inversion trajectory.
 
@@ -151,8 +159,15 @@ def optimise_null_text(pipe, trajectory, cond, uncond, guidance_scale: float, in
     return nulls
 
 
-def invert(pipe, image: Image.Image, prompt: str, method: str = "negative_prompt", num_inference_steps: int = 50,
-           guidance_scale: float = 7.5, inner_steps: int = 10) -> Inversion:
+def invert(
+    pipe,
+    image: Image.Image,
+    prompt: str,
+    method: str = "negative_prompt",
+    num_inference_steps: int = 50,
+    guidance_scale: float = 7.5,
+    inner_steps: int = 10,
+) -> Inversion:
     """Invert ``image`` (already at the model's resolution) with its caption ``prompt``."""
     if method not in INVERSIONS:
         raise S2SError(f"unknown inversion {method!r}; use one of {', '.join(INVERSIONS)}")
@@ -168,4 +183,6 @@ def invert(pipe, image: Image.Image, prompt: str, method: str = "negative_prompt
             nulls = optimise_null_text(pipe, trajectory, cond, uncond, guidance_scale, inner_steps)
     seconds = time.perf_counter() - start
     log.info("%s inversion of %r: %d UNet calls, %.2f s", method, prompt, count.calls, seconds)
-    return Inversion(method, prompt, num_inference_steps, image_latent, trajectory, nulls, count.calls, seconds)
+    return Inversion(
+        method, prompt, num_inference_steps, image_latent, trajectory, nulls, count.calls, seconds
+    )

@@ -49,7 +49,9 @@ def convert_prompt(pipe, prompt: str) -> str:
 @torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> list[Image.Image]:
     """Latents to PIL images, as the pipeline's own ``output_type="pil"`` path does."""
-    images = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    images = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[
+        0
+    ]
     return pipe.image_processor.postprocess(images, output_type="pil")
 
 

@@ -1,4 +1,4 @@
-"""Diffusers attention processors that hand attention to a Prompt-to-Prompt controller, and a UNet call counter.
+"""Diffusers attention processors that hand attention to a P2P controller, and a UNet call counter.
 
 Processors are installed by layer name with ``unet.set_attn_processor(dict)`` and the originals are put
 back afterwards; no module's ``forward`` is replaced.
@@ -79,7 +79,9 @@ class P2PAttnProcessor:
 def p2p_attention(unet, controller) -> Iterator[None]:
     """Route every attention layer of ``unet`` through ``controller``; restore the previous processors."""
     original = dict(unet.attn_processors)
-    unet.set_attn_processor({name: P2PAttnProcessor(controller, name.removesuffix(".processor")) for name in original})
+    unet.set_attn_processor(
+        {name: P2PAttnProcessor(controller, name.removesuffix(".processor")) for name in original}
+    )
     try:
         yield
     finally:

@@ -46,14 +46,17 @@ def word_positions(tokenizer, prompt: str, word: str) -> list[int]:
     """Token positions of every occurrence of ``word`` in ``prompt`` (case and trailing punctuation ignored,
     as CLIP lower-cases and "field," should match "field")."""
     word = word.lower()
-    return [p for w, span in word_spans(tokenizer, prompt) if w.lower().strip(_PUNCTUATION) == word for p in span]
+    return [
+        p for w, span in word_spans(tokenizer, prompt) if w.lower().strip(_PUNCTUATION) == word for p in span
+    ]
 
 
 def _check_length(tokenizer, prompt: str, max_len: int) -> int:
     n = len(token_ids(tokenizer, prompt))
     if n > max_len:
         raise EditSpecError(
-            f"prompt {prompt!r} has {n} tokens; the text encoder reads at most {max_len}: shorten it", "prompt"
+            f"prompt {prompt!r} has {n} tokens; the text encoder reads at most {max_len}: shorten it",
+            "prompt",
         )
     return n
 
@@ -120,7 +123,9 @@ def global_align(x: list[int], y: list[int], gap: int = 0, match: int = 1, misma
     return y_to_x[::-1]
 
 
-def refinement_mapper(tokenizer, source: str, target: str, max_len: int = 77) -> tuple[torch.Tensor, torch.Tensor]:
+def refinement_mapper(
+    tokenizer, source: str, target: str, max_len: int = 77
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Refinement alignment: ``mapper[j]`` is the source position of target token j, ``alphas[j]`` is 0
     for target tokens with no source counterpart (added words), 1 otherwise."""
     _check_length(tokenizer, source, max_len)
@@ -180,7 +185,8 @@ def cross_replace_alphas(
         positions = word_positions(tokenizer, target, word)
         if not positions:
             raise EditSpecError(
-                f"cross_replace_steps word {word!r} is not in the target prompt {target!r}", "cross_replace_steps"
+                f"cross_replace_steps word {word!r} is not in the target prompt {target!r}",
+                "cross_replace_steps",
             )
         start, end = step_window(value, num_steps, "cross_replace_steps")
         alphas[:, positions] = 0.0

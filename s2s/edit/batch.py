@@ -1,0 +1,509 @@
+"""Prompt-to-Prompt edits of a whole manifest: every row checked first, then edited, each model loaded once.
+
+Manifest (CSV with a header, or YAML: a list of mappings or ``{edits: [...]}``), one edit per row:
+
+- ``source_prompt``, ``target_prompt``, ``edit`` (replace | refine | reweight | subject): required;
+- ``image``: a photo (relative to the manifest's folder) to invert and edit; empty: the source is generated
+  from ``source_prompt`` with the batch seed;
+- ``edit_id``: output folder name; derived from the row number and the edited words when empty;
+- ``params``: JSON/YAML mapping of P2P parameters (cross_replace_steps, self_replace_steps, blend_words,
+  threshold, start_blend, equalizer, self_replace_max_res), over the batch defaults;
+- ``model``: base | lora | textual_inversion | dreambooth; default base, and the subject model for
+  ``subject`` edits (the photo is inverted and edited with that model);
+- ``inversion``: negative_prompt (default) | null_text | ddim | direct.
+
+Outputs per edit, in ``out_root/{edit_id}/`` (the folder appears complete or not at all): source.png,
+reconstruction.png, edited.png, attention.png and edit.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+
+from s2s.edit.controllers import DEFAULT_SPEC, EDITS, build_controller
+from s2s.edit.inversion import INVERSIONS, invert, load_image, model_resolution
+from s2s.edit.metrics import ClipScorer, edit_metrics
+from s2s.edit.p2p import generate_edit
+from s2s.edit.seq_aligner import EditSpecError
+from s2s.io import S2SError, atomic_dir, check_safe_name, load_safetensors, save_png, write_json
+from s2s.models import METHODS, SAMPLE_METHODS, load_method_pipeline, method_weights_path
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion")
+REQUIRED = ("source_prompt", "target_prompt", "edit")
+DEFAULTS = {
+    "num_inference_steps": 50,
+    "guidance_scale": 7.5,
+    **DEFAULT_SPEC,
+    "inversion": "negative_prompt",
+    "null_text_inner_steps": 10,
+    "subject_model": None,  # method used by `subject` rows without a model; the only trained one if unset
+    "clip_model": None,  # CLIP folder or hub id for CLIP-T and directional similarity; None skips them
+}
+OUTPUT_FILES = ("source.png", "reconstruction.png", "edited.png", "attention.png", "edit.json")
+
+
+@dataclass
+class EditRow:
+    row: int  # 1-based data row of the manifest
+    edit_id: str
+    image: Path | None
+    source_prompt: str
+    target_prompt: str
+    edit: str
+    model: str
+    inversion: str | None
+    spec: dict = field(default_factory=dict)  # controller spec: edit + P2P parameters, defaults applied
+
+
+class _Where:
+    """Names a manifest cell in error messages."""
+
+    def __init__(self, manifest: str):
+        self.manifest = manifest
+
+    def error(self, row: int, column: str, message: str) -> S2SError:
+        return S2SError(f"{self.manifest}, row {row}, column '{column}': {message}")
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """The raw rows of a CSV or YAML manifest, as dicts of column -> value (empty cells dropped)."""
+    if not path.is_file():
+        raise S2SError(f"{path}: edit manifest not found")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = [dict(r) for r in reader]
+            header = reader.fieldnames or []
+        unknown = [c for c in header if c and c.strip() not in COLUMNS]
+        if unknown:
+            raise S2SError(f"{path}: unknown column(s) {unknown}; the columns are {', '.join(COLUMNS)}")
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise S2SError(f"{path}: not valid YAML ({exc})") from exc
+        rows = data.get("edits") if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise S2SError(f"{path}: a YAML manifest is a list of mappings (or a mapping with key 'edits')")
+    else:
+        raise S2SError(f"{path}: edit manifest must be .csv, .yaml or .yml")
+    return [_clean(r) for r in rows]
+
+
+def _clean(raw: dict) -> dict:
+    cleaned = {}
+    for key, value in raw.items():
+        if key is None:  # csv puts surplus cells of a row under None
+            cleaned[None] = value
+            continue
+        value = value.strip() if isinstance(value, str) else value
+        if value not in (None, ""):
+            cleaned[str(key).strip()] = value
+    return cleaned
+
+
+def _slug(row: int, source: str, target: str) -> str:
+    """``{row:03d}_{words}``: the target's words that are not in the source, else the target's words."""
+    source_words = set(source.lower().split())
+    words = [w for w in target.lower().split() if w not in source_words] or target.lower().split()
+    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(words)).strip("-")[:40].strip("-")
+    return f"{row:03d}_{slug}" if slug else f"{row:03d}"
+
+
+def _parse_params(value, where: _Where, row: int) -> dict:
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)  # JSON is YAML, so both spellings work
+        except yaml.YAMLError as exc:
+            raise where.error(row, "params", f"not valid JSON/YAML ({exc})") from exc
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise where.error(
+            row, "params", 'give a mapping, e.g. {"cross_replace_steps": 0.6, "blend_words": ["dog"]}'
+        )
+    return value
+
+
+def _check_image(path: Path, where: _Where, row: int) -> None:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, ValueError) as exc:
+        raise where.error(
+            row, "image", f"{path} is not a readable image ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _subject_model(defaults: dict, model_dirs: dict) -> str | None:
+    if defaults["subject_model"]:
+        return defaults["subject_model"]
+    trained = [m for m in model_dirs if m in METHODS]
+    return trained[0] if len(trained) == 1 else None
+
+
+def parse_row(
+    raw: dict, row: int, where: _Where, base_dir: Path, defaults: dict, model_dirs: dict
+) -> EditRow:
+    """One manifest row checked for everything that needs no model: columns, enums, files, params."""
+    if None in raw:
+        raise where.error(
+            row, "-", f"more cells than columns ({raw[None]!r}); quote cells that contain commas"
+        )
+    unknown = [c for c in raw if c not in COLUMNS]
+    if unknown:
+        raise where.error(row, unknown[0], f"unknown column; the columns are {', '.join(COLUMNS)}")
+    for column in REQUIRED:
+        if not isinstance(raw.get(column), str):
+            raise where.error(row, column, "missing; every row needs source_prompt, target_prompt and edit")
+    edit = raw["edit"]
+    if edit not in EDITS:
+        raise where.error(row, "edit", f"unknown edit {edit!r}; use one of {', '.join(EDITS)}")
+
+    model = raw.get("model") or (_subject_model(defaults, model_dirs) if edit == "subject" else "base")
+    if model is None:
+        raise where.error(
+            row,
+            "model",
+            "subject edit without a model and no single trained model to default to: set the "
+            "row's model or the edit default 'subject_model'",
+        )
+    if model not in SAMPLE_METHODS:
+        raise where.error(row, "model", f"unknown model {model!r}; use one of {', '.join(SAMPLE_METHODS)}")
+    if edit == "subject" and model == "base":
+        raise where.error(
+            row,
+            "model",
+            "a subject edit needs a trained subject model (lora, textual_inversion, dreambooth), not base",
+        )
+    if model != "base":
+        model_dir = model_dirs.get(model)
+        if model_dir is None or not method_weights_path(Path(model_dir), model).exists():
+            raise where.error(
+                row,
+                "model",
+                f"no trained {model} model ({model_dir or 'no folder given'}): train it first or "
+                "edit with another model",
+            )
+
+    image = None
+    if raw.get("image"):
+        image = Path(raw["image"])
+        image = image if image.is_absolute() else base_dir / image
+        _check_image(image, where, row)
+    inversion = raw.get("inversion", defaults["inversion"])
+    if inversion not in INVERSIONS:
+        raise where.error(
+            row, "inversion", f"unknown inversion {inversion!r}; use one of {', '.join(INVERSIONS)}"
+        )
+
+    edit_id = str(raw.get("edit_id") or _slug(row, raw["source_prompt"], raw["target_prompt"]))
+    try:
+        check_safe_name(edit_id, "edit_id")
+    except S2SError as exc:
+        raise where.error(row, "edit_id", str(exc)) from exc
+
+    params = _parse_params(raw.get("params"), where, row)
+    spec = {"edit": edit, **{k: defaults[k] for k in DEFAULT_SPEC}, **params}
+    return EditRow(
+        row,
+        edit_id,
+        image,
+        raw["source_prompt"],
+        raw["target_prompt"],
+        edit,
+        model,
+        inversion if image is not None else None,
+        spec,
+    )
+
+
+class _PromptTokenizer:
+    """The tokenizer of a model's pipeline, textual-inversion tokens included, loaded without weights."""
+
+    def __init__(self, base_model: str, method: str, model_dir: Path | None):
+        from transformers import CLIPTokenizer
+
+        source = str(model_dir) if method == "dreambooth" else base_model
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        except (OSError, ValueError) as exc:
+            raise S2SError(f"model {source!r}: could not load its tokenizer ({exc})") from exc
+        self.expansions: dict[str, str] = {}
+        if method == "textual_inversion":
+            for token, embedding in load_safetensors(method_weights_path(Path(model_dir), method)).items():
+                n = embedding.shape[0] if embedding.ndim == 2 else 1
+                names = [token] + [f"{token}_{i}" for i in range(1, n)]
+                self.tokenizer.add_tokens(names)
+                self.expansions[token] = " ".join(names)
+
+    def convert(self, prompt: str) -> str:
+        # As diffusers' maybe_convert_prompt: a multi-vector token becomes its n vector tokens.
+        for token, expansion in self.expansions.items():
+            if expansion != token:
+                prompt = prompt.replace(token, expansion)
+        return prompt
+
+
+def validate_manifest(manifest, base_model: str, model_dirs: dict, defaults: dict) -> list[EditRow]:
+    """All rows checked, token alignment included, before any model is loaded; raise S2SError naming the
+    manifest, row and column of the first problem."""
+    if isinstance(manifest, str | Path):
+        path = Path(manifest)
+        where, base_dir, raws = _Where(str(path)), path.parent, read_manifest(path)
+    else:
+        where, base_dir, raws = _Where("manifest rows"), Path.cwd(), [_clean(dict(r)) for r in manifest]
+    if not raws:
+        raise S2SError(f"{where.manifest}: no edits listed")
+    rows, seen = [], {}
+    for number, raw in enumerate(raws, start=1):
+        row = parse_row(raw, number, where, base_dir, defaults, model_dirs)
+        if row.edit_id in seen:
+            raise where.error(
+                number, "edit_id", f"{row.edit_id!r} is also the edit_id of row {seen[row.edit_id]}"
+            )
+        seen[row.edit_id] = number
+        rows.append(row)
+    tokenizers: dict[str, _PromptTokenizer] = {}
+    for row in rows:
+        if row.model not in tokenizers:
+            model_dir = Path(model_dirs[row.model]) if row.model != "base" else None
+            tokenizers[row.model] = _PromptTokenizer(base_model, row.model, model_dir)
+        tok = tokenizers[row.model]
+        try:
+            build_controller(
+                tok.tokenizer,
+                tok.convert(row.source_prompt),
+                tok.convert(row.target_prompt),
+                row.spec,
+                int(defaults["num_inference_steps"]),
+            )
+        except EditSpecError as exc:
+            column = {
+                "edit": "edit",
+                "prompt": "source_prompt/target_prompt",
+                "target_prompt": "target_prompt",
+            }
+            raise where.error(row.row, column.get(exc.key, "params"), str(exc)) from exc
+    return rows
+
+
+def check_defaults(defaults: dict | None) -> dict:
+    merged = dict(DEFAULTS)
+    unknown = set(defaults or {}) - set(DEFAULTS)
+    if unknown:
+        raise S2SError(f"edit defaults: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    merged.update({k: v for k, v in (defaults or {}).items() if v is not None})
+    if int(merged["num_inference_steps"]) < 1:
+        raise S2SError("edit defaults key num_inference_steps must be at least 1")
+    if merged["inversion"] not in INVERSIONS:
+        raise S2SError(
+            f"edit defaults key inversion: {merged['inversion']!r} is not one of {', '.join(INVERSIONS)}"
+        )
+    return merged
+
+
+def attention_sheet(maps: torch.Tensor, tokens: list[str], image: Image.Image, cell: int = 96) -> Image.Image:
+    """One tile per token: its cross-attention map (normalised to its maximum) over the dimmed image,
+    labelled with the token when PIL's default font is available."""
+    try:
+        font = ImageFont.load_default()
+    except OSError:
+        font = None
+    label_h = 14 if font is not None else 0
+    sheet = Image.new("RGB", (cell * max(len(tokens), 1), cell + label_h), "white")
+    base = image.convert("L").resize((cell, cell), Image.Resampling.BICUBIC).convert("RGB")
+    draw = ImageDraw.Draw(sheet)
+    for i, token in enumerate(tokens):
+        heat = maps[i] / maps[i].max().clamp_min(1e-12)
+        heat = Image.fromarray((heat.numpy() * 255).astype("uint8"), "L").resize(
+            (cell, cell), Image.Resampling.BICUBIC
+        )
+        tile = Image.blend(
+            base, Image.merge("RGB", (heat, heat.point(lambda v: v // 3), Image.new("L", heat.size))), 0.7
+        )
+        sheet.paste(tile, (i * cell, 0))
+        if font is not None:
+            draw.text((i * cell + 2, cell + 1), token[:14], fill="black", font=font)
+    return sheet
+
+
+def _ensure_ddim(pipe) -> None:
+    from diffusers import DDIMScheduler
+
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        # Inversion and P2P editing are defined for deterministic DDIM sampling.
+        log.info("using DDIMScheduler instead of %s for editing", type(pipe.scheduler).__name__)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+
+
+def _edit_row(
+    pipe,
+    row: EditRow,
+    out_root: Path,
+    defaults: dict,
+    seed: int,
+    clip,
+    load_s: float,
+    manifest: str,
+    model_dir,
+) -> dict:
+    start = time.perf_counter()
+    steps, guidance = int(defaults["num_inference_steps"]), float(defaults["guidance_scale"])
+    inversion = None
+    if row.image is not None:
+        photo = load_image(row.image, model_resolution(pipe))
+        inversion = invert(
+            pipe,
+            photo,
+            row.source_prompt,
+            row.inversion,
+            steps,
+            guidance,
+            int(defaults["null_text_inner_steps"]),
+        )
+        result = generate_edit(
+            pipe,
+            row.source_prompt,
+            row.target_prompt,
+            row.spec,
+            inversion=inversion,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+        )
+        source, reconstruction = photo, result.source_image
+    else:
+        # A CPU generator gives the same noise on every device.
+        generator = torch.Generator("cpu").manual_seed(seed)
+        result = generate_edit(
+            pipe,
+            row.source_prompt,
+            row.target_prompt,
+            row.spec,
+            generator=generator,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+        )
+        source = reconstruction = result.source_image
+    metrics_start = time.perf_counter()
+    metrics = edit_metrics(
+        source,
+        reconstruction,
+        result.edited_image,
+        row.source_prompt,
+        row.target_prompt,
+        is_photo=row.image is not None,
+        blend_mask=result.blend_mask,
+        clip=clip,
+    )
+    metrics_s = time.perf_counter() - metrics_start
+    inversion_calls = inversion.unet_calls if inversion is not None else 0
+    record = {
+        "edit_id": row.edit_id,
+        "manifest": manifest,
+        "row": row.row,
+        "image": str(row.image) if row.image is not None else None,
+        "source_prompt": row.source_prompt,
+        "target_prompt": row.target_prompt,
+        "edit": row.edit,
+        "model": row.model,
+        "model_dir": str(model_dir) if model_dir is not None else None,
+        "inversion": row.inversion,
+        "controller": row.spec,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "seed": seed if row.image is None else None,
+        "tokens": result.tokens,
+        "timings_s": {
+            "model_load": load_s,  # once per model and batch, shared by its rows
+            "inversion": inversion.seconds if inversion is not None else 0.0,
+            "edit": result.seconds,
+            "metrics": metrics_s,
+            "total": time.perf_counter() - start,
+        },
+        "unet_calls": {
+            "inversion": inversion_calls,
+            "edit": result.unet_calls,
+            "total": inversion_calls + result.unet_calls,
+        },
+        "metrics": metrics,
+        "files": list(OUTPUT_FILES),
+    }
+    with atomic_dir(out_root / row.edit_id) as tmp:
+        save_png(source, tmp / "source.png")
+        save_png(reconstruction, tmp / "reconstruction.png")
+        save_png(result.edited_image, tmp / "edited.png")
+        save_png(
+            attention_sheet(result.attention_maps, result.tokens, result.source_image), tmp / "attention.png"
+        )
+        record["timings_s"]["total"] = time.perf_counter() - start
+        write_json(tmp / "edit.json", record)
+    log.info(
+        "edit %s (%s, %s): %.1f s, %d UNet calls",
+        row.edit_id,
+        row.edit,
+        row.model,
+        record["timings_s"]["total"],
+        record["unet_calls"]["total"],
+    )
+    return record
+
+
+def run_edit_batch(
+    manifest_path_or_rows,
+    out_root: Path,
+    base_model: str,
+    model_dirs: dict,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    defaults: dict | None,
+    seed: int,
+) -> list[dict]:
+    """Edit every row of a manifest (a CSV/YAML path, or a list of row dicts); return each edit.json record.
+
+    All rows are validated before any model is loaded; then rows are grouped by model so each pipeline
+    is loaded once.
+    """
+    defaults = check_defaults(defaults)
+    model_dirs = {k: Path(v) for k, v in (model_dirs or {}).items()}
+    rows = validate_manifest(manifest_path_or_rows, base_model, model_dirs, defaults)
+    manifest = (
+        str(manifest_path_or_rows) if isinstance(manifest_path_or_rows, str | Path) else "manifest rows"
+    )
+    device = torch.device(device)
+    out_root = Path(out_root)
+    models = list(dict.fromkeys(r.model for r in rows))
+    log.info(
+        "P2P batch: %d edits from %s with model(s) %s on %s, %d steps, guidance %.1f",
+        len(rows),
+        manifest,
+        ", ".join(models),
+        device,
+        defaults["num_inference_steps"],
+        defaults["guidance_scale"],
+    )
+    clip = ClipScorer(defaults["clip_model"], device) if defaults["clip_model"] else None
+    records: dict[int, dict] = {}
+    for model in models:
+        start = time.perf_counter()
+        pipe = load_method_pipeline(base_model, model, model_dirs.get(model), device, dtype)
+        pipe.set_progress_bar_config(disable=True)
+        _ensure_ddim(pipe)
+        load_s = time.perf_counter() - start
+        for row in (r for r in rows if r.model == model):
+            records[row.row] = _edit_row(
+                pipe, row, out_root, defaults, seed, clip, load_s, manifest, model_dirs.get(model)
+            )
+        del pipe
+    return [records[r.row] for r in rows]

@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny models are built once per test session (offline, from a seed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    from s2s.tiny import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "sd", seed=0, resolution=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    from s2s.tiny import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "clip", seed=1)
+
+
+@pytest.fixture(scope="session")
+def toy_instance(tmp_path_factory) -> Path:
+    """Eight prepared 64 px images of the procedurally drawn toy."""
+    from s2s.data import draw_synthetic_subject, prepare_subject
+
+    root = tmp_path_factory.mktemp("toy")
+    draw_synthetic_subject(root / "photos", 8, seed=0, resolution=64)
+    prepare_subject(root / "photos", root / "instance", 64)
+    return root / "instance"
+
+
+@pytest.fixture(scope="session")
+def toy_class_images(tmp_path_factory) -> Path:
+    from s2s.data import draw_synthetic_subject, prepare_subject
+
+    root = tmp_path_factory.mktemp("toy_class")
+    draw_synthetic_subject(root / "photos", 6, seed=99, resolution=64)
+    prepare_subject(root / "photos", root / "class_images", 64)
+    return root / "class_images"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
