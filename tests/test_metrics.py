@@ -36,6 +36,16 @@ from s2s.metrics.image_metrics import (
 from s2s.tiny import build_tiny_clip, build_tiny_dino
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Tiny matrices gain nothing from threads, and on shared CI cores OpenMP's spinning made this
+    # module 10-20x slower with 2 threads than with 1.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("metric_models")
@@ -43,8 +53,11 @@ def models(tmp_path_factory):
         "clip": str(build_tiny_clip(root / "clip")),
         "dino": str(build_tiny_dino(root / "dino")),
         "extractor": str(build_tiny_feature_extractor(root / "extractor.safetensors", seed=0)),
-        # 8-d pool features, so that FID can be checked with more images than dimensions.
-        "extractor8": str(build_tiny_feature_extractor(root / "extractor8.safetensors", seed=1, pool_dim=8)),
+        # 8-d pool features, so that FID can be checked with more images than dimensions, and 64 classes,
+        # so that hand computations on softmax outputs stay cheap (still more classes than images).
+        "extractor8": str(
+            build_tiny_feature_extractor(root / "extractor8.safetensors", seed=1, pool_dim=8, num_classes=64)
+        ),
     }
 
 
@@ -186,8 +199,9 @@ def test_subject_fidelity_matches_hand_cosines(models):
 
     def dino_cls(images):
         with torch.no_grad():
-            pixels = processor(images=[Image.fromarray(i.permute(1, 2, 0).numpy()) for i in images],
-                               return_tensors="pt")["pixel_values"]
+            pixels = processor(
+                images=[Image.fromarray(i.permute(1, 2, 0).numpy()) for i in images], return_tensors="pt"
+            )["pixel_values"]
             cls = dino(pixel_values=pixels).last_hidden_state[:, 0].double().numpy()
         return cls / np.linalg.norm(cls, axis=1, keepdims=True)
 
@@ -274,7 +288,7 @@ def test_inception_score_matches_hand_computation(models):
 
 
 def test_study_variants_match_hand_computation_on_softmax(models):
-    net = load_feature_extractor(models["extractor"])
+    net = load_feature_extractor(models["extractor8"])
     real, fake = make_images(18, 13), make_images(18, 14)
     lr = extract_features(net, real)["logits"].numpy()
     lf = extract_features(net, fake)["logits"].numpy()
@@ -340,8 +354,16 @@ def test_evaluate_method_writes_complete_json(models, tmp_path):
     samples = [{"prompt": f"a photo of sks dog {i}", "seed": i, "path": p} for i, p in enumerate(gen_paths)]
     out = tmp_path / "metrics" / "lora.json"
     result = evaluate_method(
-        "lora", samples, real_paths, out, models["clip"], models["dino"], models["extractor"],
-        reference_images=ref_paths, n_boot=20, seed=0,
+        "lora",
+        samples,
+        real_paths,
+        out,
+        models["clip"],
+        models["dino"],
+        models["extractor"],
+        reference_images=ref_paths,
+        n_boot=20,
+        seed=0,
     )
 
     def no_nan(token):
@@ -349,9 +371,23 @@ def test_evaluate_method_writes_complete_json(models, tmp_path):
 
     on_disk = json.loads(out.read_text(), parse_constant=no_nan)
     assert on_disk == json.loads(json.dumps(result))
-    assert (on_disk["method"], on_disk["n_generated"], on_disk["n_real"], on_disk["n_fid_real"]) == ("lora", 6, 3, 5)
-    expected = {"clip_score", "fid", "kid", "inception_score", "study_fid_softmax", "study_is", "dino", "clip_i",
-                "clip_t"}
+    assert (on_disk["method"], on_disk["n_generated"], on_disk["n_real"], on_disk["n_fid_real"]) == (
+        "lora",
+        6,
+        3,
+        5,
+    )
+    expected = {
+        "clip_score",
+        "fid",
+        "kid",
+        "inception_score",
+        "study_fid_softmax",
+        "study_is",
+        "dino",
+        "clip_i",
+        "clip_t",
+    }
     assert set(on_disk["metrics"]) == expected
     for key, entry in on_disk["metrics"].items():
         assert {"value", "ci_low", "ci_high", "n"} <= set(entry), key
@@ -377,15 +413,37 @@ def test_evaluate_method_without_dino_and_with_bad_input(models, tmp_path):
     gen_paths = _save(make_images(3, 30), tmp_path / "gen", "g")
     real_paths = _save(make_images(2, 31), tmp_path / "real", "r")
     samples = [{"prompt": "a photo of a dog", "seed": i, "path": p} for i, p in enumerate(gen_paths)]
-    result = evaluate_method("dreambooth", samples, real_paths, tmp_path / "m.json", models["clip"], None,
-                             models["extractor"], n_boot=10)
+    result = evaluate_method(
+        "dreambooth",
+        samples,
+        real_paths,
+        tmp_path / "m.json",
+        models["clip"],
+        None,
+        models["extractor"],
+        n_boot=10,
+    )
     assert result["metrics"]["dino"] is None and result["reference"]["dino_real"] is None
     assert any("DINO skipped" in w for w in result["warnings"])
 
     with pytest.raises(S2SError, match="lacks"):
-        evaluate_method("lora", [{"prompt": "x", "path": gen_paths[0]}], real_paths, tmp_path / "x.json",
-                        models["clip"], None, models["extractor"])
+        evaluate_method(
+            "lora",
+            [{"prompt": "x", "path": gen_paths[0]}],
+            real_paths,
+            tmp_path / "x.json",
+            models["clip"],
+            None,
+            models["extractor"],
+        )
     with pytest.raises(S2SError, match="not found"):
-        evaluate_method("lora", samples, [str(tmp_path / "missing.png")], tmp_path / "x.json",
-                        models["clip"], None, models["extractor"])
+        evaluate_method(
+            "lora",
+            samples,
+            [str(tmp_path / "missing.png")],
+            tmp_path / "x.json",
+            models["clip"],
+            None,
+            models["extractor"],
+        )
     assert not (tmp_path / "x.json").exists()

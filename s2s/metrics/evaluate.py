@@ -6,9 +6,10 @@ works on the extracted features and per-image values.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,21 @@ def load_images(paths: list[str | Path]) -> list[torch.Tensor]:
     return out
 
 
+@contextlib.contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """Run torch on one intra-op thread for the block (the bootstrap's many tiny matrix operations).
+
+    They gain nothing from threads, and when the CPUs are shared (parallel Snakemake jobs, each
+    starting one torch thread per core) OpenMP's spinning barriers slowed them down 10-20x in tests.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _check_samples(samples: list[dict]) -> None:
     if not samples:
         raise S2SError("evaluate: no generated samples (the sample manifest is empty)")
@@ -90,6 +106,71 @@ def _entry(value: float | None, ci: tuple[float, float], n: int, key: str, **ext
         **extra,
         "definition": DEFINITIONS[key],
     }
+
+
+def _per_image_metrics(per_image: dict[str, torch.Tensor | None], boot: dict) -> dict[str, dict | None]:
+    """Mean and bootstrap interval of each per-image metric (None where the metric was skipped)."""
+    metrics: dict[str, dict | None] = {}
+    for key, values in per_image.items():
+        if values is None:
+            metrics[key] = None
+            continue
+        arr = values.numpy()
+        metrics[key] = _entry(float(arr.mean()), bootstrap_ci(arr, **boot), len(arr), key)
+    return metrics
+
+
+def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict) -> dict[str, dict]:
+    """FID, KID, IS and the study's variants, each with an interval over resampled generated images."""
+    pool_real, pool_gen = feats_real["pool"], feats_gen["pool"]
+    logits_real, logits_gen = feats_real["logits"], feats_gen["logits"]
+    unbiased_gen = feats_gen["logits_unbiased"]
+    n_gen, n_real, seed = pool_gen.shape[0], pool_real.shape[0], boot["seed"]
+    metrics: dict[str, dict] = {}
+
+    def add(key: str, value: float, of_indices: Callable[[np.ndarray], float], **extra) -> None:
+        ci = bootstrap_set_ci(of_indices, n_gen, **boot)
+        metrics[key] = _entry(value, ci, n_gen, key, n_generated=n_gen, **extra)
+
+    # The point value comes from torchmetrics; resamples use the exact low-rank formula (tested equal),
+    # because torchmetrics' eigendecomposition of a 2048 x 2048 matrix per resample is too slow.
+    add(
+        "fid",
+        fid_from_features(pool_real, pool_gen),
+        lambda idx: frechet_distance(pool_real, pool_gen[idx]),
+        n_real=n_real,
+        feature_dim=pool_gen.shape[1],
+    )
+    kid_mean, kid_std, subset_size, subsets = kid_from_features(pool_real, pool_gen, seed=seed)
+    add(
+        "kid",
+        kid_mean,
+        lambda idx: kid_from_features(pool_real, pool_gen[idx], seed=seed)[0],
+        n_real=n_real,
+        std_over_subsets=_finite(kid_std),
+        subset_size=subset_size,
+        subsets=subsets,
+    )
+    add(
+        "inception_score",
+        is_from_logits(unbiased_gen, seed=seed)[0],
+        lambda idx: is_from_logits(unbiased_gen[idx], seed=seed)[0],
+        splits=1,
+    )
+    add(
+        "study_fid_softmax",
+        study_fid_from_logits(logits_real, logits_gen),
+        lambda idx: study_fid_from_logits(logits_real, logits_gen[idx]),
+        n_real=n_real,
+        feature_dim=logits_gen.shape[1],
+    )
+    add(
+        "study_is",
+        study_is_from_logits(logits_gen),
+        lambda idx: study_is_from_logits(logits_gen[idx]),
+        splits=1,
+    )
+    return metrics
 
 
 def evaluate_method(
@@ -128,8 +209,14 @@ def evaluate_method(
             f"evaluate {method}: FID/KID/IS need at least 2 generated and 2 real images, "
             f"got {n_gen} and {n_fid_real}"
         )
-    log.info("evaluating %s: %d generated, %d real (+%d reference) images, %d bootstrap resamples",
-             method, n_gen, n_real, n_fid_real - n_real, n_boot)
+    log.info(
+        "evaluating %s: %d generated, %d real (+%d reference) images, %d bootstrap resamples",
+        method,
+        n_gen,
+        n_real,
+        n_fid_real - n_real,
+        n_boot,
+    )
 
     extractor = load_feature_extractor(feature_extractor)
     feats_gen = extract_features(extractor, generated)
@@ -144,39 +231,16 @@ def evaluate_method(
     per_image.update({k: fidelity[k] for k in ("clip_i", "clip_t", "dino")})
 
     boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
-    metrics: dict[str, dict | None] = {}
-    for key, values in per_image.items():
-        if values is None:
-            metrics[key] = None
-            continue
-        arr = values.numpy()
-        metrics[key] = _entry(float(arr.mean()), bootstrap_ci(arr, **boot), n_gen, key)
+    with single_threaded_torch():
+        metrics = {
+            **_per_image_metrics(per_image, boot),
+            **_set_level_metrics(feats_real, feats_gen, boot),
+        }
 
-    def set_metric(key: str, value: float, of_indices: Callable[[np.ndarray], float], **extra) -> None:
-        ci = bootstrap_set_ci(of_indices, n_gen, **boot)
-        metrics[key] = _entry(value, ci, n_gen, key, n_generated=n_gen, **extra)
-
-    pool_gen, pool_real = feats_gen["pool"], feats_real["pool"]
-    logits_gen, logits_real = feats_gen["logits"], feats_real["logits"]
-    unbiased_gen = feats_gen["logits_unbiased"]
-
-    # The point value comes from torchmetrics; resamples use the exact low-rank formula (tested equal),
-    # because torchmetrics' eigendecomposition of a 2048 x 2048 matrix per resample is too slow.
-    set_metric("fid", fid_from_features(pool_real, pool_gen),
-               lambda idx: frechet_distance(pool_real, pool_gen[idx]), n_real=n_fid_real,
-               feature_dim=pool_gen.shape[1])
-    kid_mean, kid_std, subset_size, subsets = kid_from_features(pool_real, pool_gen, seed=seed)
-    set_metric("kid", kid_mean, lambda idx: kid_from_features(pool_real, pool_gen[idx], seed=seed)[0],
-               n_real=n_fid_real, std_over_subsets=_finite(kid_std), subset_size=subset_size, subsets=subsets)
-    set_metric("inception_score", is_from_logits(unbiased_gen, seed=seed)[0],
-               lambda idx: is_from_logits(unbiased_gen[idx], seed=seed)[0], splits=1)
-    set_metric("study_fid_softmax", study_fid_from_logits(logits_real, logits_gen),
-               lambda idx: study_fid_from_logits(logits_real, logits_gen[idx]), n_real=n_fid_real,
-               feature_dim=logits_gen.shape[1])
-    set_metric("study_is", study_is_from_logits(logits_gen), lambda idx: study_is_from_logits(logits_gen[idx]),
-               splits=1)
-
-    for what, dim in (("FID", pool_gen.shape[1]), ("study FID (softmax)", logits_gen.shape[1])):
+    for what, dim in (
+        ("FID", feats_gen["pool"].shape[1]),
+        ("study FID (softmax)", feats_gen["logits"].shape[1]),
+    ):
         message = fid_sample_size_warning(what, n_fid_real, n_gen, dim)
         if message:
             warn(message)

@@ -78,7 +78,9 @@ def _batches(items: list, batch_size: int):
 
 
 @torch.no_grad()
-def clip_image_embeddings(images: list[torch.Tensor], clip: ModelBundle, batch_size: int = 32) -> torch.Tensor:
+def clip_image_embeddings(
+    images: list[torch.Tensor], clip: ModelBundle, batch_size: int = 32
+) -> torch.Tensor:
     """Unit-norm CLIP image embeddings [N, D] of uint8 [3, H, W] images."""
     device = next(clip.model.parameters()).device
     out = []

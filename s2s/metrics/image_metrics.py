@@ -107,8 +107,9 @@ class PrecomputedFeatures(nn.Module):
 
 def _check_pair(real: torch.Tensor, fake: torch.Tensor, what: str) -> None:
     if real.shape[0] < 2 or fake.shape[0] < 2:
-        raise ValueError(f"{what} needs at least 2 real and 2 generated images, got {real.shape[0]} and "
-                         f"{fake.shape[0]}")
+        raise ValueError(
+            f"{what} needs at least 2 real and 2 generated images, got {real.shape[0]} and {fake.shape[0]}"
+        )
 
 
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -235,8 +236,14 @@ def fid(real_uint8, fake_uint8, extractor: nn.Module | str) -> float:
     return fid_from_features(real, fake)
 
 
-def kid(real_uint8, fake_uint8, extractor: nn.Module | str, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    real_uint8,
+    fake_uint8,
+    extractor: nn.Module | str,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
     """KID (torchmetrics) -> (mean, std over subsets); subset size capped at the smaller set."""
     extractor = _extractor(extractor)
     real, fake = _features(real_uint8, extractor)["pool"], _features(fake_uint8, extractor)["pool"]

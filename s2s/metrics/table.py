@@ -215,9 +215,13 @@ def _html(header, rows, published_rows, notes, provenance, tiny_models: bool) ->
         return frame.to_html(index=False, escape=True, border=0)
 
     e = html.escape
-    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Evaluation results</title>',
-             "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>",
-             "</head><body>", "<h1>Evaluation results</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"><title>Evaluation results</title>',
+        "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}</style>",
+        "</head><body>",
+        "<h1>Evaluation results</h1>",
+    ]
     if tiny_models:
         parts.append(f"<p><strong>{e(TINY_STATEMENT)}</strong></p>")
     parts.append(table(header, rows))
@@ -236,7 +240,12 @@ def _published_rows(published: dict | None) -> list[list[str]]:
     labels = {key: label for key, label, _ in COLUMNS}
     formats = {key: fmt for key, _, fmt in COLUMNS}
     return [
-        [source["label"], METHOD_LABELS.get(row, row), labels.get(key, key), _fmt(value, formats.get(key, "{}"))]
+        [
+            source["label"],
+            METHOD_LABELS.get(row, row),
+            labels.get(key, key),
+            _fmt(value, formats.get(key, "{}")),
+        ]
         for source in published.values()
         for row, values in source["rows"].items()
         for key, value in values.items()

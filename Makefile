@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean-demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first (a plain `torch` pulls a multi-GB CUDA build); torchvision is not needed.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,slurm]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores 2
+	$(BIN)/snakemake --cores 1 --report results/report.html
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+clean-demo:
+	rm -rf results/toy results/tiny_models results/table1.* results/logs results/report.html .snakemake
