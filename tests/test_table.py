@@ -48,7 +48,12 @@ PROVENANCE = {"config_hash": "abc123", "models": {"clip": "openai/clip-vit-large
 def test_table_rows_columns_and_published_values(tmp_path, jsons):
     out = tmp_path / "table"
     frame = make_table(
-        jsons, out / "t.csv", out / "t.md", out / "t.html", published=PUBLISHED, provenance=PROVENANCE,
+        jsons,
+        out / "t.csv",
+        out / "t.md",
+        out / "t.html",
+        published=PUBLISHED,
+        provenance=PROVENANCE,
         tiny_models=True,
     )
     csv = pd.read_csv(out / "t.csv")
