@@ -183,3 +183,69 @@ def loss_curves(smk, config) -> None:
 
 
 STEPS["loss_curves"] = loss_curves
+
+
+def evaluate(smk, config) -> None:
+    import json
+
+    from s2s.data import list_images
+    from s2s.metrics.evaluate import evaluate_method
+    from s2s.plots import image_grid
+
+    method = smk.wildcards.method
+    samples_root = cfgmod.results_dir(config) / smk.wildcards.subject / "samples" / method
+    samples, rows, labels = [], [], []
+    for pid in cfgmod.prompt_ids(config):
+        meta = json.loads((samples_root / pid / "prompt.json").read_text())
+        paths = [samples_root / pid / f"{seed}.png" for seed in config["sampling"]["seeds"]]
+        samples += [{"prompt": meta["prompt"], "seed": seed, "path": str(p)}
+                    for seed, p in zip(config["sampling"]["seeds"], paths)]
+        rows.append(paths)
+        labels.append(pid)
+    image_grid(rows, smk.output.grid, row_labels=labels)
+    models = cfgmod.metric_models(config)
+    reference = config["evaluation"]["reference_images"]
+    evaluate_method(
+        method,
+        samples,
+        [str(p) for p in list_images(smk.input.instance)],
+        smk.output.metrics,
+        clip_model=models["clip_model"],
+        dino_model=models["dino_model"],
+        feature_extractor=models["feature_extractor"],
+        reference_images=[str(p) for p in sorted(Path(reference).iterdir())] if reference else None,
+        n_boot=config["evaluation"]["n_boot"],
+        seed=config["seed"],
+    )
+
+
+def table(smk, config) -> None:
+    from s2s.metrics.table import PUBLISHED, make_table
+
+    subjects = list(config["subjects"])
+    metric_jsons = {}
+    for path in smk.input.metrics:
+        subject, method = Path(path).parent.parent.name, Path(path).stem
+        metric_jsons[method if len(subjects) == 1 else f"{subject}/{method}"] = path
+    provenance = {
+        "run_name": config["run_name"],
+        "config_hash": cfgmod.config_hash(config),
+        "base_model": cfgmod.base_model(config),
+        **{k: str(v) for k, v in cfgmod.metric_models(config).items()},
+        "seeds": config["sampling"]["seeds"],
+        "subjects": subjects,
+        "prompts": len(config["sampling"]["prompts"]),
+    }
+    make_table(
+        metric_jsons,
+        smk.output.csv,
+        smk.output.md,
+        smk.output.html,
+        published=PUBLISHED if config["evaluation"]["compare_published"] else None,
+        provenance=provenance,
+        tiny_models=bool(config["tiny_models"]),
+    )
+
+
+STEPS["evaluate"] = evaluate
+STEPS["table"] = table

@@ -126,6 +126,7 @@ def test_inception_without_torch_fidelity_says_what_to_install():
         load_feature_extractor("inception-v3-compat")
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torchmetrics' memory / one-split std notices
 def test_feature_view_is_a_torchmetrics_feature_module(models):
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.inception import InceptionScore

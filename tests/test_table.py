@@ -25,6 +25,7 @@ def metrics_json(path, method: str, offset: float, with_dino: bool = True) -> st
             "n_generated": 8,
             "n_real": 5,
             "metrics": metrics,
+            "reference": {"dino_real": 0.5 + offset / 1000, "clip_i_real": 0.25},
             "warnings": [f"FID: 8 generated vs 5 real images ({method})"],
         },
     )
@@ -83,13 +84,14 @@ def test_table_rows_columns_and_published_values(tmp_path, jsons):
     assert lines[0].startswith("| Method | n | CLIP score | CLIP score (published) | FID | IS |")
     rows = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:6]]
     assert rows == ["Textual Inversion", "DreamBooth", "LoRA", "Base model (reference)"]
-    assert "| LoRA | 8 | 10.00 [9.00, 11.50] | 30.17 |" in md
+    assert "| LoRA | 8 | 10.00 [9.00, 11.50] | 30.1661 |" in md
     assert "n/a" in lines[5]  # base: no DINO
     assert "0.774" in md and "0.885" in md  # the DreamBooth paper's real-images row
     assert "abc123" in md and "openai/clip-vit-large-patch14" in md
     for package in ("torch", "diffusers", "transformers", "torchmetrics"):
         assert f'"{package}"' in md
     assert "FID: 8 generated vs 5 real images (lora)" in md
+    assert "Our real images among themselves" in md and "DINO 0.540, CLIP-I 0.250" in md  # first row: TI
 
     html = (out / "t.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("<table") == 2

@@ -148,8 +148,8 @@ def load_feature_extractor(spec: str) -> nn.Module:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise S2SError(f"{path}: weights do not match the tiny extractor's config ({exc})") from exc
-    net.eval().requires_grad_(False)
-    return net
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return net.eval().requires_grad_(False).to(device)
 
 
 def _tiny_config(path: Path) -> dict:

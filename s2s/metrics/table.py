@@ -68,6 +68,9 @@ PUBLISHED = {
     },
 }
 
+# Published numbers are shown with the digits they were published with, not rounded to our format.
+PUBLISHED_FORMAT = "{:g}"
+
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "torchmetrics")
 
 TINY_STATEMENT = (
@@ -107,12 +110,16 @@ def _read(method: str, path) -> dict:
         raise S2SError(f"table: {path} is not valid JSON ({exc})") from exc
 
 
-def build_frame(metric_jsons: dict[str, str | Path], published: dict | None = None) -> pd.DataFrame:
+def read_metric_jsons(metric_jsons: dict[str, str | Path]) -> dict[str, dict]:
+    """Read every method's metrics JSON, in table order."""
+    return {method: _read(method, metric_jsons[method]) for method in ordered_methods(list(metric_jsons))}
+
+
+def build_frame(jsons: dict[str, dict], published: dict | None = None) -> pd.DataFrame:
     """One row per method: value / ci_low / ci_high per metric (+ published_<metric> columns)."""
     pub = published_by_row(published) if published else {}
     records = []
-    for method in ordered_methods(list(metric_jsons)):
-        data = _read(method, metric_jsons[method])
+    for method, data in jsons.items():
         record = {"method": method, "n_generated": data.get("n_generated"), "n_real": data.get("n_real")}
         for key, _, _ in COLUMNS:
             entry = data.get("metrics", {}).get(key) or {}
@@ -150,7 +157,7 @@ def display_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         for key, _, fmt in COLUMNS:
             cells.append(_cell(row, key, fmt))
             if f"published_{key}" in frame:
-                cells.append(_fmt(row[f"published_{key}"], fmt))
+                cells.append(_fmt(row[f"published_{key}"], PUBLISHED_FORMAT))
         rows.append(cells)
     return header, rows
 
@@ -175,18 +182,30 @@ def _provenance_lines(provenance: dict) -> list[tuple[str, str]]:
     ]
 
 
-def _notes(metric_jsons: dict, published: dict | None) -> list[str]:
+def _notes(jsons: dict[str, dict], published: dict | None) -> list[str]:
+    confidences = sorted({d["bootstrap"]["confidence"] for d in jsons.values() if "bootstrap" in d})
+    level = "/".join(f"{c:.0%}" for c in confidences) or "95%"
     notes = [
-        "Cells are value [95% bootstrap interval]. FID, KID and IS intervals resample the generated "
-        "images (real images fixed); resampling duplicates images, which biases these set-level metrics.",
+        f"Cells are value [{level} percentile bootstrap interval]. FID, KID and IS intervals resample the "
+        "generated images (real images fixed); resampling duplicates images, which biases these set-level "
+        "metrics.",
         "FID (study: softmax) and IS (study) follow pytorch-ignite as the study did: FID between the "
         "softmax outputs (not the pool features), so it is on a much smaller scale than FID.",
     ]
     if published:
         notes += [f"Published: {source['label']}." for source in published.values()]
+    for method, data in jsons.items():
+        reference = data.get("reference") or {}
+        if reference.get("dino_real") is not None or reference.get("clip_i_real") is not None:
+            dino, clip_i = reference.get("dino_real"), reference.get("clip_i_real")
+            notes.append(
+                f"Our real images among themselves (the DreamBooth paper's 'Real images' row): "
+                f"DINO {_fmt(dino, '{:.3f}')}, CLIP-I {_fmt(clip_i, '{:.3f}')} (from {method}'s evaluation)."
+            )
+            break
     seen = set()
-    for method in ordered_methods(list(metric_jsons)):
-        for warning in _read(method, metric_jsons[method]).get("warnings", []):
+    for method, data in jsons.items():
+        for warning in data.get("warnings", []):
             if warning not in seen:
                 seen.add(warning)
                 notes.append(f"{method}: {warning}")
@@ -238,13 +257,12 @@ def _published_rows(published: dict | None) -> list[list[str]]:
     if not published:
         return []
     labels = {key: label for key, label, _ in COLUMNS}
-    formats = {key: fmt for key, _, fmt in COLUMNS}
     return [
         [
             source["label"],
             METHOD_LABELS.get(row, row),
             labels.get(key, key),
-            _fmt(value, formats.get(key, "{}")),
+            _fmt(value, PUBLISHED_FORMAT),
         ]
         for source in published.values()
         for row, values in source["rows"].items()
@@ -269,11 +287,12 @@ def make_table(
     """
     if not metric_jsons:
         raise S2SError("table: no metrics files given")
-    frame = build_frame(metric_jsons, published)
+    jsons = read_metric_jsons(metric_jsons)
+    frame = build_frame(jsons, published)
     write_text(out_csv, frame.to_csv(index=False))
     header, rows = display_rows(frame)
     published_rows = _published_rows(published)
-    notes = _notes(metric_jsons, published)
+    notes = _notes(jsons, published)
     provenance = full_provenance(provenance)
     write_text(out_md, _markdown(header, rows, published_rows, notes, provenance, tiny_models))
     write_text(out_html, _html(header, rows, published_rows, notes, provenance, tiny_models))

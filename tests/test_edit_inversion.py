@@ -1,0 +1,121 @@
+"""Inversion of photos on the tiny SD model: DDIM, null-text, negative-prompt and direct inversion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from s2s.edit.inversion import invert, load_image, model_resolution
+from s2s.edit.p2p import generate_edit
+from s2s.edit.processors import count_unet_calls
+
+STEPS = 5
+PROMPT = "a dog on the beach"
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    from diffusers import StableDiffusionPipeline
+
+    from s2s.tiny import build_tiny_sd
+
+    folder = build_tiny_sd(tmp_path_factory.mktemp("edit_inv") / "sd", seed=0, resolution=64)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def draw_photo(size=(96, 64)) -> Image.Image:
+    """A synthetic 'photo': sky, sand and a yellow blob, not square so cropping matters."""
+    image = Image.new("RGB", size, (40, 120, 210))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, size[1] * 3 // 4, size[0], size[1]), fill=(225, 205, 150))
+    draw.ellipse((size[0] // 2 - 18, 12, size[0] // 2 + 14, 44), fill=(235, 190, 40))
+    return image
+
+
+@pytest.fixture(scope="module")
+def photo(pipe, tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    draw_photo().convert("RGBA").save(path)
+    return load_image(path, model_resolution(pipe))
+
+
+def test_load_image_crops_centre_to_model_resolution(tmp_path):
+    path = tmp_path / "wide.png"
+    image = Image.new("L", (120, 60), 0)
+    ImageDraw.Draw(image).rectangle((30, 0, 89, 59), fill=255)  # the centre square is white, the sides black
+    image.save(path)
+    loaded = load_image(path, 64)
+    assert loaded.mode == "RGB" and loaded.size == (64, 64)
+    assert min(loaded.getpixel((x, y))[0] for x in (2, 32, 61) for y in (2, 32, 61)) > 200
+
+
+def _latent_error(pipe, inversion, guidance=7.5):
+    result = generate_edit(
+        pipe, PROMPT, PROMPT, None, inversion=inversion, num_inference_steps=STEPS, guidance_scale=guidance
+    )
+    return F.mse_loss(result.latents[:1], inversion.image_latent).item(), result
+
+
+def test_null_text_reconstructs_better_than_ddim(pipe, photo):
+    ddim = invert(pipe, photo, PROMPT, "ddim", STEPS, 7.5)
+    null = invert(pipe, photo, PROMPT, "null_text", STEPS, 7.5, inner_steps=5)
+    assert len(null.null_embeddings) == STEPS and not torch.equal(
+        null.null_embeddings[0], null.null_embeddings[-1]
+    )
+    ddim_error, _ = _latent_error(pipe, ddim)
+    null_error, _ = _latent_error(pipe, null)
+    assert null_error < 0.97 * ddim_error
+    assert ddim.unet_calls == STEPS
+    assert 3 * STEPS < null.unet_calls <= STEPS * (3 + 5)  # inversion + cond + Adam steps + update per step
+    assert all(p.requires_grad for p in pipe.unet.parameters())  # the weights' flags are restored
+
+
+def test_null_text_embeddings_change_every_step(pipe, photo):
+    """The edit's source branch is the guided DDIM loop with null embedding i at step i."""
+    null = invert(pipe, photo, PROMPT, "null_text", STEPS, 7.5, inner_steps=2)
+    _, result = _latent_error(pipe, null)
+    cond = pipe.encode_prompt(PROMPT, "cpu", 1, False)[0]
+    pipe.scheduler.set_timesteps(STEPS)
+    latent = null.noise
+    with torch.no_grad():
+        for i, t in enumerate(pipe.scheduler.timesteps):
+            eps_u, eps_c = pipe.unet(
+                latent.expand(2, -1, -1, -1), t, torch.cat([null.null_embeddings[i], cond])
+            ).sample
+            latent = pipe.scheduler.step(eps_u + 7.5 * (eps_c - eps_u), t, latent).prev_sample
+    assert torch.allclose(result.latents[0], latent[0], atol=1e-4)
+
+
+def test_negative_prompt_inversion_is_one_inversion_plus_one_generation(pipe, photo):
+    with count_unet_calls(pipe.unet) as count:
+        inversion = invert(pipe, photo, PROMPT, "negative_prompt", STEPS, 7.5)
+        result = generate_edit(
+            pipe,
+            PROMPT,
+            "a horse on the beach",
+            {"edit": "replace"},
+            inversion=inversion,
+            num_inference_steps=STEPS,
+        )
+    assert count.calls == 2 * STEPS
+    assert inversion.unet_calls == STEPS and result.unet_calls == STEPS
+    ddim = invert(pipe, photo, PROMPT, "ddim", STEPS, 7.5)
+    assert torch.equal(ddim.noise, inversion.noise)  # same inversion; only the sampling's null prompt differs
+    assert _latent_error(pipe, inversion)[0] < _latent_error(pipe, ddim)[0]
+
+
+def test_direct_inversion_puts_source_back_on_the_trajectory(pipe, photo):
+    inversion = invert(pipe, photo, PROMPT, "direct", STEPS, 7.5)
+    error, result = _latent_error(pipe, inversion)
+    assert error == 0.0
+    assert not torch.equal(result.latents[1], result.latents[0])  # the target branch is not corrected
+
+
+def test_inversion_needs_matching_steps(pipe, photo):
+    inversion = invert(pipe, photo, PROMPT, "ddim", STEPS, 7.5)
+    with pytest.raises(ValueError, match="same num_inference_steps"):
+        generate_edit(pipe, PROMPT, PROMPT, None, inversion=inversion, num_inference_steps=STEPS + 1)
