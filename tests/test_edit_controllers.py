@@ -23,6 +23,16 @@ STEPS = 6
 SOURCE, TARGET = "a dog on the beach", "a horse on the beach"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny 8x8 latents gain nothing from intra-op threads, and on a shared CPU OpenMP's spinning threads
+    # make these tests up to 10x slower; restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     from diffusers import StableDiffusionPipeline

@@ -15,6 +15,16 @@ STEPS = 5
 PROMPT = "a dog on the beach"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny 8x8 latents gain nothing from intra-op threads, and on a shared CPU OpenMP's spinning threads
+    # make these tests up to 10x slower; restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     from diffusers import StableDiffusionPipeline
@@ -62,15 +72,15 @@ def _latent_error(pipe, inversion, guidance=7.5):
 
 def test_null_text_reconstructs_better_than_ddim(pipe, photo):
     ddim = invert(pipe, photo, PROMPT, "ddim", STEPS, 7.5)
-    null = invert(pipe, photo, PROMPT, "null_text", STEPS, 7.5, inner_steps=5)
+    null = invert(pipe, photo, PROMPT, "null_text", STEPS, 7.5, inner_steps=10)
     assert len(null.null_embeddings) == STEPS and not torch.equal(
         null.null_embeddings[0], null.null_embeddings[-1]
     )
     ddim_error, _ = _latent_error(pipe, ddim)
     null_error, _ = _latent_error(pipe, null)
-    assert null_error < 0.97 * ddim_error
+    assert null_error < 0.95 * ddim_error
     assert ddim.unet_calls == STEPS
-    assert 3 * STEPS < null.unet_calls <= STEPS * (3 + 5)  # inversion + cond + Adam steps + update per step
+    assert 3 * STEPS < null.unet_calls <= STEPS * (3 + 10)  # inversion + cond + Adam steps + update per step
     assert all(p.requires_grad for p in pipe.unet.parameters())  # the weights' flags are restored
 
 

@@ -31,7 +31,7 @@ class EditResult:
     source_image: Image.Image  # the source branch: the generated source, or the photo's reconstruction
     edited_image: Image.Image
     latents: torch.Tensor  # final latents, [2, C, h, w]: source, edited
-    attention_maps: torch.Tensor  # source prompt's cross-attention per word token, [tokens, H, W]
+    attention_maps: torch.Tensor | None  # source prompt's cross-attention per token, [tokens, H, W]
     tokens: list[str]  # the tokens of attention_maps
     blend_mask: torch.Tensor | None  # last local-blend mask at latent size, [h, w]
     unet_calls: int
@@ -141,7 +141,9 @@ def generate_edit(
     # Decoded here rather than by the pipeline so the final latents come back too (tests, metrics).
     source_image, edited_image = decode_latents(pipe, final)
     tokens = _token_labels(pipe, source)
-    maps = controller.average_maps(0)[..., 1 : 1 + len(tokens)].permute(2, 0, 1).cpu()
+    maps = None
+    if 0 in controller.store_prompts and controller.total_maps:
+        maps = controller.average_maps(0)[..., 1 : 1 + len(tokens)].permute(2, 0, 1).cpu()
     blend = getattr(controller, "local_blend", None)
     mask = blend.mask[0].cpu() if blend is not None and blend.mask is not None else None
     seconds = time.perf_counter() - start

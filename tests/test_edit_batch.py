@@ -1,0 +1,246 @@
+"""Batch editing from a manifest on the tiny model: outputs, edit.json, subject models, manifest errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from s2s.edit.batch import OUTPUT_FILES, run_edit_batch, validate_manifest
+from s2s.edit.inversion import load_image, model_resolution
+from s2s.io import S2SError, save_safetensors
+
+STEPS = 4
+SHARED_MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "edits" / "manifest.csv"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny 8x8 latents gain nothing from intra-op threads, and on a shared CPU OpenMP's spinning threads
+    # make these tests up to 10x slower; restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The tiny base model, a textual-inversion embedding and a random LoRA for it, and a tiny CLIP."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from s2s.tiny import build_tiny_clip, build_tiny_sd
+
+    root = tmp_path_factory.mktemp("edit_batch")
+    base = build_tiny_sd(root / "sd", seed=0, resolution=64)
+    save_safetensors(
+        {"sks": torch.randn(1, 32, generator=torch.Generator().manual_seed(1))},
+        root / "ti" / "learned_embeds.safetensors",
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    lora = LoraConfig(
+        r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
+    pipe.unet.add_adapter(lora)
+    StableDiffusionPipeline.save_lora_weights(
+        root / "lora", unet_lora_layers=get_peft_model_state_dict(pipe.unet), safe_serialization=True
+    )
+    return {
+        "base": str(base),
+        "model_dirs": {"textual_inversion": root / "ti", "lora": root / "lora"},
+        "clip": str(build_tiny_clip(root / "clip")),
+        "resolution": model_resolution(pipe),
+    }
+
+
+def write_manifest(folder: Path, rows: list[dict], name="manifest.csv") -> Path:
+    columns = ["edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion"]
+    path = folder / name
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[c for c in columns if any(c in r for r in rows)])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def draw_photo(path: Path) -> Path:
+    image = Image.new("RGB", (80, 64), (40, 120, 210))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 48, 80, 64), fill=(225, 205, 150))
+    draw.ellipse((24, 12, 56, 44), fill=(235, 190, 40))
+    image.save(path)
+    return path
+
+
+GOOD_ROW = {"source_prompt": "a dog on the beach", "target_prompt": "a horse on the beach", "edit": "replace"}
+
+
+def run(models, manifest, out_root, **defaults):
+    return run_edit_batch(
+        manifest,
+        out_root,
+        models["base"],
+        models["model_dirs"],
+        "cpu",
+        torch.float32,
+        {"num_inference_steps": STEPS, "subject_model": "textual_inversion", **defaults},
+        seed=3,
+    )
+
+
+def test_batch_writes_every_output(models, tmp_path):
+    draw_photo(tmp_path / "photo.png")
+    manifest = write_manifest(
+        tmp_path,
+        [
+            {**GOOD_ROW, "params": json.dumps({"blend_words": ["dog", "horse"], "threshold": 0.99})},
+            {
+                "image": "photo.png",
+                "source_prompt": "a dog on the beach",
+                "target_prompt": "a sks dog on the beach",
+                "edit": "subject",
+            },
+            {
+                "image": "photo.png",
+                "source_prompt": "a dog on the beach",
+                "target_prompt": "a big dog on the beach",
+                "edit": "refine",
+                "model": "lora",
+                "inversion": "null_text",
+                "params": "{cross_replace_steps: 0.5}",
+            },
+        ],
+    )
+    out = tmp_path / "edits"
+    records = run(models, manifest, out, clip_model=models["clip"])
+    size = models["resolution"]  # unet sample_size x VAE scale factor: 16 px for the tiny model
+    assert [r["edit_id"] for r in records] == ["001_horse", "002_sks", "003_big"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "001_horse",
+        "002_sks",
+        "003_big",
+    ]  # no temporary leftovers
+    for record in records:
+        folder = out / record["edit_id"]
+        assert sorted(p.name for p in folder.iterdir()) == sorted(OUTPUT_FILES)
+        assert json.loads((folder / "edit.json").read_text()) == json.loads(json.dumps(record))
+        for name in ("source.png", "reconstruction.png", "edited.png"):
+            assert Image.open(folder / name).size == (size, size)
+        sheet = Image.open(folder / "attention.png")
+        assert sheet.width == 96 * len(record["tokens"])
+        assert isinstance(record["metrics"]["clip_t"], float)
+        assert isinstance(record["metrics"]["clip_directional"], float)
+        assert record["timings_s"]["total"] >= record["timings_s"]["edit"] > 0
+
+    generated, subject, refined = records
+    assert generated["image"] is None and generated["inversion"] is None and generated["seed"] == 3
+    assert generated["unet_calls"] == {"inversion": 0, "edit": STEPS, "total": STEPS}
+    assert (out / "001_horse" / "source.png").read_bytes() == (
+        out / "001_horse" / "reconstruction.png"
+    ).read_bytes()
+    assert generated["metrics"]["reconstruction_psnr"] is None
+    assert generated["metrics"]["background_fraction"] is not None
+    assert generated["controller"]["threshold"] == 0.99
+
+    assert subject["model"] == "textual_inversion" and subject["inversion"] == "negative_prompt"
+    assert subject["unet_calls"] == {"inversion": STEPS, "edit": STEPS, "total": 2 * STEPS}
+    assert "sks" in subject["target_prompt"] and isinstance(subject["metrics"]["reconstruction_psnr"], float)
+    photo = load_image(tmp_path / "photo.png", size)
+    assert list(Image.open(out / "002_sks" / "source.png").getdata()) == list(photo.getdata())
+
+    assert refined["model"] == "lora" and refined["inversion"] == "null_text"
+    assert (
+        refined["unet_calls"]["inversion"] > 3 * STEPS and refined["controller"]["cross_replace_steps"] == 0.5
+    )
+
+
+BAD_ROWS = [
+    ({"target_prompt": ""}, "target_prompt"),
+    ({"edit": "swap"}, "edit"),
+    ({"model": "controlnet"}, "model"),
+    ({"model": "dreambooth"}, "model"),  # no trained dreambooth model given
+    ({"image": "missing.png"}, "image"),
+    ({"image": "broken.png"}, "image"),
+    ({"target_prompt": "a sks on the beach"}, "target_prompt"),  # replace with 1 vs 3 tokens
+    ({"params": "{not: valid"}, "params"),
+    ({"params": '{"blend_word": ["dog"]}'}, "params"),
+    ({"params": '{"equalizer": {"cat": 2}}', "edit": "reweight"}, "params"),
+    ({"inversion": "pivotal", "image": "photo.png"}, "inversion"),
+    ({"edit_id": "../escape"}, "edit_id"),
+    ({"edit_id": "001_horse"}, "edit_id"),  # duplicate of row 1's derived id
+]
+
+
+@pytest.mark.parametrize(("change", "column"), BAD_ROWS, ids=[c for _, c in BAD_ROWS])
+def test_bad_manifest_names_row_and_column_and_writes_nothing(models, tmp_path, change, column):
+    draw_photo(tmp_path / "photo.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    manifest = write_manifest(tmp_path, [dict(GOOD_ROW), {**GOOD_ROW, **change}])
+    out = tmp_path / "edits"
+    with pytest.raises(S2SError) as info:
+        run(models, manifest, out)
+    message = str(info.value)
+    assert str(manifest) in message and "row 2" in message and f"column '{column}'" in message, message
+    assert not out.exists()
+
+
+def test_manifest_without_required_column(models, tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("source_prompt,target_prompt\na dog,a horse\n")
+    with pytest.raises(S2SError, match=r"row 1, column 'edit'"):
+        run(models, manifest, tmp_path / "edits")
+    manifest.write_text("source_prompt,target_prompt,edit,colour\na dog,a horse,replace,red\n")
+    with pytest.raises(S2SError, match=r"unknown column\(s\) \['colour'\]"):
+        run(models, manifest, tmp_path / "edits")
+    assert not (tmp_path / "edits").exists()
+
+
+def test_yaml_manifest_and_row_lists(models, tmp_path):
+    manifest = tmp_path / "edits.yaml"
+    manifest.write_text(
+        "edits:\n"
+        "  - {source_prompt: a dog on the beach, target_prompt: a dog on the beach, edit: reweight,\n"
+        "     params: {equalizer: {dog: 2.0}, self_replace_steps: [0.1, 0.3]}}\n"
+        "  - {source_prompt: a dog, target_prompt: a sks dog, edit: subject, model: lora, edit_id: mine}\n"
+    )
+    rows = validate_manifest(manifest, models["base"], models["model_dirs"], _defaults())
+    assert [r.edit_id for r in rows] == ["001_a-dog-on-the-beach", "mine"]
+    assert rows[0].spec["equalizer"] == {"dog": 2.0} and rows[0].spec["self_replace_steps"] == [0.1, 0.3]
+    assert rows[1].model == "lora" and rows[1].spec["edit"] == "subject"
+    rows = validate_manifest([dict(GOOD_ROW)], models["base"], models["model_dirs"], _defaults())
+    assert rows[0].model == "base"
+    with pytest.raises(S2SError, match=r"manifest rows, row 1, column 'model'"):
+        validate_manifest(
+            [{**GOOD_ROW, "edit": "subject"}],
+            models["base"],
+            models["model_dirs"],
+            {**_defaults(), "subject_model": None},
+        )  # two trained models: which one?
+
+
+def _defaults():
+    from s2s.edit.batch import check_defaults
+
+    return check_defaults({"num_inference_steps": STEPS})
+
+
+@pytest.mark.shared_data
+def test_shared_manifest_validates_as_is(models):
+    if not SHARED_MANIFEST.is_file():
+        pytest.skip("../shared/data is not available")
+    rows = validate_manifest(
+        SHARED_MANIFEST,
+        models["base"],
+        {"textual_inversion": models["model_dirs"]["textual_inversion"]},
+        _defaults(),
+    )
+    assert len(rows) == 8 and all(r.image is not None and r.image.is_file() for r in rows)
+    assert {r.model for r in rows if r.edit == "subject"} == {"textual_inversion"}
+    assert {r.model for r in rows if r.edit != "subject"} == {"base"}
+    assert all(r.inversion == "negative_prompt" for r in rows)
