@@ -7,8 +7,8 @@
 #
 # The node advertises this machine's CPUs, 90% of its memory and one fake GPU (gres gpu, File=/dev/null),
 # so that jobs submitted with --gpus=1 are scheduled on a machine without a GPU. No slurmdbd: sacct does
-# not work, so run Snakemake with `--slurm-status-command squeue` (MinJobAge=300 keeps finished jobs
-# visible to squeue and `scontrol show job` for 5 minutes).
+# not work, so run Snakemake with `--slurm-status-command squeue` (MinJobAge=3600 keeps finished jobs
+# visible to squeue and `scontrol show job` for an hour).
 #
 # The config must live at /etc/slurm/slurm.conf: the executor plugin's jobstep drops SLURM_CONF inside
 # jobs. The script writes it only if absent or written by itself (marker line), never over a real one.
@@ -76,8 +76,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
-# No slurmdbd: keep finished jobs in slurmctld for 5 minutes so that squeue / scontrol still show them.
-MinJobAge=300
+# No slurmdbd: keep finished jobs in slurmctld for an hour so that squeue / scontrol still show them
+# (the plugin needs them in squeue; tests read their gres requests back with scontrol).
+MinJobAge=3600
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none

@@ -41,24 +41,25 @@ def bench_p2p_vs_plain(pipe, steps: int = 50, reps: int = 5, seed: int = 0) -> d
         spec = {"edit": "replace", "cross_replace_steps": 0.8, "self_replace_steps": 0.4}
         return generate_edit(pipe, SOURCE, TARGET, spec, latents=noise, num_inference_steps=steps).unet_calls
 
-    times: dict[str, list[float]] = {"plain": [], "p2p": []}
+    wall: dict[str, list[float]] = {"plain": [], "p2p": []}
+    cpu: dict[str, list[float]] = {"plain": [], "p2p": []}
     calls = {}
     for rep in range(reps + 1):
         for name, run in (("plain", plain), ("p2p", p2p)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             calls[name] = run()
             if rep:  # the first round warms up caches and lazy initialisation
-                times[name].append(time.perf_counter() - start)
-    plain_s, p2p_s = statistics.median(times["plain"]), statistics.median(times["p2p"])
-    return {
-        "steps": steps,
-        "reps": reps,
-        "plain_s": plain_s,
-        "p2p_s": p2p_s,
-        "ratio": p2p_s / plain_s,
-        "plain_unet_calls": calls["plain"],
-        "p2p_unet_calls": calls["p2p"],
-    }
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    out = {"steps": steps, "reps": reps}
+    for name in ("plain", "p2p"):
+        out[f"{name}_s"] = statistics.median(wall[name])
+        # CPU time of this process: on a shared CPU it is far less noisy than wall time (meaningless on GPU).
+        out[f"{name}_cpu_s"] = statistics.median(cpu[name])
+        out[f"{name}_unet_calls"] = calls[name]
+    out["ratio"] = out["p2p_s"] / out["plain_s"]
+    out["cpu_ratio"] = out["p2p_cpu_s"] / out["plain_cpu_s"]
+    return out
 
 
 def bench_inversion(

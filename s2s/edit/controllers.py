@@ -68,21 +68,24 @@ def map_hw(n_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
 
 
 class AttentionStore:
-    """Plain attention that keeps head-averaged cross-attention maps of chosen prompts, per layer and step.
+    """Plain attention that keeps the cross-attention maps of chosen prompts, per layer and step.
 
     ``step_maps`` holds the current step's maps, ``total_maps`` their sum over finished steps; both are
-    keyed by layer name and hold ``[stored prompts, pixels, tokens]``.
+    keyed by layer name and hold ``[stored prompts, heads, pixels, tokens]``. After the first step only
+    the layers of the aggregation size (``latent_size / downscale``) keep storing: the others are never
+    aggregated, and at SD's 64x64 layers explicit maps would cost more than the attention itself.
     """
 
     num_prompts = 2
 
-    def __init__(self, store_prompts: tuple[int, ...] = (0,)):
+    def __init__(self, store_prompts: tuple[int, ...] = (0,), downscale: int = MAP_DOWNSCALE):
         store_prompts = tuple(store_prompts)
         if store_prompts and store_prompts != tuple(
             range(store_prompts[0], store_prompts[0] + len(store_prompts))
         ):
             raise ValueError("store_prompts must be consecutive prompt indices, e.g. (0,) or (0, 1)")
         self.store_prompts = store_prompts
+        self.downscale = downscale
         AttentionStore.reset(self, 0, (0, 0))
 
     def reset(self, num_steps: int, latent_hw: tuple[int, int]) -> None:
@@ -93,10 +96,18 @@ class AttentionStore:
         self.step_maps: dict[str, torch.Tensor] = {}
         self.total_maps: dict[str, torch.Tensor] = {}
         self.stored_steps = 0
+        self.stored_layers: set[str] | None = None  # None: every cross-attention layer (first step)
 
     def step_end(self, step: int, latents: torch.Tensor) -> torch.Tensor:
         """Called after denoising step ``step``: fold its maps into the totals, move time on."""
+        if self.stored_layers is None and self.step_maps:
+            size = self._aggregation_size(self.step_maps)
+            self.stored_layers = {
+                n for n, m in self.step_maps.items() if map_hw(m.shape[2], self.latent_hw) == size
+            }
         for name, maps in self.step_maps.items():
+            if name not in self.stored_layers:
+                continue
             if name in self.total_maps:
                 self.total_maps[name] += maps
             else:
@@ -107,37 +118,50 @@ class AttentionStore:
         self.step = step + 1
         return latents
 
+    def stores(self, layer: str) -> bool:
+        """Whether ``layer``'s cross-attention maps are stored now. Like P2P's aggregation and local blend,
+        only the down and up blocks are used (SD's mid block is coarser than any aggregation size)."""
+        if not self.store_prompts:
+            return False
+        if self.stored_layers is None:
+            return layer.startswith(("down", "up"))
+        return layer in self.stored_layers
+
     def attend(self, layer: str, is_cross: bool, query, key, value, mask, scale: float) -> torch.Tensor:
-        if is_cross and self.store_prompts:
+        if is_cross and self.stores(layer):
             self._store(layer, query, key, mask, scale)
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
 
     def _store(self, layer: str, query, key, mask, scale: float) -> None:
         first = query.shape[0] - self.num_prompts + self.store_prompts[0]
         rows = slice(first, first + len(self.store_prompts))
-        sim = (query[rows] @ key[rows].transpose(-1, -2)).float() * scale
+        sim = torch.matmul(query[rows] * scale, key[rows].transpose(-1, -2))
+        if sim.dtype != torch.float32:  # softmax of half-precision scores loses the small weights
+            sim = sim.float()
         if mask is not None:
             sim = (
                 sim.masked_fill(~mask[rows], float("-inf")) if mask.dtype == torch.bool else sim + mask[rows]
             )
-        maps = sim.softmax(-1).mean(1)
+        maps = sim.softmax(-1)
         if layer in self.step_maps:  # a layer called twice in one step (never in SD's UNet) adds up
             self.step_maps[layer] += maps
         else:
             self.step_maps[layer] = maps
 
-    def average_maps(self, prompt: int = 0, downscale: int = MAP_DOWNSCALE) -> torch.Tensor:
-        """Maps of one stored prompt averaged over finished steps and over the layers whose map size is
-        nearest to ``latent_size / downscale``: ``[H, W, tokens]``."""
+    def _aggregation_size(self, maps: dict[str, torch.Tensor]) -> tuple[int, int]:
+        sizes = {map_hw(m.shape[2], self.latent_hw) for m in maps.values()}
+        wanted = self.latent_hw[0] / self.downscale
+        return min(sizes, key=lambda hw: (abs(hw[0] - wanted), -hw[0]))
+
+    def average_maps(self, prompt: int = 0) -> torch.Tensor:
+        """Maps of one stored prompt averaged over heads, finished steps and the layers of the aggregation
+        size: ``[H, W, tokens]``."""
         if not self.total_maps:
             raise RuntimeError("no cross-attention maps stored yet: run a generation with this controller")
         index = self.store_prompts.index(prompt)
-        by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
-        for maps in self.total_maps.values():
-            by_size.setdefault(map_hw(maps.shape[1], self.latent_hw), []).append(maps[index])
-        wanted = self.latent_hw[0] / downscale
-        size = min(by_size, key=lambda hw: (abs(hw[0] - wanted), -hw[0]))
-        mean = torch.stack(by_size[size]).mean(0) / max(self.stored_steps, 1)
+        size = self._aggregation_size(self.total_maps)
+        maps = [m[index] for m in self.total_maps.values() if map_hw(m.shape[2], self.latent_hw) == size]
+        mean = torch.stack(maps).mean((0, 1)) / max(self.stored_steps, 1)
         return mean.reshape(*size, mean.shape[-1])
 
 
@@ -149,18 +173,10 @@ class LocalBlend:
     prompts' masks is kept. From ``start_step`` on, x_t = x_src + mask * (x_t - x_src) after every step.
     """
 
-    def __init__(
-        self,
-        source_positions,
-        target_positions,
-        threshold: float = 0.3,
-        start_step: int = 0,
-        downscale: int = MAP_DOWNSCALE,
-    ):
+    def __init__(self, source_positions, target_positions, threshold: float = 0.3, start_step: int = 0):
         self.positions = (list(source_positions), list(target_positions))
         self.threshold = threshold
         self.start_step = start_step
-        self.downscale = downscale
         self.mask: torch.Tensor | None = None  # last mask used, [1, h, w] at latent size
 
     def __call__(self, store: AttentionStore, step: int, latents: torch.Tensor) -> torch.Tensor:
@@ -168,7 +184,7 @@ class LocalBlend:
             return latents
         word_maps = []
         for prompt, positions in enumerate(self.positions):
-            maps = store.average_maps(prompt, self.downscale)
+            maps = store.average_maps(prompt)
             word_maps.append(maps[..., positions].sum(-1))
         maps = torch.stack(word_maps)[:, None]
         maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
@@ -248,9 +264,9 @@ class EditController(AttentionStore, abc.ABC):
             start, end = self.self_window
             if start <= self.step < end and query.shape[2] <= self.self_replace_max_res**2:
                 rows = self._source_rows(query.shape[0], query.device)
-                query, key = query[rows], key[rows]
+                query, key = query.index_select(0, rows), key.index_select(0, rows)
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-        if self.store_prompts:
+        if self.stores(layer):
             self._store(layer, query, key, mask, scale)
         mix = self._step_mix(value)
         if mix is None:
@@ -259,9 +275,14 @@ class EditController(AttentionStore, abc.ABC):
         batch = query.shape[0]
         rows = self._source_rows(batch, query.device)
         v_tgt = value[-1]
-        q2, k2 = query[rows], key[rows]
-        v2 = torch.cat([value[:-1], (a @ v_tgt)[None]])
-        m2 = None if mask is None else mask[rows]
+        heads, tokens, dim = v_tgt.shape
+        # One [tokens, tokens] @ [tokens, heads * dim] product: broadcasting `a` over the heads is 4x slower.
+        v_mixed = (
+            (a @ v_tgt.transpose(0, 1).reshape(tokens, heads * dim)).view(tokens, heads, dim).transpose(0, 1)
+        )
+        q2, k2 = query.index_select(0, rows), key.index_select(0, rows)
+        v2 = torch.cat([value[:-1], v_mixed[None]])
+        m2 = None if mask is None else mask.index_select(0, rows)
         if d is not None:
             # The target's own share goes in as an extra batch row, so one SDPA call does both terms.
             q2, k2 = torch.cat([q2, query[-1:]]), torch.cat([k2, key[-1:]])

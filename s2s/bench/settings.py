@@ -1,0 +1,149 @@
+"""The ``bench:`` section of the config: which parts run and how many repetitions each takes.
+
+Parsed without torch (Snakemake reads it at parse time). An unknown key or a bad value stops the run with
+one line naming the key, like the rest of the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from s2s.io import S2SError
+
+PARTS = ("training", "memory", "edit", "dag")
+ARCHITECTURES = ("tiny", "sd14")
+#: training variants: name -> (method, with_prior_preservation)
+VARIANTS = {
+    "textual_inversion": ("textual_inversion", False),
+    "dreambooth": ("dreambooth", False),
+    "dreambooth_prior": ("dreambooth", True),
+    "lora": ("lora", False),
+    "lora_prior": ("lora", True),
+}
+
+
+@dataclass(frozen=True)
+class TrainingBench:
+    """Training step time, fixed cost per run and peak memory; every run is a fresh process."""
+
+    architecture: str = "tiny"
+    resolution: int = 64
+    batch_size: int = 2
+    steps: int = 10  # optimizer steps per run; the first one is not timed (warm-up)
+    runs: int = 3  # fresh processes per (variant, caching)
+    variants: tuple[str, ...] = ("textual_inversion", "dreambooth", "dreambooth_prior", "lora")
+    cache_latents: tuple[bool, ...] = (True, False)
+    load_baseline: bool = False  # also measure a process that only loads the models (memory floor)
+
+
+@dataclass(frozen=True)
+class EditBench:
+    architecture: str = "tiny"
+    resolution: int = 64
+    steps: int = 50
+    p2p_reps: int = 5
+    inversion_reps: int = 3
+    inversion_steps: int = 50
+
+
+@dataclass(frozen=True)
+class DagBench:
+    configfile: str = "config/config.yaml"  # relative to the workflow's folder
+    cores: int = 2
+    runs: int = 1  # whole demo runs (each takes minutes)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    parts: tuple[str, ...] = PARTS
+    peak_tflops: float | None = None  # the device's dense peak for the run's precision (H200 bf16: 989)
+    training: TrainingBench = field(default_factory=TrainingBench)
+    memory: TrainingBench = field(
+        default_factory=lambda: TrainingBench(
+            architecture="sd14",
+            resolution=128,
+            batch_size=1,
+            steps=4,
+            runs=1,
+            variants=("textual_inversion", "dreambooth", "lora"),
+            cache_latents=(True,),
+            load_baseline=True,
+        )
+    )
+    edit: EditBench = field(default_factory=EditBench)
+    dag: DagBench = field(default_factory=DagBench)
+
+    def part(self, name: str) -> dict:
+        """The settings one part runs with (recorded in its JSON; a change re-runs the part)."""
+        return {"peak_tflops": self.peak_tflops, **asdict(getattr(self, name))}
+
+
+def _fail(key: str, message: str) -> S2SError:
+    return S2SError(f"config key bench.{key}: {message}")
+
+
+def _value(key: str, value: Any, default: Any, choices: tuple | None = None) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise _fail(key, f"{value!r} is not true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _fail(key, f"{value!r} is not a positive integer")
+        if key.endswith("steps") and value < 2 and "edit" not in key:
+            raise _fail(key, f"{value} is too few: the first step is a warm-up, give at least 2")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str) or (choices and value not in choices):
+            allowed = f"one of {', '.join(choices)}" if choices else "a string"
+            raise _fail(key, f"{value!r} is not {allowed}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not value:
+            raise _fail(key, f"{value!r} is not a non-empty list")
+        item_default = default[0]
+        items = [_value(key, v, item_default, choices) for v in value]
+        if len(set(items)) != len(items):
+            raise _fail(key, f"{value!r} has duplicates")
+        return tuple(items)
+    raise AssertionError(key)
+
+
+def _section(cls, raw: Any, prefix: str, base):
+    if not isinstance(raw, dict):
+        raise _fail(prefix, f"{raw!r} is not a mapping")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _fail(prefix, f"unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(known))}")
+    choices = {"architecture": ARCHITECTURES, "variants": tuple(VARIANTS)}
+    values = {
+        name: _value(f"{prefix}.{name}", value, getattr(base, name), choices.get(name))
+        for name, value in raw.items()
+    }
+    return replace(base, **values)
+
+
+def bench_settings(config: dict) -> BenchConfig:
+    """The typed ``bench:`` section of a workflow config (defaults for every missing key)."""
+    raw = config.get("bench") or {}
+    if not isinstance(raw, dict):
+        raise _fail("(section)", f"{raw!r} is not a mapping")
+    default = BenchConfig()
+    known = {f.name for f in fields(BenchConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise S2SError(f"config: unknown key(s) {', '.join(unknown)} under bench; allowed keys: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    if "parts" in raw:
+        values["parts"] = _value("parts", raw["parts"], ("",), PARTS)
+    if "peak_tflops" in raw:
+        peak = raw["peak_tflops"]
+        if peak is not None and (isinstance(peak, bool) or not isinstance(peak, int | float) or peak <= 0):
+            raise _fail("peak_tflops", f"{peak!r} is not a positive number or null")
+        values["peak_tflops"] = None if peak is None else float(peak)
+    for name, cls in (("training", TrainingBench), ("memory", TrainingBench), ("edit", EditBench), ("dag", DagBench)):
+        if name in raw:
+            values[name] = _section(cls, raw[name], name, getattr(default, name))
+    return replace(default, **values)
