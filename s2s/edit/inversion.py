@@ -135,22 +135,25 @@ def optimise_null_text(
             target = trajectory[n - i - 1]
             with torch.no_grad():
                 noise_cond = pipe.unet(latent, t, encoder_hidden_states=cond, return_dict=False)[0]
-            null = uncond.detach().clone().requires_grad_(True)
+            # An fp32 master copy: Adam's small steps vanish in a half-precision embedding.
+            null = uncond.detach().to(torch.float32, copy=True).requires_grad_(True)
             # The paper's code decays lr as 1 - i/100 and relaxes the early stop by 2e-5 per step over
             # 50 steps; written as fractions of the schedule so other step counts keep the same shape.
             optimizer = torch.optim.Adam([null], lr=lr * (1.0 - i / (2.0 * n)))
             threshold = epsilon + 1e-3 * i / n
             for _ in range(inner_steps):
-                noise_uncond = pipe.unet(latent, t, encoder_hidden_states=null, return_dict=False)[0]
+                noise_uncond = pipe.unet(
+                    latent, t, encoder_hidden_states=null.to(cond.dtype), return_dict=False
+                )[0]
                 noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
                 prev = scheduler.step(noise, t, latent, return_dict=False)[0]
-                loss = F.mse_loss(prev, target)
+                loss = F.mse_loss(prev.float(), target.float())
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 if loss.item() < threshold:
                     break
-            uncond = null.detach()
+            uncond = null.detach().to(cond.dtype, copy=True)
             nulls.append(uncond)
             with torch.no_grad():
                 noise_uncond = pipe.unet(latent, t, encoder_hidden_states=uncond, return_dict=False)[0]
@@ -181,6 +184,8 @@ def invert(
         nulls = None
         if method == "null_text":
             nulls = optimise_null_text(pipe, trajectory, cond, uncond, guidance_scale, inner_steps)
+    if device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     log.info("%s inversion of %r: %d UNet calls, %.2f s", method, prompt, count.calls, seconds)
     return Inversion(

@@ -100,7 +100,9 @@ def generate_edit(
         size = pipe.unet.config.sample_size
         shape = (1, pipe.unet.config.in_channels, size, size)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=pipe.unet.dtype)
-    latents = latents.to(device, pipe.unet.dtype).expand(2, -1, -1, -1) if latents.shape[0] == 1 else latents
+    latents = latents.to(device, pipe.unet.dtype)
+    if latents.shape[0] == 1:  # P2P starts both prompts from the same noise
+        latents = latents.expand(2, -1, -1, -1)
 
     do_cfg = guidance_scale > 1.0
     cond, uncond = pipe.encode_prompt([source_prompt, target_prompt], device, 1, True)

@@ -1,0 +1,174 @@
+"""Collect the parts' JSON into ``bench.json`` and write ``bench.md``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from s2s.bench.stats import fmt
+from s2s.io import write_json, write_text
+
+TITLES = {
+    "training": "1. Training step time per method, with and without latent caching",
+    "memory": "2. LoRA vs full fine-tuning vs Textual Inversion: step time and peak memory",
+    "edit": "3-4. Prompt-to-Prompt cost, and null-text vs negative-prompt inversion",
+    "dag": "5. Demo DAG: orchestration overhead",
+}
+LABELS = {
+    "textual_inversion": "Textual Inversion",
+    "dreambooth": "DreamBooth (full UNet)",
+    "dreambooth_prior": "DreamBooth + prior preservation",
+    "lora": "LoRA",
+    "lora_prior": "LoRA + prior preservation",
+}
+
+
+def _g(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _ratios(ratios: list[dict]) -> list[str]:
+    if not ratios:
+        return []
+    lines = ["", "| ratio (of medians, same run) | value | meaning |", "|---|---|---|"]
+    lines += [f"| {r['name']} | {r['value']:.3g} | {r['meaning']} |" for r in ratios]
+    return lines
+
+
+def _contention(part: dict) -> str:
+    cpus = part.get("machine", {}).get("cpus") or 1
+    before, after = part.get("load_average_before_after", [0, 0])
+    note = f"load average {before:.1f} before, {after:.1f} after, on {cpus} CPUs"
+    if max(before, after) > 0.75 * cpus:
+        note += " (**the machine was busy with other work: times are inflated and noisy**)"
+    return note
+
+
+def _training(part: dict) -> list[str]:
+    s = part["settings"]
+    lines = [
+        f"{s['architecture']} model, {s['resolution']} px, batch {s['batch_size']}, device {part['device']}, "
+        f"{part['threads']} threads; {s['runs']} fresh process(es) per row, {s['steps']} optimizer steps each "
+        "(the first not timed). Figures: median [min-max] (n = repetitions).",
+        "",
+        "| method | latent caching | step time, s | reference step time, s | fixed cost per run, s | of which imports, s "
+        "| before 1st step, s | after last step, s | peak memory, MiB | UNet GFLOP/step | achieved TFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in part["rows"]:
+        achieved = _g(r["achieved_tflops"])
+        if "fraction_of_peak" in r:
+            achieved += f" ({100 * r['fraction_of_peak']:.1f}% of peak)"
+        lines.append(
+            f"| {LABELS.get(r['variant'], r['variant'])} | {'yes' if r['cache_latents'] else 'no'} | {fmt(r['step_s'])} "
+            f"| {_g(r.get('reference_step_s'))} | {fmt(r['fixed_s'])} | {fmt(r['import_s'])} "
+            f"| {fmt(r['before_first_step_s'])} | {fmt(r['after_last_step_s'])} | {fmt(r['peak_memory_mb'], 4)} "
+            f"| {_g(r['unet_gflop_per_step'])} | {achieved} |"
+        )
+    if "reference" in part:
+        lines += ["", f"Reference: {part['reference']['source']}; start-up ~{part['reference']['startup_s']:g} s per run."]
+    if "load_baseline" in part:
+        base = part["load_baseline"]
+        floor = base["peak_memory_mb"]["median"]
+        lines += [
+            "",
+            f"Load-only process (imports + the models loaded, no training): peak memory {fmt(base['peak_memory_mb'], 4)} "
+            f"MiB, load {fmt(base['load_s'])} s. Training above that floor (median): "
+            + ", ".join(
+                f"{LABELS.get(r['variant'], r['variant'])} {r['peak_memory_mb']['median'] - floor:.0f} MiB"
+                for r in part["rows"]
+            )
+            + ".",
+        ]
+    lines += _ratios(part["ratios"])
+    lines += ["", f"Notes: {part['memory_note']}. FLOPs: {part['flops_note']}. "
+              "Fixed cost per run = the process's wall time minus steps x median step time (imports, model load, "
+              "caching, saving the result)."]
+    return lines
+
+
+def _edit(part: dict) -> list[str]:
+    if not part.get("available", False):
+        return [f"Not available: {part.get('reason', 'unknown')}."]
+    s = part["settings"]
+    p, inv = part["p2p"], part["inversion"]
+    lines = [
+        f"{s['architecture']} model, {s['resolution']} px, {part['dtype']}, device {part['device']}. "
+        f"Each figure: median [min-max] (n = calls of the edit package's benchmark function, 1 repetition "
+        "after its own warm-up each).",
+        "",
+        f"P2P replace edit of 2 prompts vs plain 2-prompt generation, {p['steps']} steps:",
+        "",
+        "| | time, s | UNet calls | achieved TFLOP/s (UNet) |",
+        "|---|---|---|---|",
+        f"| plain generation | {fmt(p['plain_s'])} | {p['plain_unet_calls']} | {_g(p['plain_achieved_tflops'])} |",
+        f"| Prompt-to-Prompt | {fmt(p['p2p_s'])} | {p['p2p_unet_calls']} | {_g(p['p2p_achieved_tflops'])} |",
+    ]
+    lines += _ratios(p["ratios"])
+    lines += [
+        "",
+        f"Inversion of one {s['resolution']} px image, {inv['steps']} steps, guidance {inv['guidance_scale']}, then "
+        "the reconstruction/edit generation:",
+        "",
+        "| inversion | time (inversion + edit), s | inversion only, s | UNet calls (inversion) | latent MSE | pixel MSE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("null_text", "negative_prompt"):
+        m = inv[name]
+        lines.append(
+            f"| {name.replace('_', '-')} | {fmt(m['seconds'])} | {fmt(m['inversion_s'])} | {m['unet_calls']} "
+            f"({m['inversion_unet_calls']}) | {fmt(m['latent_mse'])} | {fmt(m['pixel_mse'])} |"
+        )
+    lines += _ratios(inv["ratios"])
+    lines += ["", f"UNet calls, null-text / negative-prompt: {inv['unet_calls_ratio']:.3g}."]
+    return lines
+
+
+def _dag(part: dict) -> list[str]:
+    lines = [
+        f"`snakemake --cores {part['settings']['cores']}` of `{part['configfile']}` from scratch in a temporary "
+        f"folder; {part['settings']['runs']} run(s). Job times from Snakemake's log (1 s resolution); model compute "
+        "= training steps (train_summary.json `train_time_s`) + sampling loops (the sample jobs' log lines).",
+        "",
+        "| | seconds |",
+        "|---|---|",
+        f"| wall time | {fmt(part['wall_s'])} |",
+        f"| time with at least one job running | {fmt(part['busy_s'])} |",
+        f"| summed job time | {fmt(part['job_sum_s'])} |",
+        f"| model compute (measured inside jobs) | {fmt(part['compute_s'])} |",
+    ]
+    lines += _ratios(part["ratios"])
+    last = part["runs"][-1]
+    lines += ["", "Per rule (last run):", "", "| rule | jobs | job time, s | model compute, s |", "|---|---|---|---|"]
+    for rule, entry in last["per_rule"].items():
+        lines.append(f"| {rule} | {entry['jobs']} | {entry['job_s']:.0f} | {_g(entry['compute_s'])} |")
+    return lines
+
+
+RENDER = {"training": _training, "memory": _training, "edit": _edit, "dag": _dag}
+
+
+def write_report(part_files: list[Path | str], out_json: Path | str, out_md: Path | str) -> dict:
+    parts = {}
+    for path in part_files:
+        data = json.loads(Path(path).read_text())
+        parts[data["part"]] = data
+    report = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "parts": parts}
+    write_json(out_json, report)
+    lines = [
+        "# s2s benchmarks",
+        "",
+        f"Generated {report['generated']}. How each figure is measured: docs/benchmarks.md. Every figure is a "
+        "median over repetitions with [min-max] and the repetition count n; quartiles are in bench.json. "
+        "Ratios divide medians measured in the same run.",
+    ]
+    for name, part in parts.items():
+        lines += ["", f"## {TITLES.get(name, name)}", ""]
+        if "skipped" in part:
+            lines.append(part["skipped"])
+            continue
+        lines += RENDER[name](part)
+        lines += ["", f"_Part wall time {part['part_wall_s']:.0f} s; {_contention(part)}._"]
+    write_text(out_md, "\n".join(lines) + "\n")
+    return report

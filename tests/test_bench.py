@@ -1,0 +1,204 @@
+"""Benchmarks: settings, the SD-v1.4 shapes, and every part with minimal repetitions (JSON and Markdown:
+every figure has a repetition count and a spread; ratios divide the medians)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from s2s.bench.dag import parse_snakemake_log, summarize_dag
+from s2s.bench.report import write_report
+from s2s.bench.run import run_part
+from s2s.bench.settings import bench_settings
+from s2s.bench.stats import is_figure, summarize
+from s2s.config import check_config
+from s2s.io import S2SError
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = {
+    "parts": ["training", "edit"],
+    "peak_tflops": 1.0,
+    "training": {"runs": 1, "steps": 2, "variants": ["lora"], "cache_latents": [True, False], "load_baseline": True},
+    "edit": {"steps": 2, "p2p_reps": 2, "inversion_reps": 2, "inversion_steps": 2},
+}
+
+
+def figures(node, path=""):
+    """Every {median, ...} figure in a JSON tree, with its path."""
+    if is_figure(node):
+        yield path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from figures(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from figures(value, f"{path}[{i}]")
+
+
+def ratios(node):
+    if isinstance(node, dict):
+        if {"numerator_median", "denominator_median", "value"} <= set(node):
+            yield node
+        for value in node.values():
+            yield from ratios(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from ratios(value)
+
+
+@pytest.mark.parametrize("name", ["bench.yaml", "bench_gpu.yaml"])
+def test_shipped_bench_configs_are_valid(name):
+    raw = yaml.safe_load((REPO / "config" / name).read_text())
+    config = check_config(raw, base_dir=REPO)
+    bench = bench_settings(config)
+    assert bench.parts and all(bench.part(p) for p in bench.parts)
+    if name == "bench_gpu.yaml":
+        assert bench.peak_tflops == 989 and bench.training.resolution == 512 and bench.training.architecture == "sd14"
+
+
+@pytest.mark.parametrize(
+    ("bench", "expected"),
+    [
+        ({"trainig": {}}, "unknown key(s) trainig under bench"),
+        ({"training": {"steps": 1}}, "bench.training.steps: 1 is too few"),
+        ({"training": {"variants": ["lora", "dreambooht"]}}, "bench.training.variants: 'dreambooht' is not one of"),
+        ({"memory": {"architecture": "sdxl"}}, "bench.memory.architecture: 'sdxl' is not one of tiny, sd14"),
+        ({"parts": ["dag", "dag"]}, "bench.parts: ['dag', 'dag'] has duplicates"),
+        ({"peak_tflops": -1}, "bench.peak_tflops: -1 is not a positive number"),
+    ],
+)
+def test_bad_bench_settings_give_one_line(bench, expected):
+    with pytest.raises(S2SError) as info:
+        bench_settings({"bench": bench})
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sd14_shapes_match_the_real_model(tmp_path):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from s2s.bench.models import SD14_TEXT, SD14_UNET, SD14_VAE, unet_flops, write_padded_tokenizer
+
+    with torch.device("meta"):
+        sizes = [
+            sum(p.numel() for p in m.parameters())
+            for m in (UNet2DConditionModel(**SD14_UNET), AutoencoderKL(**SD14_VAE), CLIPTextModel(CLIPTextConfig(**SD14_TEXT)))
+        ]
+    assert sizes == [859_520_964, 83_653_863, 123_060_480]  # CompVis/stable-diffusion-v1-4
+    write_padded_tokenizer(tmp_path)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
+    assert len(tokenizer) == 49408 and (tokenizer.bos_token_id, tokenizer.eos_token_id) == (49406, 49407)
+    ids = tokenizer("a photo of sks toy", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert ids.shape == (1, 77)
+    forward = unet_flops(SD14_UNET, 1, 512, "forward")
+    assert 0.75e12 < forward < 0.85e12  # ~0.8 TFLOP per 512 px UNet call
+    assert unet_flops(SD14_UNET, 1, 128, "full") > unet_flops(SD14_UNET, 1, 128, "text") > 2 * unet_flops(
+        SD14_UNET, 1, 128, "forward"
+    ) * 0.9
+
+
+def test_cuda_parts_are_skipped_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    config = check_config({"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "device": "cuda"})
+    out = run_part("training", bench_settings({}), config, tmp_path / "training.json", threads=1)
+    assert out["skipped"].startswith("skipped: device 'cuda' was requested")
+    assert json.loads((tmp_path / "training.json").read_text())["skipped"] == out["skipped"]
+
+
+SNAKEMAKE_LOG = """\
+[Sun Nov 29 16:26:37 2026]
+localrule train_lora:
+    output: {root}/toy/models/lora/pytorch_lora_weights.safetensors, {root}/toy/models/lora/train_summary.json
+    log: {root}/logs/toy/train_lora.log
+    jobid: 3
+    threads: 2
+[Sun Nov 29 16:26:39 2026]
+localrule sample_chunk0:
+    output: {root}/toy/samples/base/p00/0.png
+    log: {root}/logs/toy/sample_base_chunk0.log
+    jobid: 4
+[Sun Nov 29 16:26:57 2026]
+Finished jobid: 3 (Rule: train_lora)
+[Sun Nov 29 16:27:09 2026]
+Finished jobid: 4 (Rule: sample_chunk0)
+"""
+
+
+def test_dag_timing_from_snakemake_log_and_job_records(tmp_path):
+    (tmp_path / "toy" / "models" / "lora").mkdir(parents=True)
+    (tmp_path / "toy" / "models" / "lora" / "train_summary.json").write_text(json.dumps({"train_time_s": 12.5}))
+    (tmp_path / "logs" / "toy").mkdir(parents=True)
+    (tmp_path / "logs" / "toy" / "sample_base_chunk0.log").write_text(
+        "2026-11-29 16:27:08,000 INFO s2s.sample: sampled 8 images for base in 20.0 s\n"
+    )
+    jobs = parse_snakemake_log(SNAKEMAKE_LOG.format(root=tmp_path))
+    assert [(j["rule"], j["end"] - j["start"]) for j in jobs] == [("train_lora", 20.0), ("sample_chunk0", 30.0)]
+    summary = summarize_dag(jobs, tmp_path, wall_s=40.0)
+    assert summary["busy_s"] == 32.0  # the two jobs overlap
+    assert summary["job_sum_s"] == 50.0 and summary["compute_s"] == 32.5
+    assert summary["per_rule"]["sample"] == {"jobs": 1, "job_s": 30.0, "compute_s": 20.0}
+
+
+@pytest.fixture(scope="module")
+def quick_parts(tmp_path_factory) -> list[Path]:
+    """The training and edit parts with minimal repetitions (tiny model, CPU)."""
+    root = tmp_path_factory.mktemp("bench")
+    config = check_config({"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "device": "cpu", "tiny_models": True})
+    bench = bench_settings({"bench": QUICK})
+    files = []
+    for part in bench.parts:
+        run_part(part, bench, config, root / f"{part}.json", threads=2)
+        files.append(root / f"{part}.json")
+    # a DAG part from a recorded run, so that the report shows every section without running the demo
+    dag = {"wall_s": 40.0, "busy_s": 32.0, "job_sum_s": 50.0, "compute_s": 32.5, "jobs": 2}
+    stats = {k: summarize([v], "s") for k, v in dag.items() if k != "jobs"}
+    (root / "dag.json").write_text(json.dumps({
+        "part": "dag", "device": "cpu", "threads": 2, "part_wall_s": 41.0, "load_average_before_after": [0.1, 0.2],
+        "settings": {"configfile": "config/config.yaml", "cores": 2, "runs": 1}, "configfile": "config/config.yaml",
+        **stats, "ratios": [], "runs": [{**dag, "per_rule": {"train_lora": {"jobs": 1, "job_s": 20.0, "compute_s": 12.5}}}],
+    }))
+    return [*files, root / "dag.json"]
+
+
+def test_parts_report_medians_with_spread_and_ratios_of_medians(quick_parts, tmp_path):
+    report = write_report(quick_parts, tmp_path / "bench.json", tmp_path / "bench.md")
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data == json.loads(json.dumps(report)) and set(data["parts"]) == {"training", "edit", "dag"}
+
+    found = list(figures(data))
+    assert len(found) > 20
+    for path, stat in found:
+        assert stat["n"] >= 1 and stat["min"] <= stat["q1"] <= stat["median"] <= stat["q3"] <= stat["max"], path
+        assert stat["unit"], path
+    for r in ratios(data):
+        assert math.isclose(r["value"], r["numerator_median"] / r["denominator_median"]), r["name"]
+
+    training = data["parts"]["training"]
+    rows = {(r["variant"], r["cache_latents"]): r for r in training["rows"]}
+    assert set(rows) == {("lora", True), ("lora", False)}
+    for row in rows.values():
+        assert row["step_s"]["n"] == 1 and row["runs"] == 1  # 2 steps, the first one untimed
+        assert row["peak_memory_mb"]["median"] > 100 and row["unet_gflop_per_step"] > 0
+        assert math.isclose(row["fraction_of_peak"], row["achieved_tflops"] / 1.0)
+        assert row["reference_step_s"] == 0.079
+    names = [r["name"] for r in training["ratios"]]
+    assert "lora: step time without / with latent caching" in names
+    assert training["load_baseline"]["peak_memory_mb"]["n"] == 1
+
+    edit = data["parts"]["edit"]
+    assert edit["available"] and edit["p2p"]["plain_s"]["n"] == 2
+    assert edit["p2p"]["p2p_unet_calls"] == edit["p2p"]["plain_unet_calls"] == 2
+    inversion = edit["inversion"]
+    assert inversion["null_text"]["unet_calls"] > inversion["negative_prompt"]["unet_calls"]
+
+    md = (tmp_path / "bench.md").read_text()
+    for title in ("## 1. Training step time", "## 3-4. Prompt-to-Prompt", "## 5. Demo DAG"):
+        assert title in md
+    assert "reference (diffusers examples, measured by the issue author)" in md
+    assert "(n=1)" in md and "(n=2)" in md

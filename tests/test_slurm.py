@@ -1,0 +1,250 @@
+"""The SLURM profile (profiles/slurm): GPU requests in a dry run, and a real run on a local Slurm cluster.
+
+The real run needs root and apt (Debian/Ubuntu): scripts/slurm_local_cluster.sh installs slurm-wlm and
+munge and starts a one-node cluster with a fake GPU. It is skipped unless S2S_SLURM_TEST=1:
+
+    S2S_SLURM_TEST=1 .venv/bin/python -m pytest -q -s tests/test_slurm.py
+
+It runs a small demo (LoRA only, 4 steps, 2 prompts) through `--profile profiles/slurm` and checks that
+(a) every job went through sbatch, (b) the GPU stages asked Slurm for a GPU and the CPU stages did not (read
+back from slurmctld with `scontrol show job`), (c) the results are byte-identical to a local `--cores 2` run
+of the same config. It prints the number of sbatch submissions and the wall times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE = REPO / "profiles" / "slurm"
+CLUSTER_SCRIPT = REPO / "scripts" / "slurm_local_cluster.sh"
+# Rules that declare gpu=1 (the sampling group job is named after its group, "sampling").
+GPU_RULE = re.compile(r"^(class_priors|train_\w+|sample_chunk\d+|sampling|edit\w*)$")
+# What the local cluster's single partition is called (scripts/slurm_local_cluster.sh).
+PARTITION = "debug"
+# Placeholders of profiles/slurm/config.yaml, set for the local cluster: no account, one partition,
+# 2 CPUs per GPU (= the rules' threads, so that the CPU results equal a local --cores 2 run).
+CLUSTER_ENV = {
+    "S2S_SLURM_ACCOUNT": "",
+    "S2S_SLURM_CPU_PARTITION": PARTITION,
+    "S2S_SLURM_GPU_PARTITION": PARTITION,
+    "S2S_SLURM_CPUS_PER_GPU": "2",
+}
+
+
+def job_resources(dry_run_output: str) -> list[tuple[str, str]]:
+    """(rule, resources line) for every job block of a dry run, group members included."""
+    jobs, rule = [], None
+    for line in dry_run_output.splitlines():
+        line = line.strip()
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = m.group(1)
+        elif line.startswith("resources:") and rule:
+            jobs.append((rule, line))
+            rule = None
+    return jobs
+
+
+def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
+    """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml`: the GPU stages carry gpu=1
+    and the GPU partition, the CPU stages neither; sampling is submitted in groups."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    photos = tmp_path / "dog"  # the dry run only checks that the photo folder exists
+    photos.mkdir()
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"subjects": {"dog": {"images": str(photos), "class": "dog"}}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_SLURM_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--profile", str(PROFILE),
+         "--configfile", str(REPO / "config" / "paper.yaml"), str(overlay), "--directory", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = job_resources(proc.stdout)
+    rules = {rule for rule, _ in jobs}
+    assert {"class_priors", "train_textual_inversion", "train_dreambooth", "train_lora", "sample_chunk0",
+            "prepare_instance", "evaluate", "table"} <= rules, rules
+    for rule, resources in jobs:
+        if GPU_RULE.match(rule):
+            assert "gpu=1" in resources and "cpus_per_gpu=4" in resources, (rule, resources)
+            assert "slurm_partition=CHANGE_ME_GPU_PARTITION" in resources, (rule, resources)
+        else:
+            assert "gpu=" not in resources and "slurm_partition=CHANGE_ME_CPU_PARTITION" in resources, (
+                rule, resources)
+        assert "slurm_account=CHANGE_ME_ACCOUNT" in resources, (rule, resources)
+    # 16 sampling jobs (20 prompts / 5 per chunk x 4 methods) in groups of 4.
+    assert proc.stdout.count("Group job sampling") == 4
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real cluster.
+
+slurm = pytest.mark.skipif(
+    os.environ.get("S2S_SLURM_TEST") != "1",
+    reason="real Slurm run: set S2S_SLURM_TEST=1 (needs root + apt; installs slurm-wlm and munge and "
+    "starts a local one-node cluster with scripts/slurm_local_cluster.sh)",
+)
+
+
+def run_script(verb: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), verb], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"slurm_local_cluster.sh {verb} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """The local cluster: started here, and stopped afterwards, unless one is already running. Stopping
+    kills the daemons the script started, by the PIDs it recorded; the teardown checks they are gone."""
+    t0 = time.monotonic()
+    running = run_script("status", check=False).returncode == 0
+    if not running:
+        run_script("start")
+    info = {"started_here": not running, "start_s": time.monotonic() - t0}
+    try:
+        yield info
+    finally:
+        if not running:
+            state = Path(os.environ.get("S2S_SLURM_DIR", "/tmp/s2s-slurm"))
+            pids = [int(f.read_text()) for f in state.glob("*.pid") if f.read_text().strip().isdigit()]
+            run_script("stop")
+            alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+                     and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[:1]]
+            assert not alive, f"daemons still running after stop: {alive}"
+
+
+def small_demo_config(path: Path) -> Path:
+    """config/config.yaml cut down: LoRA only (with class priors), 4 steps, 2 prompts in 2 chunks."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["methods"] = ["lora"]
+    config["data"] = {"synthetic_count": 4}
+    config["class_images"] = {"num_class_images": 4, "batch_size": 4, "num_inference_steps": 4}
+    config["training"] = {"checkpointing_steps": 2, "lora": {"max_train_steps": 4, "learning_rate": 1.0e-3}}
+    config["sampling"] = {"prompts": ["a {} in the jungle", "a {} in the snow"], "seeds": [0, 1],
+                          "num_inference_steps": 4, "prompt_chunk_size": 1}
+    config["evaluation"] = {"n_boot": 20, "compare_published": True}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def profile_set_resources() -> list[str]:
+    """The profile's own set-resources entries (GPU partition, cpus_per_gpu), as Snakemake reads them."""
+    from snakemake.profiles import ProfileConfigFileParser
+
+    with open(PROFILE / "config.yaml") as stream:
+        return list(ProfileConfigFileParser().parse(stream)["set-resources"])
+
+
+def digests(results: Path) -> dict[str, str]:
+    """sha256 of what the pipeline computes: images, model weights, class priors, samples."""
+    out = {}
+    for path in sorted(results.rglob("*")):
+        if path.is_file() and path.suffix in {".png", ".safetensors"} and "logs" not in path.parts:
+            out[str(path.relative_to(results))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def scontrol_job(jobid: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", jobid], capture_output=True, text=True, check=True)
+    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
+@slurm
+@pytest.mark.slurm
+def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, capsys):
+    for key, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = small_demo_config(tmp_path / "config.yaml")
+    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(config)]
+
+    # The local reference run, side by side with the Slurm run (which mostly waits on status checks).
+    (tmp_path / "local").mkdir()
+    local_log = open(tmp_path / "local.log", "w")  # noqa: SIM115 - open while the local run lasts
+    t_local = time.monotonic()
+    local = subprocess.Popen(base + ["--cores", "2", "--directory", str(tmp_path / "local")],
+                             cwd=REPO, stdout=local_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # The Slurm run: the profile as a user runs it, plus what this cluster needs: squeue for status (no
+        # slurmdbd), fast first status check, and memory requests that fit this machine (the rules ask for
+        # up to 32 GB, the tiny models need far less). --verbose logs every sbatch call.
+        small_mem = [f"{rule}:mem_mb=2000" for rule in (
+            "build_tiny_models", "draw_synthetic_subject", "prepare_instance", "class_priors", "train_lora",
+            "sample_chunk0", "sample_chunk1", "evaluate", "table", "loss_curves")]
+        (tmp_path / "slurm").mkdir()
+        t_slurm = time.monotonic()
+        proc = subprocess.run(
+            base + ["--profile", str(PROFILE), "--directory", str(tmp_path / "slurm"),
+                    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+                    "--slurm-keep-successful-logs", "--verbose",
+                    "--set-resources", *profile_set_resources(), *small_mem],
+            cwd=REPO, capture_output=True, text=True, timeout=900,
+        )
+        slurm_s = time.monotonic() - t_slurm
+        log = proc.stdout + proc.stderr
+        (tmp_path / "slurm.log").write_text(log)
+        assert proc.returncode == 0, f"Slurm run failed (log: {tmp_path / 'slurm.log'}):\n{log[-6000:]}"
+        local.wait(timeout=900)
+        local_s = time.monotonic() - t_local
+    finally:
+        if local.poll() is None:
+            os.killpg(local.pid, signal.SIGTERM)
+            local.wait()
+        local_log.close()
+    assert local.returncode == 0, (tmp_path / "local.log").read_text()[-6000:]
+
+    # (a) Every workflow job went through sbatch, and slurmctld knows every submission as COMPLETED.
+    run_id = re.search(r"SLURM run ID: (\S+)", log).group(1)
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
+    sbatch_calls = re.findall(r"sbatch call: (sbatch .*)", log)
+    assert submitted and len(sbatch_calls) == len(submitted), (len(sbatch_calls), len(submitted))
+    on_cluster = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i", "--name", run_id],
+                                capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(on_cluster, key=int) == sorted(submitted, key=int)
+    finished = re.findall(r"Finished jobid: \S+ \(Rule: (\w+)\)", log)
+    assert {"class_priors", "train_lora", "sample_chunk0", "sample_chunk1", "table"} <= set(finished)
+
+    # (b) GPU stages asked for a GPU (sbatch --gpus=1, slurmctld TresPerJob=gres:gpu:1), CPU stages did not.
+    gpu_jobs, cpu_jobs = [], []
+    for jobid in submitted:
+        job = scontrol_job(jobid)
+        assert job["JobState"] == "COMPLETED", (jobid, job)
+        rule = re.match(r"rule_(.+?)(?:_wildcards_.*|_sample_chunk.*)?$", job["Comment"]).group(1)
+        gpu = "gres:gpu:1" in job.get("TresPerJob", "")
+        (gpu_jobs if gpu else cpu_jobs).append(rule)
+        assert gpu == bool(GPU_RULE.match(rule)), (rule, job.get("TresPerJob"))
+    assert {"class_priors", "train_lora", "sampling"} <= set(gpu_jobs), gpu_jobs
+    assert {"build_tiny_models", "draw_synthetic_subject", "prepare_instance", "evaluate", "table",
+            "loss_curves"} <= set(cpu_jobs), cpu_jobs
+    for call in sbatch_calls:
+        gpu_rule = re.search(r"--comment '?rule_(class_priors|train_|sampling)", call)
+        assert ("--gpus=1" in call) == bool(gpu_rule), call
+    # Sampling (2 prompts x 2 methods = 4 jobs) went out as one group submission.
+    assert gpu_jobs.count("sampling") == 1, gpu_jobs
+
+    # (c) The same bytes as the local run.
+    slurm_files = digests(tmp_path / "slurm" / "results")
+    local_files = digests(tmp_path / "local" / "results")
+    assert any("models/lora/" in name for name in slurm_files)
+    assert any("/samples/" in name for name in slurm_files)
+    assert slurm_files == local_files, {k for k in slurm_files.keys() | local_files.keys()
+                                        if slurm_files.get(k) != local_files.get(k)}
+
+    cluster = "install+start" if slurm_cluster["started_here"] else "already running"
+    with capsys.disabled():
+        print(f"\n[slurm] {len(submitted)} sbatch submissions ({len(gpu_jobs)} with --gpus=1: "
+              f"{', '.join(sorted(gpu_jobs))}; {len(cpu_jobs)} CPU-only) for {len(finished)} workflow jobs; "
+              f"Slurm run {slurm_s:.0f} s, local run {local_s:.0f} s (side by side); "
+              f"cluster {cluster} {slurm_cluster['start_s']:.0f} s; "
+              f"{len(slurm_files)} result files byte-identical")
