@@ -6,6 +6,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 
 from s2s import config as s2s_config  # noqa: E402
+from s2s.edit.batch import plan_manifest as s2s_edit_plan  # noqa: E402
 from s2s.io import S2SError  # noqa: E402
 
 # Our own check first: one line naming the key and the fix (Snakemake's validate prints the whole
@@ -26,6 +27,10 @@ PROMPT_CHUNKS = s2s_config.prompt_chunks(config)
 SEEDS = config["sampling"]["seeds"]
 TINY = config["tiny_models"]
 EDITS_ON = bool(config["edits"]["manifest"])
+EDIT_PLAN = (
+    s2s_edit_plan(config["edits"]["manifest"], config["edits"]["subject_model"]) if EDITS_ON else []
+)
+EDIT_IDS = [row["edit_id"] for row in EDIT_PLAN]
 
 
 wildcard_constraints:
@@ -84,6 +89,20 @@ def sample_files(subject, method):
     return expand(f"{RESULTS}/{subject}/samples/{method}/{{pid}}/{{seed}}.png", pid=PROMPT_IDS, seed=SEEDS)
 
 
+def edit_inputs(wildcards):
+    """Manifest, its photos, and every trained model a row uses (plus the base model)."""
+    files = {"manifest": config["edits"]["manifest"], "base": base_model_inputs()}
+    files["images"] = sorted({row["image"] for row in EDIT_PLAN if row["image"]})
+    files["models"] = sorted(
+        {trained_model_file(wildcards.subject, row["model"]) for row in EDIT_PLAN if row["model"] != "base"}
+    )
+    return files
+
+
+def edit_targets(subject):
+    return expand(f"{RESULTS}/{subject}/edits/{{edit_id}}/edit.json", edit_id=EDIT_IDS)
+
+
 def all_targets():
     targets = [f"{RESULTS}/table1.csv", f"{RESULTS}/table1.md", f"{RESULTS}/table1.html"]
     for subject in SUBJECTS:
@@ -92,3 +111,23 @@ def all_targets():
         if EDITS_ON:
             targets += edit_targets(subject)
     return targets
+
+
+localrules:
+    prefetch,
+
+
+rule prefetch:
+    # Run on a machine with internet (a login node); then HF_HUB_OFFLINE=1 for the jobs.
+    output:
+        f"{RESULTS}/prefetch.json",
+    log:
+        f"{LOGS}/prefetch.log",
+    conda:
+        "../envs/s2s.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    script:
+        "../workflow_scripts/prefetch.py"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -56,6 +57,24 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def _trained_merges(words: list[str]) -> list[str]:
+    """BPE merges learned from the word list (tokenizers' trainer), so that every listed word becomes
+    one token: hand-written merge chains conflict with each other (the pair "a t" of "at" would split
+    "cat")."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000, end_of_word_suffix="</w>", min_frequency=1, show_progress=False, special_tokens=[]
+    )
+    bpe.train_from_iterator([" ".join(words)], trainer)
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.model.save(tmp)
+        lines = (Path(tmp) / "merges.txt").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def write_tiny_clip_tokenizer(folder: Path, words: list[str] = TINY_VOCAB_WORDS) -> None:
     """Write a CLIP BPE tokenizer (vocab.json + merges.txt) that knows ``words`` as whole tokens.
 
@@ -65,18 +84,9 @@ def write_tiny_clip_tokenizer(folder: Path, words: list[str] = TINY_VOCAB_WORDS)
     folder.mkdir(parents=True, exist_ok=True)
     alphabet = list(_bytes_to_unicode().values())
     vocab_tokens: list[str] = alphabet + [c + "</w>" for c in alphabet]
-    merges: list[str] = []
-    seen_merges: set[str] = set()
-    for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        current = symbols[0]
-        for nxt in symbols[1:]:
-            merge = f"{current} {nxt}"
-            current = current + nxt
-            if merge not in seen_merges:
-                seen_merges.add(merge)
-                merges.append(merge)
-                vocab_tokens.append(current)
+    merges = _trained_merges(words)
+    for merge in merges:
+        vocab_tokens.append(merge.replace(" ", ""))
     vocab_tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {}
     for token in vocab_tokens:
@@ -145,7 +155,9 @@ def build_tiny_sd(folder: Path | str, seed: int = 0, resolution: int = 64) -> Pa
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64),
             layers_per_block=2,
-            sample_size=resolution // 8,
+            # The tiny VAE downsamples by 2 (two blocks), so this makes `resolution` the pipeline's
+            # default image size, as sample_size 64 x VAE factor 8 = 512 does for SD v1.4.
+            sample_size=resolution // 2,
             in_channels=TINY_LATENT_CHANNELS,
             out_channels=TINY_LATENT_CHANNELS,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),

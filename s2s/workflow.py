@@ -249,3 +249,67 @@ def table(smk, config) -> None:
 
 STEPS["evaluate"] = evaluate
 STEPS["table"] = table
+
+
+def draw_demo_edit_photo(smk, config) -> None:
+    import random
+
+    from s2s.data import draw_toy
+    from s2s.io import save_png
+
+    resolution = config["model"]["resolution"]
+    rng = random.Random(config["seed"] + sum(map(ord, smk.wildcards.name)))
+    save_png(draw_toy(rng, (resolution, resolution)), smk.output[0])
+
+
+def edit(smk, config) -> None:
+    from PIL import Image
+
+    from s2s.edit.batch import run_edit_batch
+    from s2s.io import save_png
+    from s2s.models import pick_device, pick_dtype
+
+    subject = smk.wildcards.subject
+    results = cfgmod.results_dir(config) / subject
+    edits = config["edits"]
+    device = pick_device(config["device"])
+    defaults = {
+        "num_inference_steps": edits["num_inference_steps"],
+        "guidance_scale": edits["guidance_scale"],
+        "cross_replace_steps": edits["cross_replace_steps"],
+        "self_replace_steps": edits["self_replace_steps"],
+        "inversion": edits["inversion"],
+        "subject_model": edits["subject_model"],
+        "clip_model": cfgmod.metric_models(config)["clip_model"],
+    }
+    records = run_edit_batch(
+        edits["manifest"],
+        results / "edits",
+        cfgmod.base_model(config),
+        {m: results / "models" / m for m in config["methods"]},
+        device,
+        pick_dtype(config["training"].get("mixed_precision", "no"), device),
+        defaults,
+        seed=config["seed"],
+    )
+    for record in records:
+        folder = results / "edits" / record["edit_id"]
+        before = folder / ("reconstruction.png" if (folder / "reconstruction.png").exists() else "source.png")
+        with Image.open(before) as a, Image.open(folder / "edited.png") as b:
+            pair = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), "white")
+            pair.paste(a.convert("RGB"), (0, 0))
+            pair.paste(b.convert("RGB"), (a.width, 0))
+        save_png(pair, folder / "before_after.png")
+
+
+STEPS["draw_demo_edit_photo"] = draw_demo_edit_photo
+STEPS["edit"] = edit
+
+
+def prefetch(smk, config) -> None:
+    from s2s.prefetch import prefetch as fetch
+
+    fetch(cfgmod.base_model(config), cfgmod.metric_models(config), smk.output[0])
+
+
+STEPS["prefetch"] = prefetch

@@ -53,8 +53,12 @@ write_config() {
     local cpus mem_mb files=()
     cpus=$(nproc)
     mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
-    for ((i = 0; i < FAKE_GPUS; i++)); do files+=("/dev/null"); done
     mkdir -p /etc/slurm "$STATE/ctld" "$STATE/d"
+    if [[ $FAKE_GPUS -eq 1 ]]; then
+        files=(/dev/null)
+    else  # gres needs one distinct file per GPU; plain files do, nothing opens them
+        for ((i = 0; i < FAKE_GPUS; i++)); do touch "$STATE/fakegpu$i"; files+=("$STATE/fakegpu$i"); done
+    fi
     cat >"$CONF" <<EOF
 $MARKER (stop removes it)
 ClusterName=s2slocal
@@ -172,7 +176,7 @@ cmd_stop() {
         local jobs
         jobs=$(squeue -h -t PD,R,CG -o %i 2>/dev/null || true)
         if [[ -n $jobs ]]; then
-            log "cancelling jobs: $(echo $jobs)"
+            log "cancelling jobs: ${jobs//$'\n'/ }"
             # shellcheck disable=SC2086
             scancel $jobs || true
             for _ in $(seq 30); do [[ -z $(squeue -h -t PD,R,CG -o %i 2>/dev/null) ]] && break; sleep 0.5; done
@@ -188,8 +192,10 @@ cmd_stop() {
 }
 
 cmd_status() {
-    ours && pid_alive "$STATE/slurmctld.pid" && pid_alive "$STATE/slurmd.pid" && scontrol ping >/dev/null 2>&1 \
-        || { log "not running"; return 1; }
+    if ! { ours && pid_alive "$STATE/slurmctld.pid" && pid_alive "$STATE/slurmd.pid" && scontrol ping >/dev/null 2>&1; }; then
+        log "not running"
+        return 1
+    fi
     sinfo
 }
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 QUICK = {
     "parts": ["training", "edit"],
     "peak_tflops": 1.0,
-    "training": {"runs": 1, "steps": 2, "variants": ["lora"], "cache_latents": [True, False], "load_baseline": True},
-    "edit": {"steps": 2, "p2p_reps": 2, "inversion_reps": 2, "inversion_steps": 2},
+    "threads": 1,  # robust on a shared CPU (2 threads on an oversubscribed CPU are many times slower)
+    "training": {
+        "runs": 1,
+        "steps": 2,
+        "variants": ["lora"],
+        "cache_latents": [True, False],
+        "load_baseline": True,
+    },
+    "edit": {"steps": 2, "p2p_reps": 2, "inversion_reps": 1, "inversion_steps": 2},
 }
 
 
@@ -58,7 +67,11 @@ def test_shipped_bench_configs_are_valid(name):
     bench = bench_settings(config)
     assert bench.parts and all(bench.part(p) for p in bench.parts)
     if name == "bench_gpu.yaml":
-        assert bench.peak_tflops == 989 and bench.training.resolution == 512 and bench.training.architecture == "sd14"
+        assert (
+            bench.peak_tflops == 989
+            and bench.training.resolution == 512
+            and bench.training.architecture == "sd14"
+        )
 
 
 @pytest.mark.parametrize(
@@ -66,7 +79,10 @@ def test_shipped_bench_configs_are_valid(name):
     [
         ({"trainig": {}}, "unknown key(s) trainig under bench"),
         ({"training": {"steps": 1}}, "bench.training.steps: 1 is too few"),
-        ({"training": {"variants": ["lora", "dreambooht"]}}, "bench.training.variants: 'dreambooht' is not one of"),
+        (
+            {"training": {"variants": ["lora", "dreambooht"]}},
+            "bench.training.variants: 'dreambooht' is not one of",
+        ),
         ({"memory": {"architecture": "sdxl"}}, "bench.memory.architecture: 'sdxl' is not one of tiny, sd14"),
         ({"parts": ["dag", "dag"]}, "bench.parts: ['dag', 'dag'] has duplicates"),
         ({"peak_tflops": -1}, "bench.peak_tflops: -1 is not a positive number"),
@@ -78,6 +94,22 @@ def test_bad_bench_settings_give_one_line(bench, expected):
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
+def _dry_run(tmp_path, *args) -> str:
+    snakefile = str(REPO / "Snakefile")
+    command = [sys.executable, "-m", "snakemake", "-n", "-s", snakefile, "--directory", str(tmp_path), *args]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_bench_target_runs_every_part_and_is_not_in_all(tmp_path):
+    out = _dry_run(tmp_path, "bench", "--cores", "2", "--configfile", str(REPO / "config" / "bench.yaml"))
+    jobs = dict(line.split() for line in out.splitlines() if line.startswith(("bench_part ", "bench ")))
+    assert jobs == {"bench_part": "4", "bench": "1"}
+    default = _dry_run(tmp_path, "--cores", "2")
+    assert "total" in default and not [line for line in default.splitlines() if line.startswith("bench")]
+
+
 def test_sd14_shapes_match_the_real_model(tmp_path):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -87,7 +119,11 @@ def test_sd14_shapes_match_the_real_model(tmp_path):
     with torch.device("meta"):
         sizes = [
             sum(p.numel() for p in m.parameters())
-            for m in (UNet2DConditionModel(**SD14_UNET), AutoencoderKL(**SD14_VAE), CLIPTextModel(CLIPTextConfig(**SD14_TEXT)))
+            for m in (
+                UNet2DConditionModel(**SD14_UNET),
+                AutoencoderKL(**SD14_VAE),
+                CLIPTextModel(CLIPTextConfig(**SD14_TEXT)),
+            )
         ]
     assert sizes == [859_520_964, 83_653_863, 123_060_480]  # CompVis/stable-diffusion-v1-4
     write_padded_tokenizer(tmp_path)
@@ -97,9 +133,8 @@ def test_sd14_shapes_match_the_real_model(tmp_path):
     assert ids.shape == (1, 77)
     forward = unet_flops(SD14_UNET, 1, 512, "forward")
     assert 0.75e12 < forward < 0.85e12  # ~0.8 TFLOP per 512 px UNet call
-    assert unet_flops(SD14_UNET, 1, 128, "full") > unet_flops(SD14_UNET, 1, 128, "text") > 2 * unet_flops(
-        SD14_UNET, 1, 128, "forward"
-    ) * 0.9
+    full, text = unet_flops(SD14_UNET, 1, 128, "full"), unet_flops(SD14_UNET, 1, 128, "text")
+    assert full > text > forward / 16  # weight gradients cost more than input gradients only
 
 
 def test_cuda_parts_are_skipped_without_a_gpu(tmp_path):
@@ -132,13 +167,18 @@ Finished jobid: 4 (Rule: sample_chunk0)
 
 def test_dag_timing_from_snakemake_log_and_job_records(tmp_path):
     (tmp_path / "toy" / "models" / "lora").mkdir(parents=True)
-    (tmp_path / "toy" / "models" / "lora" / "train_summary.json").write_text(json.dumps({"train_time_s": 12.5}))
+    (tmp_path / "toy" / "models" / "lora" / "train_summary.json").write_text(
+        json.dumps({"train_time_s": 12.5})
+    )
     (tmp_path / "logs" / "toy").mkdir(parents=True)
     (tmp_path / "logs" / "toy" / "sample_base_chunk0.log").write_text(
         "2026-11-29 16:27:08,000 INFO s2s.sample: sampled 8 images for base in 20.0 s\n"
     )
     jobs = parse_snakemake_log(SNAKEMAKE_LOG.format(root=tmp_path))
-    assert [(j["rule"], j["end"] - j["start"]) for j in jobs] == [("train_lora", 20.0), ("sample_chunk0", 30.0)]
+    assert [(j["rule"], j["end"] - j["start"]) for j in jobs] == [
+        ("train_lora", 20.0),
+        ("sample_chunk0", 30.0),
+    ]
     summary = summarize_dag(jobs, tmp_path, wall_s=40.0)
     assert summary["busy_s"] == 32.0  # the two jobs overlap
     assert summary["job_sum_s"] == 50.0 and summary["compute_s"] == 32.5
@@ -149,7 +189,9 @@ def test_dag_timing_from_snakemake_log_and_job_records(tmp_path):
 def quick_parts(tmp_path_factory) -> list[Path]:
     """The training and edit parts with minimal repetitions (tiny model, CPU)."""
     root = tmp_path_factory.mktemp("bench")
-    config = check_config({"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "device": "cpu", "tiny_models": True})
+    config = check_config(
+        {"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "device": "cpu", "tiny_models": True}
+    )
     bench = bench_settings({"bench": QUICK})
     files = []
     for part in bench.parts:
@@ -158,11 +200,22 @@ def quick_parts(tmp_path_factory) -> list[Path]:
     # a DAG part from a recorded run, so that the report shows every section without running the demo
     dag = {"wall_s": 40.0, "busy_s": 32.0, "job_sum_s": 50.0, "compute_s": 32.5, "jobs": 2}
     stats = {k: summarize([v], "s") for k, v in dag.items() if k != "jobs"}
-    (root / "dag.json").write_text(json.dumps({
-        "part": "dag", "device": "cpu", "threads": 2, "part_wall_s": 41.0, "load_average_before_after": [0.1, 0.2],
-        "settings": {"configfile": "config/config.yaml", "cores": 2, "runs": 1}, "configfile": "config/config.yaml",
-        **stats, "ratios": [], "runs": [{**dag, "per_rule": {"train_lora": {"jobs": 1, "job_s": 20.0, "compute_s": 12.5}}}],
-    }))
+    (root / "dag.json").write_text(
+        json.dumps(
+            {
+                "part": "dag",
+                "device": "cpu",
+                "threads": 2,
+                "part_wall_s": 41.0,
+                "load_average_before_after": [0.1, 0.2],
+                "settings": {"configfile": "config/config.yaml", "cores": 2, "runs": 1},
+                "configfile": "config/config.yaml",
+                **stats,
+                "ratios": [],
+                "runs": [{**dag, "per_rule": {"train_lora": {"jobs": 1, "job_s": 20.0, "compute_s": 12.5}}}],
+            }
+        )
+    )
     return [*files, root / "dag.json"]
 
 
@@ -174,7 +227,9 @@ def test_parts_report_medians_with_spread_and_ratios_of_medians(quick_parts, tmp
     found = list(figures(data))
     assert len(found) > 20
     for path, stat in found:
-        assert stat["n"] >= 1 and stat["min"] <= stat["q1"] <= stat["median"] <= stat["q3"] <= stat["max"], path
+        assert stat["n"] >= 1 and stat["min"] <= stat["q1"] <= stat["median"] <= stat["q3"] <= stat["max"], (
+            path
+        )
         assert stat["unit"], path
     for r in ratios(data):
         assert math.isclose(r["value"], r["numerator_median"] / r["denominator_median"]), r["name"]

@@ -13,12 +13,15 @@ of the same config. It prints the number of sbatch submissions and the wall time
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +33,8 @@ PROFILE = REPO / "profiles" / "slurm"
 CLUSTER_SCRIPT = REPO / "scripts" / "slurm_local_cluster.sh"
 # Rules that declare gpu=1 (the sampling group job is named after its group, "sampling").
 GPU_RULE = re.compile(r"^(class_priors|train_\w+|sample_chunk\d+|sampling|edit\w*)$")
+# Slurm job names of this test: <prefix>_<Snakemake run id>.
+JOB_PREFIX = "s2stest"
 # What the local cluster's single partition is called (scripts/slurm_local_cluster.sh).
 PARTITION = "debug"
 # Placeholders of profiles/slurm/config.yaml, set for the local cluster: no account, one partition,
@@ -56,17 +61,27 @@ def job_resources(dry_run_output: str) -> list[tuple[str, str]]:
 
 
 def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
-    """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml`: the GPU stages carry gpu=1
-    and the GPU partition, the CPU stages neither; sampling is submitted in groups."""
+    """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml` (+ the demo's generated edits):
+    the GPU stages carry gpu=1 and the GPU partition, the CPU stages neither; sampling goes out in groups."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
     photos = tmp_path / "dog"  # the dry run only checks that the photo folder exists
     photos.mkdir()
-    overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"subjects": {"dog": {"images": str(photos), "class": "dog"}}}))
+    overlay = {"subjects": {"dog": {"images": str(photos), "class": "dog"}}}
+    # The demo's edit manifest, its generated rows only (photo rows point into the demo's results).
+    with open(REPO / "config" / "demo_edits.csv", newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if not row.get("image")]
+    if rows:
+        with open(tmp_path / "edits.csv", "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        overlay["edits"] = {"manifest": str(tmp_path / "edits.csv")}
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_SLURM_")}
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--profile", str(PROFILE),
-         "--configfile", str(REPO / "config" / "paper.yaml"), str(overlay), "--directory", str(tmp_path)],
+         "--configfile", str(REPO / "config" / "paper.yaml"), str(tmp_path / "overlay.yaml"),
+         "--directory", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -82,6 +97,8 @@ def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
             assert "gpu=" not in resources and "slurm_partition=CHANGE_ME_CPU_PARTITION" in resources, (
                 rule, resources)
         assert "slurm_account=CHANGE_ME_ACCOUNT" in resources, (rule, resources)
+    if rows:
+        assert "edit_batch" in rules, rules
     # 16 sampling jobs (20 prompts / 5 per chunk x 4 methods) in groups of 4.
     assert proc.stdout.count("Group job sampling") == 4
 
@@ -125,15 +142,16 @@ def slurm_cluster():
 
 
 def small_demo_config(path: Path) -> Path:
-    """config/config.yaml cut down: LoRA only (with class priors), 4 steps, 2 prompts in 2 chunks."""
+    """config/config.yaml cut down: LoRA only (with class priors), 2 steps, 2 prompts, one chunk, no edits."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["methods"] = ["lora"]
     config["data"] = {"synthetic_count": 4}
-    config["class_images"] = {"num_class_images": 4, "batch_size": 4, "num_inference_steps": 4}
-    config["training"] = {"checkpointing_steps": 2, "lora": {"max_train_steps": 4, "learning_rate": 1.0e-3}}
+    config["class_images"] = {"num_class_images": 4, "batch_size": 4, "num_inference_steps": 2}
+    config["training"] = {"checkpointing_steps": 2, "lora": {"max_train_steps": 2, "learning_rate": 1.0e-3}}
     config["sampling"] = {"prompts": ["a {} in the jungle", "a {} in the snow"], "seeds": [0, 1],
-                          "num_inference_steps": 4, "prompt_chunk_size": 1}
+                          "num_inference_steps": 2, "prompt_chunk_size": 2}
     config["evaluation"] = {"n_boot": 20, "compare_published": True}
+    config.setdefault("edits", {})["manifest"] = None  # editing is a GPU stage too; checked in the dry run
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -155,6 +173,14 @@ def digests(results: Path) -> dict[str, str]:
     return out
 
 
+def cancel_leftover_jobs() -> None:
+    """scancel this test's jobs that still wait or run (after a failed or timed-out Snakemake run)."""
+    out = subprocess.run(["squeue", "-h", "-t", "PD,R,CG", "-o", "%i %j"], capture_output=True, text=True)
+    ids = [line.split()[0] for line in out.stdout.splitlines() if line.split()[1].startswith(JOB_PREFIX)]
+    if ids:
+        subprocess.run(["scancel", *ids], check=False)
+
+
 def scontrol_job(jobid: str) -> dict[str, str]:
     out = subprocess.run(["scontrol", "show", "job", "-o", jobid], capture_output=True, text=True, check=True)
     return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
@@ -169,25 +195,44 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
     config = small_demo_config(tmp_path / "config.yaml")
     base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(config)]
 
+    # The tiny random models are built once and given to both runs: building them is not reproducible
+    # across processes (the tiny tokenizer's BPE merges come from tokenizers' trainer, whose order of
+    # equally frequent pairs varies), and every later stage depends on them.
+    t_seed = time.monotonic()
+    seed = subprocess.run(base + ["--cores", "2", "--directory", str(tmp_path / "seed"),
+                                  "results/tiny_models/sd/model_index.json"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert seed.returncode == 0, seed.stdout[-3000:] + seed.stderr[-3000:]
+    seed_s = time.monotonic() - t_seed
+    for run in ("local", "slurm"):
+        models = tmp_path / "seed" / "results" / "tiny_models"
+        shutil.copytree(models, tmp_path / run / "results" / "tiny_models")
+
     # The local reference run, side by side with the Slurm run (which mostly waits on status checks).
-    (tmp_path / "local").mkdir()
     local_log = open(tmp_path / "local.log", "w")  # noqa: SIM115 - open while the local run lasts
     t_local = time.monotonic()
     local = subprocess.Popen(base + ["--cores", "2", "--directory", str(tmp_path / "local")],
                              cwd=REPO, stdout=local_log, stderr=subprocess.STDOUT, start_new_session=True)
+    local_end = {}
+
+    def wait_for_local():
+        local.wait()
+        local_end["t"] = time.monotonic()
+
+    watcher = threading.Thread(target=wait_for_local)
+    watcher.start()
     try:
         # The Slurm run: the profile as a user runs it, plus what this cluster needs: squeue for status (no
         # slurmdbd), fast first status check, and memory requests that fit this machine (the rules ask for
         # up to 32 GB, the tiny models need far less). --verbose logs every sbatch call.
         small_mem = [f"{rule}:mem_mb=2000" for rule in (
-            "build_tiny_models", "draw_synthetic_subject", "prepare_instance", "class_priors", "train_lora",
-            "sample_chunk0", "sample_chunk1", "evaluate", "table", "loss_curves")]
-        (tmp_path / "slurm").mkdir()
+            "draw_synthetic_subject", "prepare_instance", "class_priors", "train_lora",
+            "sample_chunk0", "evaluate", "table", "loss_curves")]
         t_slurm = time.monotonic()
         proc = subprocess.run(
             base + ["--profile", str(PROFILE), "--directory", str(tmp_path / "slurm"),
                     "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-                    "--slurm-keep-successful-logs", "--verbose",
+                    "--slurm-keep-successful-logs", "--slurm-jobname-prefix", JOB_PREFIX, "--verbose",
                     "--set-resources", *profile_set_resources(), *small_mem],
             cwd=REPO, capture_output=True, text=True, timeout=900,
         )
@@ -195,13 +240,15 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
         log = proc.stdout + proc.stderr
         (tmp_path / "slurm.log").write_text(log)
         assert proc.returncode == 0, f"Slurm run failed (log: {tmp_path / 'slurm.log'}):\n{log[-6000:]}"
-        local.wait(timeout=900)
-        local_s = time.monotonic() - t_local
+        watcher.join(timeout=900)
+        assert "t" in local_end, "the local run did not finish within 15 minutes"
+        local_s = local_end["t"] - t_local
     finally:
         if local.poll() is None:
             os.killpg(local.pid, signal.SIGTERM)
-            local.wait()
+        watcher.join()
         local_log.close()
+        cancel_leftover_jobs()
     assert local.returncode == 0, (tmp_path / "local.log").read_text()[-6000:]
 
     # (a) Every workflow job went through sbatch, and slurmctld knows every submission as COMPLETED.
@@ -213,7 +260,7 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
                                 capture_output=True, text=True, check=True).stdout.split()
     assert sorted(on_cluster, key=int) == sorted(submitted, key=int)
     finished = re.findall(r"Finished jobid: \S+ \(Rule: (\w+)\)", log)
-    assert {"class_priors", "train_lora", "sample_chunk0", "sample_chunk1", "table"} <= set(finished)
+    assert {"class_priors", "train_lora", "sample_chunk0", "evaluate", "table"} <= set(finished), finished
 
     # (b) GPU stages asked for a GPU (sbatch --gpus=1, slurmctld TresPerJob=gres:gpu:1), CPU stages did not.
     gpu_jobs, cpu_jobs = [], []
@@ -225,12 +272,11 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
         (gpu_jobs if gpu else cpu_jobs).append(rule)
         assert gpu == bool(GPU_RULE.match(rule)), (rule, job.get("TresPerJob"))
     assert {"class_priors", "train_lora", "sampling"} <= set(gpu_jobs), gpu_jobs
-    assert {"build_tiny_models", "draw_synthetic_subject", "prepare_instance", "evaluate", "table",
-            "loss_curves"} <= set(cpu_jobs), cpu_jobs
+    assert {"draw_synthetic_subject", "prepare_instance", "evaluate", "table", "loss_curves"} <= set(cpu_jobs)
     for call in sbatch_calls:
         gpu_rule = re.search(r"--comment '?rule_(class_priors|train_|sampling)", call)
         assert ("--gpus=1" in call) == bool(gpu_rule), call
-    # Sampling (2 prompts x 2 methods = 4 jobs) went out as one group submission.
+    # Sampling (base and lora, one chunk each) went out as one group submission.
     assert gpu_jobs.count("sampling") == 1, gpu_jobs
 
     # (c) The same bytes as the local run.
@@ -245,6 +291,7 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
     with capsys.disabled():
         print(f"\n[slurm] {len(submitted)} sbatch submissions ({len(gpu_jobs)} with --gpus=1: "
               f"{', '.join(sorted(gpu_jobs))}; {len(cpu_jobs)} CPU-only) for {len(finished)} workflow jobs; "
-              f"Slurm run {slurm_s:.0f} s, local run {local_s:.0f} s (side by side); "
+              f"Slurm run {slurm_s:.0f} s, local run {local_s:.0f} s (side by side, after building the "
+              f"tiny models once: {seed_s:.0f} s); "
               f"cluster {cluster} {slurm_cluster['start_s']:.0f} s; "
               f"{len(slurm_files)} result files byte-identical")

@@ -24,8 +24,8 @@ import accelerate  # noqa: E402, F401  - imported here so that import time is co
 import diffusers  # noqa: E402, F401
 import peft  # noqa: E402, F401
 import torch  # noqa: E402
-from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 import transformers  # noqa: E402, F401
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 from s2s import config as cfgmod  # noqa: E402
 from s2s.train.loop import train  # noqa: E402
@@ -57,9 +57,7 @@ def run_train(spec: dict) -> dict:
         validation_prompt=None,
     )
     step_ends: list[float] = []
-    hook = register_optimizer_step_post_hook(
-        lambda *args: step_ends.append(time.perf_counter())
-    )
+    hook = register_optimizer_step_post_hook(lambda *args: step_ends.append(time.perf_counter()))
     started = time.perf_counter()
     summary = train(
         cfg,
@@ -78,7 +76,9 @@ def run_train(spec: dict) -> dict:
     hook.remove()
     if len(step_ends) != spec["steps"]:
         raise RuntimeError(f"expected {spec['steps']} optimizer steps, the step hook saw {len(step_ends)}")
-    step_s = [b - a for a, b in zip(step_ends, step_ends[1:])]  # the first step is not timed (warm-up)
+    step_s = [
+        b - a for a, b in zip(step_ends, step_ends[1:], strict=False)
+    ]  # the first step is not timed (warm-up)
     return {
         "step_s": step_s,
         "import_s": IMPORTED - STARTED,

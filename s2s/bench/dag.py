@@ -136,12 +136,19 @@ def bench_dag(settings: DagBench, work: Path | None = None) -> dict:
         with tempfile.TemporaryDirectory(prefix="s2s-bench-dag-", dir=work) as tmp:
             workdir = Path(tmp)
             command = [
-                sys.executable, "-m", "snakemake",
-                "-s", str(REPO / "Snakefile"),
-                "--directory", str(workdir),
-                "--cores", str(settings.cores),
-                "--configfile", str(configfile),
-                "--config", f"results_dir={workdir / 'results'}",
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-s",
+                str(REPO / "Snakefile"),
+                "--directory",
+                str(workdir),
+                "--cores",
+                str(settings.cores),
+                "--configfile",
+                str(configfile),
+                "--config",
+                f"results_dir={workdir / 'results'}",
             ]
             log.info("run %d: %s", run, " ".join(command))
             started = time.perf_counter()
@@ -157,11 +164,23 @@ def bench_dag(settings: DagBench, work: Path | None = None) -> dict:
     keys = ("wall_s", "busy_s", "job_sum_s", "compute_s")
     summary = {key: summarize([r[key] for r in results], "s") for key in keys}
     summary["ratios"] = [
-        ratio(summary["wall_s"], summary["compute_s"], "wall time / model compute time",
-              "the whole DAG takes this many times its measured model compute"),
-        ratio(summary["job_sum_s"], summary["compute_s"], "summed job time / model compute time",
-              "job time includes process start, imports, model loading, I/O and unmeasured jobs"),
-        ratio(summary["wall_s"], summary["busy_s"], "wall time / time with a job running",
-              "> 1: time when no job runs (DAG building, scheduling)"),
+        ratio(
+            summary["wall_s"],
+            summary["compute_s"],
+            "wall time / model compute time",
+            "the whole DAG takes this many times its measured model compute",
+        ),
+        ratio(
+            summary["job_sum_s"],
+            summary["compute_s"],
+            "summed job time / model compute time",
+            "job time includes process start, imports, model loading, I/O and unmeasured jobs",
+        ),
+        ratio(
+            summary["wall_s"],
+            summary["busy_s"],
+            "wall time / time with a job running",
+            "> 1: time when no job runs (DAG building, scheduling)",
+        ),
     ]
     return {"configfile": str(configfile), **summary, "runs": results}

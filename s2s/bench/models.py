@@ -25,7 +25,12 @@ SD14_UNET = {
     "sample_size": 64,
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "block_out_channels": [320, 640, 1280, 1280],
     "layers_per_block": 2,
@@ -113,7 +118,9 @@ def build_sd14_pipeline(seed: int = 0, device: str | torch.device = "cpu"):
     )
 
 
-def build_model_folder(architecture: str, folder: Path, resolution: int, seed: int = 0, device: str = "cpu") -> Path:
+def build_model_folder(
+    architecture: str, folder: Path, resolution: int, seed: int = 0, device: str = "cpu"
+) -> Path:
     """Save a diffusers pipeline folder of ``architecture`` (``tiny`` or ``sd14``) that ``train`` loads."""
     if architecture == "tiny":
         from s2s.tiny import build_tiny_sd
@@ -171,10 +178,8 @@ def unet_flops(unet_config: dict, batch: int, resolution: int, mode: str, lora: 
     return int(counter.get_total_flops())
 
 
-def unet_config_of(folder: Path | None, architecture: str) -> dict:
-    """The UNet config of a saved pipeline folder (or SD v1.4's)."""
-    if folder is None:
-        return dict(SD14_UNET)
+def unet_config_of(folder: Path) -> dict:
+    """The UNet config of a saved pipeline folder."""
     return json.loads((Path(folder) / "unet" / "config.json").read_text())
 
 

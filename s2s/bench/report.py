@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from s2s.bench.stats import fmt
@@ -45,46 +45,62 @@ def _contention(part: dict) -> str:
     return note
 
 
+def _label(row: dict) -> str:
+    return f"{LABELS.get(row['variant'], row['variant'])} | {'yes' if row['cache_latents'] else 'no'}"
+
+
 def _training(part: dict) -> list[str]:
     s = part["settings"]
     lines = [
         f"{s['architecture']} model, {s['resolution']} px, batch {s['batch_size']}, device {part['device']}, "
-        f"{part['threads']} threads; {s['runs']} fresh process(es) per row, {s['steps']} optimizer steps each "
-        "(the first not timed). Figures: median [min-max] (n = repetitions).",
+        f"{part['threads']} threads; {s['runs']} fresh process(es) per row, {s['steps']} optimizer steps "
+        "each (the first not timed). Figures: median [min-max] (n = repetitions).",
         "",
-        "| method | latent caching | step time, s | reference step time, s | fixed cost per run, s | of which imports, s "
-        "| before 1st step, s | after last step, s | peak memory, MiB | UNet GFLOP/step | achieved TFLOP/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | latent caching | step time, s | reference step time, s | UNet GFLOP/step "
+        "| achieved TFLOP/s |",
+        "|---|---|---|---|---|---|",
     ]
     for r in part["rows"]:
         achieved = _g(r["achieved_tflops"])
         if "fraction_of_peak" in r:
             achieved += f" ({100 * r['fraction_of_peak']:.1f}% of peak)"
         lines.append(
-            f"| {LABELS.get(r['variant'], r['variant'])} | {'yes' if r['cache_latents'] else 'no'} | {fmt(r['step_s'])} "
-            f"| {_g(r.get('reference_step_s'))} | {fmt(r['fixed_s'])} | {fmt(r['import_s'])} "
-            f"| {fmt(r['before_first_step_s'])} | {fmt(r['after_last_step_s'])} | {fmt(r['peak_memory_mb'], 4)} "
+            f"| {_label(r)} | {fmt(r['step_s'])} | {_g(r.get('reference_step_s'))} "
             f"| {_g(r['unet_gflop_per_step'])} | {achieved} |"
         )
+    lines += [
+        "",
+        "| method | latent caching | fixed cost per run, s | imports, s | before 1st step, s "
+        "| after last step, s | peak memory, MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in part["rows"]:
+        lines.append(
+            f"| {_label(r)} | {fmt(r['fixed_s'])} | {fmt(r['import_s'])} | {fmt(r['before_first_step_s'])} "
+            f"| {fmt(r['after_last_step_s'])} | {fmt(r['peak_memory_mb'], 4)} |"
+        )
     if "reference" in part:
-        lines += ["", f"Reference: {part['reference']['source']}; start-up ~{part['reference']['startup_s']:g} s per run."]
+        ref = part["reference"]
+        lines += ["", f"Reference: {ref['source']}; start-up ~{ref['startup_s']:g} s per run."]
     if "load_baseline" in part:
         base = part["load_baseline"]
         floor = base["peak_memory_mb"]["median"]
+        above = ", ".join(
+            f"{LABELS.get(r['variant'], r['variant'])} {r['peak_memory_mb']['median'] - floor:.0f} MiB"
+            for r in part["rows"]
+        )
         lines += [
             "",
-            f"Load-only process (imports + the models loaded, no training): peak memory {fmt(base['peak_memory_mb'], 4)} "
-            f"MiB, load {fmt(base['load_s'])} s. Training above that floor (median): "
-            + ", ".join(
-                f"{LABELS.get(r['variant'], r['variant'])} {r['peak_memory_mb']['median'] - floor:.0f} MiB"
-                for r in part["rows"]
-            )
-            + ".",
+            f"Load-only process (imports + models loaded, no training): peak memory "
+            f"{fmt(base['peak_memory_mb'], 4)} MiB, load {fmt(base['load_s'])} s. "
+            f"Training above that floor (medians): {above}.",
         ]
     lines += _ratios(part["ratios"])
-    lines += ["", f"Notes: {part['memory_note']}. FLOPs: {part['flops_note']}. "
-              "Fixed cost per run = the process's wall time minus steps x median step time (imports, model load, "
-              "caching, saving the result)."]
+    lines += [
+        "",
+        f"Notes: {part['memory_note']}. FLOPs: {part['flops_note']}. Fixed cost per run = the process's wall "
+        "time minus steps x median step time (imports, model load, caching, saving the result).",
+    ]
     return lines
 
 
@@ -94,24 +110,28 @@ def _edit(part: dict) -> list[str]:
     s = part["settings"]
     p, inv = part["p2p"], part["inversion"]
     lines = [
-        f"{s['architecture']} model, {s['resolution']} px, {part['dtype']}, device {part['device']}. "
-        f"Each figure: median [min-max] (n = calls of the edit package's benchmark function, 1 repetition "
-        "after its own warm-up each).",
+        f"{s['architecture']} model, {s['resolution']} px, {part['dtype']}, device {part['device']}. Each "
+        "figure: median [min-max] (n = calls of the edit package's benchmark function, each 1 repetition "
+        "after its own warm-up).",
         "",
         f"P2P replace edit of 2 prompts vs plain 2-prompt generation, {p['steps']} steps:",
         "",
-        "| | time, s | UNet calls | achieved TFLOP/s (UNet) |",
-        "|---|---|---|---|",
-        f"| plain generation | {fmt(p['plain_s'])} | {p['plain_unet_calls']} | {_g(p['plain_achieved_tflops'])} |",
-        f"| Prompt-to-Prompt | {fmt(p['p2p_s'])} | {p['p2p_unet_calls']} | {_g(p['p2p_achieved_tflops'])} |",
+        "| | wall time, s | CPU time, s | UNet calls | achieved TFLOP/s (UNet) |",
+        "|---|---|---|---|---|",
     ]
+    for name, label in (("plain", "plain generation"), ("p2p", "Prompt-to-Prompt")):
+        lines.append(
+            f"| {label} | {fmt(p[f'{name}_s'])} | {fmt(p.get(f'{name}_cpu_s'))} | {p[f'{name}_unet_calls']} "
+            f"| {_g(p[f'{name}_achieved_tflops'])} |"
+        )
     lines += _ratios(p["ratios"])
     lines += [
         "",
-        f"Inversion of one {s['resolution']} px image, {inv['steps']} steps, guidance {inv['guidance_scale']}, then "
-        "the reconstruction/edit generation:",
+        f"Inversion of one {s['resolution']} px image, {inv['steps']} steps, guidance "
+        f"{inv['guidance_scale']}, then the reconstruction/edit generation:",
         "",
-        "| inversion | time (inversion + edit), s | inversion only, s | UNet calls (inversion) | latent MSE | pixel MSE |",
+        "| inversion | inversion + edit, s | inversion only, s | UNet calls (inversion) | latent MSE "
+        "| pixel MSE |",
         "|---|---|---|---|---|---|",
     ]
     for name in ("null_text", "negative_prompt"):
@@ -127,9 +147,10 @@ def _edit(part: dict) -> list[str]:
 
 def _dag(part: dict) -> list[str]:
     lines = [
-        f"`snakemake --cores {part['settings']['cores']}` of `{part['configfile']}` from scratch in a temporary "
-        f"folder; {part['settings']['runs']} run(s). Job times from Snakemake's log (1 s resolution); model compute "
-        "= training steps (train_summary.json `train_time_s`) + sampling loops (the sample jobs' log lines).",
+        f"`snakemake --cores {part['settings']['cores']}` of `{part['configfile']}` from scratch in a "
+        f"temporary folder; {part['settings']['runs']} run(s). Job times from Snakemake's log (1 s "
+        "resolution); model compute = training steps (train_summary.json `train_time_s`) + sampling "
+        "loops (the sample jobs' log lines).",
         "",
         "| | seconds |",
         "|---|---|",
@@ -140,7 +161,13 @@ def _dag(part: dict) -> list[str]:
     ]
     lines += _ratios(part["ratios"])
     last = part["runs"][-1]
-    lines += ["", "Per rule (last run):", "", "| rule | jobs | job time, s | model compute, s |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Per rule (last run):",
+        "",
+        "| rule | jobs | job time, s | model compute, s |",
+        "|---|---|---|---|",
+    ]
     for rule, entry in last["per_rule"].items():
         lines.append(f"| {rule} | {entry['jobs']} | {entry['job_s']:.0f} | {_g(entry['compute_s'])} |")
     return lines
@@ -154,14 +181,14 @@ def write_report(part_files: list[Path | str], out_json: Path | str, out_md: Pat
     for path in part_files:
         data = json.loads(Path(path).read_text())
         parts[data["part"]] = data
-    report = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "parts": parts}
+    report = {"generated": datetime.now(UTC).isoformat(timespec="seconds"), "parts": parts}
     write_json(out_json, report)
     lines = [
         "# s2s benchmarks",
         "",
-        f"Generated {report['generated']}. How each figure is measured: docs/benchmarks.md. Every figure is a "
-        "median over repetitions with [min-max] and the repetition count n; quartiles are in bench.json. "
-        "Ratios divide medians measured in the same run.",
+        f"Generated {report['generated']}. How each figure is measured: docs/benchmarks.md. Every figure "
+        "is a median over repetitions with [min-max] and the repetition count n; quartiles are in "
+        "bench.json. Ratios divide medians measured in the same run.",
     ]
     for name, part in parts.items():
         lines += ["", f"## {TITLES.get(name, name)}", ""]

@@ -7,7 +7,7 @@ import os
 import platform
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from s2s.bench.settings import BenchConfig
@@ -41,14 +41,23 @@ def machine() -> dict:
 
 
 def run_part(name: str, bench: BenchConfig, config: dict, out_json: Path | str, threads: int) -> dict:
-    """Run part ``name`` (training, memory, edit, dag) and write ``out_json``."""
+    """Run part ``name`` (training, memory, edit, dag) and write ``out_json``.
+
+    ``threads``: torch CPU threads of the measured processes, unless the settings fix them.
+    """
+    import torch
+
+    threads = bench.threads or threads
+    torch.set_num_threads(threads)
     started = time.perf_counter()
     load_before = os.getloadavg()
     device = config["device"]
     result: dict = {"part": name, "settings": bench.part(name), "device": device}
     skipped = cuda_missing(device) if name != "dag" else None
     if name == "dag" and device.startswith("cuda"):
-        skipped = "skipped: the demo DAG runs on the CPU (config/config.yaml); it is not part of the GPU variant"
+        skipped = (
+            "skipped: the demo DAG runs on the CPU (config/config.yaml); it is not part of the GPU variant"
+        )
     if skipped:
         log.warning("%s: %s", name, skipped)
         result["skipped"] = skipped
@@ -71,7 +80,7 @@ def run_part(name: str, bench: BenchConfig, config: dict, out_json: Path | str, 
                 raise ValueError(f"unknown benchmark part {name!r}")
     result["threads"] = threads
     result["machine"] = machine()
-    result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["part_wall_s"] = time.perf_counter() - started
     result["load_average_before_after"] = [load_before[0], os.getloadavg()[0]]
     write_json(out_json, result)

@@ -58,6 +58,7 @@ class DagBench:
 class BenchConfig:
     parts: tuple[str, ...] = PARTS
     peak_tflops: float | None = None  # the device's dense peak for the run's precision (H200 bf16: 989)
+    threads: int | None = None  # torch CPU threads of the measured processes; None: the job's threads
     training: TrainingBench = field(default_factory=TrainingBench)
     memory: TrainingBench = field(
         default_factory=lambda: TrainingBench(
@@ -76,7 +77,7 @@ class BenchConfig:
 
     def part(self, name: str) -> dict:
         """The settings one part runs with (recorded in its JSON; a change re-runs the part)."""
-        return {"peak_tflops": self.peak_tflops, **asdict(getattr(self, name))}
+        return {"peak_tflops": self.peak_tflops, "threads": self.threads, **asdict(getattr(self, name))}
 
 
 def _fail(key: str, message: str) -> S2SError:
@@ -134,7 +135,8 @@ def bench_settings(config: dict) -> BenchConfig:
     known = {f.name for f in fields(BenchConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise S2SError(f"config: unknown key(s) {', '.join(unknown)} under bench; allowed keys: {', '.join(sorted(known))}")
+        allowed = ", ".join(sorted(known))
+        raise S2SError(f"config: unknown key(s) {', '.join(unknown)} under bench; allowed keys: {allowed}")
     values: dict[str, Any] = {}
     if "parts" in raw:
         values["parts"] = _value("parts", raw["parts"], ("",), PARTS)
@@ -143,7 +145,12 @@ def bench_settings(config: dict) -> BenchConfig:
         if peak is not None and (isinstance(peak, bool) or not isinstance(peak, int | float) or peak <= 0):
             raise _fail("peak_tflops", f"{peak!r} is not a positive number or null")
         values["peak_tflops"] = None if peak is None else float(peak)
-    for name, cls in (("training", TrainingBench), ("memory", TrainingBench), ("edit", EditBench), ("dag", DagBench)):
+    for name, cls in (
+        ("training", TrainingBench),
+        ("memory", TrainingBench),
+        ("edit", EditBench),
+        ("dag", DagBench),
+    ):
         if name in raw:
             values[name] = _section(cls, raw[name], name, getattr(default, name))
     return replace(default, **values)

@@ -35,7 +35,11 @@ FLOP_MODES = {"dreambooth": "full", "lora": "lora", "textual_inversion": "text"}
 
 def _child(spec: dict, work: Path, name: str) -> tuple[dict, float]:
     """Run one spec in a fresh Python process; return its result and the process's wall time."""
-    spec_path, result_path, log_path = work / f"{name}.spec.json", work / f"{name}.result.json", work / f"{name}.log"
+    spec_path, result_path, log_path = (
+        work / f"{name}.spec.json",
+        work / f"{name}.result.json",
+        work / f"{name}.log",
+    )
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -45,12 +49,17 @@ def _child(spec: dict, work: Path, name: str) -> tuple[dict, float]:
     with open(log_path, "w") as out:
         proc = subprocess.run(
             [sys.executable, "-m", "s2s.bench.child", str(spec_path), str(result_path)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=spec["cwd"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=spec["cwd"],
         )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        raise S2SError(f"benchmark run {name} failed (exit {proc.returncode}); {log_path}: " + " | ".join(tail))
+        raise S2SError(
+            f"benchmark run {name} failed (exit {proc.returncode}); {log_path}: " + " | ".join(tail)
+        )
     return json.loads(result_path.read_text()), wall
 
 
@@ -75,7 +84,7 @@ def _flops(settings: TrainingBench, model_dir: Path, config: dict) -> dict[str, 
     from s2s.bench.models import unet_config_of, unet_flops
     from s2s.config import train_config
 
-    unet_config = unet_config_of(model_dir, settings.architecture)
+    unet_config = unet_config_of(model_dir)
     out = {}
     for variant in settings.variants:
         method, prior = VARIANTS[variant]
@@ -88,19 +97,22 @@ def _flops(settings: TrainingBench, model_dir: Path, config: dict) -> dict[str, 
     return out
 
 
-def bench_training(settings: TrainingBench, config: dict, work: Path, threads: int, peak_tflops: float | None) -> dict:
+def bench_training(
+    settings: TrainingBench, config: dict, work: Path, threads: int, peak_tflops: float | None
+) -> dict:
     """Run every (variant, caching) ``settings.runs`` times, each in a fresh process; summarize."""
+    from s2s import config as cfgmod
     from s2s.bench.models import build_model_folder, remove
     from s2s.workflow import class_prompt_for, instance_prompt_for
-
-    from s2s import config as cfgmod
 
     work.mkdir(parents=True, exist_ok=True)
     subject_name = next(iter(config["subjects"]))
     subject = cfgmod.subject(config, subject_name)
     device = config["device"]
     started = time.perf_counter()
-    model_dir = build_model_folder(settings.architecture, work / "model", settings.resolution, config["seed"], device)
+    model_dir = build_model_folder(
+        settings.architecture, work / "model", settings.resolution, config["seed"], device
+    )
     build_s = time.perf_counter() - started
     instance_dir, class_dir = _data(config, subject_name, work, settings.resolution)
     flops = _flops(settings, model_dir, config)
@@ -143,7 +155,10 @@ def bench_training(settings: TrainingBench, config: dict, work: Path, threads: i
             raw[(variant, cache)].append({**result, "process_s": wall})
             remove(work / "out" / name)
     remove(model_dir)
-    rows = [_row(variant, cache, raw[(variant, cache)], settings, flops[variant], peak_tflops) for variant, cache in jobs]
+    rows = [
+        _row(variant, cache, raw[(variant, cache)], settings, flops[variant], peak_tflops)
+        for variant, cache in jobs
+    ]
     out = {
         "model_build_s": build_s,
         "rows": rows,
@@ -168,8 +183,9 @@ def _memory_note(device: str) -> str:
     if str(device).startswith("cuda"):
         return "peak memory: torch.cuda.max_memory_allocated of the run's own process"
     return (
-        "peak memory: ru_maxrss (peak resident set) of the run's own fresh process, so it includes the Python "
-        "runtime, the libraries and the frozen models; the load-only baseline, where measured, is that floor"
+        "peak memory: ru_maxrss (peak resident set) of the run's own fresh process, so it includes the "
+        "Python runtime, the libraries and the frozen models; the load-only baseline, where measured, is "
+        "that floor"
     )
 
 
@@ -189,9 +205,7 @@ def _row(variant, cache, runs: list[dict], settings: TrainingBench, flops: int, 
         "fixed_s": summarize(fixed, "s"),
         "process_s": summarize([r["process_s"] for r in runs], "s"),
         "import_s": summarize([r["import_s"] for r in runs], "s"),
-        "before_first_step_s": summarize(
-            [r["before_first_step_end_s"] - step["median"] for r in runs], "s"
-        ),
+        "before_first_step_s": summarize([r["before_first_step_end_s"] - step["median"] for r in runs], "s"),
         "after_last_step_s": summarize([r["after_last_step_s"] for r in runs], "s"),
         "peak_memory_mb": summarize([r["peak_memory_mb"] for r in runs], "MiB"),
         "cpu_per_wall": summarize([r["cpu_s"] / r["process_s"] for r in runs], "cores"),
@@ -202,7 +216,12 @@ def _row(variant, cache, runs: list[dict], settings: TrainingBench, flops: int, 
     if peak_tflops:
         row["fraction_of_peak"] = row["achieved_tflops"] / peak_tflops
     ref = REFERENCE["step_s"].get(variant)
-    if ref is not None and settings.architecture == "tiny" and settings.resolution == 64 and settings.batch_size == 2:
+    if (
+        ref is not None
+        and settings.architecture == "tiny"
+        and settings.resolution == 64
+        and settings.batch_size == 2
+    ):
         row["reference_step_s"] = ref
     return row
 
@@ -212,19 +231,42 @@ def _ratios(rows: list[dict]) -> list[dict]:
     out = []
     for (variant, cache), row in by.items():
         if cache and (variant, False) in by:
-            out.append(ratio(by[(variant, False)]["step_s"], row["step_s"], f"{variant}: step time without / with "
-                             "latent caching", "> 1: caching saves that much per step"))
+            out.append(
+                ratio(
+                    by[(variant, False)]["step_s"],
+                    row["step_s"],
+                    f"{variant}: step time without / with latent caching",
+                    "> 1: caching saves that much per step",
+                )
+            )
     for cache in (True, False):
         tag = "cached" if cache else "uncached"
         lora = by.get(("lora", cache))
         for other in ("dreambooth", "dreambooth_prior", "textual_inversion"):
             if lora and (other, cache) in by:
-                out.append(ratio(by[(other, cache)]["step_s"], lora["step_s"], f"{other} / lora step time ({tag})",
-                                 "> 1: slower than LoRA"))
-                out.append(ratio(by[(other, cache)]["peak_memory_mb"], lora["peak_memory_mb"],
-                                 f"{other} / lora peak memory ({tag})", "> 1: more memory than LoRA"))
+                out.append(
+                    ratio(
+                        by[(other, cache)]["step_s"],
+                        lora["step_s"],
+                        f"{other} / lora step time ({tag})",
+                        "> 1: slower than LoRA",
+                    )
+                )
+                out.append(
+                    ratio(
+                        by[(other, cache)]["peak_memory_mb"],
+                        lora["peak_memory_mb"],
+                        f"{other} / lora peak memory ({tag})",
+                        "> 1: more memory than LoRA",
+                    )
+                )
         if ("dreambooth_prior", cache) in by and ("dreambooth", cache) in by:
-            out.append(ratio(by[("dreambooth_prior", cache)]["step_s"], by[("dreambooth", cache)]["step_s"],
-                             f"dreambooth with / without prior preservation step time ({tag})",
-                             "the prior term doubles the batch"))
+            out.append(
+                ratio(
+                    by[("dreambooth_prior", cache)]["step_s"],
+                    by[("dreambooth", cache)]["step_s"],
+                    f"dreambooth with / without prior preservation step time ({tag})",
+                    "the prior term doubles the batch",
+                )
+            )
     return out

@@ -18,6 +18,7 @@ reconstruction.png, edited.png, attention.png and edit.json.
 
 from __future__ import annotations
 
+import os
 import csv
 import logging
 import re
@@ -507,3 +508,18 @@ def run_edit_batch(
             )
         del pipe
     return [records[r.row] for r in rows]
+
+
+def plan_manifest(path: Path | str, subject_model: str) -> list[dict]:
+    """What the workflow needs at DAG-building time, without loading models or reading images:
+    each row's edit_id, image path (or None) and model. Full checks happen in ``validate_manifest``."""
+    path = Path(path)
+    plan = []
+    for number, raw in enumerate(read_manifest(path), start=1):
+        source, target = raw.get("source_prompt", ""), raw.get("target_prompt", "")
+        edit_id = raw.get("edit_id") or _slug(number, source, target)
+        image = raw.get("image")
+        model = raw.get("model") or (subject_model if raw.get("edit") == "subject" else "base")
+        image_path = os.path.normpath(path.parent / image) if image else None
+        plan.append({"edit_id": edit_id, "image": image_path, "model": model})
+    return plan
