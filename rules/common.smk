@@ -28,7 +28,7 @@ SEEDS = config["sampling"]["seeds"]
 TINY = config["tiny_models"]
 EDITS_ON = bool(config["edits"]["manifest"])
 EDIT_PLAN = (
-    s2s_edit_plan(config["edits"]["manifest"], config["edits"]["subject_model"]) if EDITS_ON else []
+    s2s_edit_plan(config["edits"]["manifest"], config["edits"]["subject_model"], RESULTS) if EDITS_ON else []
 )
 EDIT_IDS = [row["edit_id"] for row in EDIT_PLAN]
 

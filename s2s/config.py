@@ -92,7 +92,9 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
         if not subject.get("synthetic"):
             images = subject.get("images")
             if not images:
-                raise S2SError(f"config key subjects.{name}.images: missing; give a folder of photos (or synthetic: true)")
+                raise S2SError(
+                    f"config key subjects.{name}.images: missing; give a photo folder (or synthetic: true)"
+                )
             if not (base_dir / images).is_dir():
                 raise S2SError(
                     f"config key subjects.{name}.images: folder {images} does not exist "
@@ -109,10 +111,16 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
         )
     model = config["model"]["name_or_path"]
     if Path(model).suffix.lower() in PICKLE_SUFFIXES:
-        raise S2SError(f"config key model.name_or_path: {model} is a pickle weight file; only safetensors are loaded")
+        raise S2SError(
+            f"config key model.name_or_path: {model} is a pickle weight file; only safetensors are loaded"
+        )
     manifest = config["edits"].get("manifest")
     if manifest and not (base_dir / manifest).is_file():
-        raise S2SError(f"config key edits.manifest: file {manifest} does not exist")
+        # The shipped demo manifest is found from any working directory (e.g. snakemake --directory).
+        if (SCHEMA_PATH.parent.parent / manifest).is_file():
+            config["edits"]["manifest"] = str(SCHEMA_PATH.parent.parent / manifest)
+        else:
+            raise S2SError(f"config key edits.manifest: file {manifest} does not exist")
     return config
 
 

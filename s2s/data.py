@@ -20,7 +20,19 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 # Known image formats we cannot read without extra plugins; named so the user knows what to convert.
-UNSUPPORTED_SUFFIXES = {".heic", ".heif", ".avif", ".gif", ".tif", ".tiff", ".bmp", ".raw", ".cr2", ".nef", ".svg"}
+UNSUPPORTED_SUFFIXES = {
+    ".heic",
+    ".heif",
+    ".avif",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".raw",
+    ".cr2",
+    ".nef",
+    ".svg",
+}
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "MPO"}  # MPO: multi-picture JPEGs written by many cameras
 
 
@@ -93,7 +105,9 @@ def scan_folder(folder: Path, resolution: int, small_images: str = "upscale") ->
         if min(img.size) < resolution:
             msg = f"{path}: {img.size[0]}x{img.size[1]} is smaller than the model resolution {resolution}"
             if small_images == "reject":
-                report.problems.append(msg + " (data.small_images: reject; use a larger photo or set upscale)")
+                report.problems.append(
+                    msg + " (data.small_images: reject; use a larger photo or set upscale)"
+                )
                 continue
             report.warnings.append(msg + "; upscaled")
         report.images.append(path)
@@ -116,7 +130,9 @@ def load_prepared(path: Path | str, resolution: int) -> Image.Image:
     return center_crop_resize(to_rgb(img), resolution)
 
 
-def prepare_subject(folder: Path | str, out_dir: Path | str, resolution: int, small_images: str = "upscale") -> list[Path]:
+def prepare_subject(
+    folder: Path | str, out_dir: Path | str, resolution: int, small_images: str = "upscale"
+) -> list[Path]:
     """Check the whole folder, then write one square RGB PNG per photo into ``out_dir`` (atomically)."""
     folder, out_dir = Path(folder), Path(out_dir)
     report = scan_folder(folder, resolution, small_images)
@@ -145,7 +161,9 @@ def prepare_subject(folder: Path | str, out_dir: Path | str, resolution: int, sm
 def list_images(folder: Path | str) -> list[Path]:
     if not Path(folder).is_dir():
         return []
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
+    return sorted(
+        p for p in Path(folder).iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")
+    )
 
 
 # ---------------------------------------------------------------- the demo's own subject
@@ -167,10 +185,15 @@ def draw_toy(rng: random.Random, size: tuple[int, int]) -> Image.Image:
     body = (cx - scale * 0.35, cy - scale * 0.1, cx + scale * 0.35, cy + scale * 0.5)
     draw.rounded_rectangle(body, radius=scale * 0.08, fill=(214, 48, 49), outline=(60, 20, 20), width=2)
     head_r = scale * 0.22
-    draw.ellipse((cx - head_r, cy - scale * 0.1 - 2 * head_r, cx + head_r, cy - scale * 0.1), fill=(250, 200, 60))
+    draw.ellipse(
+        (cx - head_r, cy - scale * 0.1 - 2 * head_r, cx + head_r, cy - scale * 0.1), fill=(250, 200, 60)
+    )
     for dx in (-0.4, 0.4):
         ex, ey = cx + dx * head_r, cy - scale * 0.1 - head_r
-        draw.ellipse((ex - head_r * 0.18, ey - head_r * 0.18, ex + head_r * 0.18, ey + head_r * 0.18), fill=(20, 20, 20))
+        draw.ellipse(
+            (ex - head_r * 0.18, ey - head_r * 0.18, ex + head_r * 0.18, ey + head_r * 0.18),
+            fill=(20, 20, 20),
+        )
     angle = rng.uniform(-0.5, 0.5)
     for side in (-1, 1):
         x0, y0 = cx + side * scale * 0.35, cy + scale * 0.05

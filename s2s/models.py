@@ -63,7 +63,9 @@ def offline_hint(name_or_path: str, key: str, exc: Exception) -> S2SError:
     return S2SError(f"config key {key}: could not load model {name_or_path!r} ({type(exc).__name__}); {hint}")
 
 
-def load_base_pipeline(name_or_path: str, device: torch.device, dtype: torch.dtype, key: str = "model.name_or_path"):
+def load_base_pipeline(
+    name_or_path: str, device: torch.device, dtype: torch.dtype, key: str = "model.name_or_path"
+):
     """Load a StableDiffusionPipeline with no safety checker, from a hub id or a local folder."""
     from diffusers import StableDiffusionPipeline
 

@@ -12,7 +12,9 @@ from s2s.io import save_png
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
 
 
-def image_grid(rows: list[list[Path]], out: Path | str, row_labels: list[str] | None = None, cell: int = 128) -> None:
+def image_grid(
+    rows: list[list[Path]], out: Path | str, row_labels: list[str] | None = None, cell: int = 128
+) -> None:
     """One row per prompt, one column per seed; the row label (prompt id) on the left."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     label_w = 48 if row_labels else 0
@@ -47,10 +49,12 @@ def loss_curves(curves: dict[str, list[tuple[int, float]]], out: Path | str, siz
     lo, hi = min(v for _, v in points), max(v for _, v in points)
     if hi - lo < 1e-9:
         hi = lo + 1e-9
+
     def xy(step, value):
         x = margin_l + (w - margin_l - margin_r) * step / max_step
         y = margin_t + (h - margin_t - margin_b) * (1 - (value - lo) / (hi - lo))
         return x, y
+
     draw.rectangle((margin_l, margin_t, w - margin_r, h - margin_b), outline="black")
     draw.text((4, margin_t), f"{hi:.3g}", fill="black")
     draw.text((4, h - margin_b - 10), f"{lo:.3g}", fill="black")

@@ -30,7 +30,9 @@ def set_scheduler(pipe, name: str) -> None:
     import diffusers
 
     if name not in SCHEDULERS:
-        raise S2SError(f"config key sampling.scheduler: unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}")
+        raise S2SError(
+            f"config key sampling.scheduler: unknown scheduler {name!r}; use one of {', '.join(SCHEDULERS)}"
+        )
     pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
 
 
@@ -44,7 +46,9 @@ def seed_generators(seeds: list[int]) -> list[torch.Generator]:
 
 
 @torch.no_grad()
-def generate(pipe, prompt: str, seeds: list[int], steps: int, guidance: float, resolution: int, batch_size: int):
+def generate(
+    pipe, prompt: str, seeds: list[int], steps: int, guidance: float, resolution: int, batch_size: int
+):
     images = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
@@ -88,7 +92,10 @@ def sample_method(
         for seed, image in zip(seeds, images):
             save_png(image, folder / f"{seed}.png")
             written.append(folder / f"{seed}.png")
-        write_json(folder / "prompt.json", {"prompt_id": prompt_id, "prompt": prompt, "seeds": list(seeds), "method": method})
+        write_json(
+            folder / "prompt.json",
+            {"prompt_id": prompt_id, "prompt": prompt, "seeds": list(seeds), "method": method},
+        )
     log.info("sampled %d images for %s in %.1f s", len(written), method, time.perf_counter() - started)
     return written
 
@@ -115,7 +122,9 @@ def generate_class_images(
     seeds = [seed * 100_000 + i for i in range(count)]
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        images = generate(pipe, class_prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size)
+        images = generate(
+            pipe, class_prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size
+        )
         for i, image in enumerate(images):
             save_png(image, tmp / f"class_{i:04d}.png")
         write_json(tmp / "class_prompt.json", {"prompt": class_prompt, "seeds": seeds})

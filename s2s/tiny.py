@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,15 +26,16 @@ log = logging.getLogger(__name__)
 # behave like CLIP's (one token per common word), which Prompt-to-Prompt's word alignment relies on.
 TINY_VOCAB_WORDS = sorted(
     set(
-        """a an the of on in at with and near to its it is photo picture painting drawing rendering
-        dog cat horse zebra bear toy robot duck ball cube car bird fox cow sheep lion tiger
-        jungle snow beach top wooden floor mountain background city blue house wearing red hat
-        yellow shirt sitting window green grass sunflowers around tuxedo walking carpet
-        sidewalk crowded taj mahal getting bath surfing wave floating space jumping air sleeping
-        bed standing field running dry black white grassy through bench orange purple pink
-        small big large cute happy sad forest lake river sky sun moon night day table chair
-        sofa kitchen street road park garden desert ocean sea water rock stone tree trees flower
-        flowers under over inside outside front behind next by from""".split()
+        """
+        a an the of on in at with and near to its it is photo picture painting drawing rendering dog cat
+        horse zebra bear toy robot duck ball cube car bird fox cow sheep lion tiger jungle snow beach
+        top wooden floor mountain background city blue house wearing red hat yellow shirt sitting window
+        green grass sunflowers around tuxedo walking carpet sidewalk crowded taj mahal getting bath
+        surfing wave floating space jumping air sleeping bed standing field running dry black white
+        grassy through bench orange purple pink small big large cute happy sad forest lake river sky sun
+        moon night day table chair sofa kitchen street road park garden desert ocean sea water rock
+        stone tree trees flower flowers under over inside outside front behind next by from
+        """.split()  # noqa: SIM905 - a word list reads better as text
     )
 )
 
@@ -58,21 +58,33 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _trained_merges(words: list[str]) -> list[str]:
-    """BPE merges learned from the word list (tokenizers' trainer), so that every listed word becomes
-    one token: hand-written merge chains conflict with each other (the pair "a t" of "at" would split
-    "cat")."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """BPE merges learned from the word list, so that every listed word becomes one token.
 
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000, end_of_word_suffix="</w>", min_frequency=1, show_progress=False, special_tokens=[]
-    )
-    bpe.train_from_iterator([" ".join(words)], trainer)
-    with tempfile.TemporaryDirectory() as tmp:
-        bpe.model.save(tmp)
-        lines = (Path(tmp) / "merges.txt").read_text(encoding="utf-8").splitlines()
-    return [line for line in lines if line and not line.startswith("#")]
+    A plain BPE trainer: merge the most frequent adjacent pair, ties broken by the pair itself so the
+    result is the same in every process (tokenizers' trainer breaks ties differently per run).
+    Hand-written per-word merge chains conflict (the pair "a t" of "at" would split "cat").
+    """
+    corpus = [list(w[:-1]) + [w[-1] + "</w>"] for w in sorted(set(words))]
+    merges: list[str] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in corpus:
+            for pair in zip(symbols, symbols[1:], strict=False):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(f"{best[0]} {best[1]}")
+        for i, symbols in enumerate(corpus):
+            merged, j = [], 0
+            while j < len(symbols):
+                if j + 1 < len(symbols) and (symbols[j], symbols[j + 1]) == best:
+                    merged.append(symbols[j] + symbols[j + 1])
+                    j += 2
+                else:
+                    merged.append(symbols[j])
+                    j += 1
+            corpus[i] = merged
 
 
 def write_tiny_clip_tokenizer(folder: Path, words: list[str] = TINY_VOCAB_WORDS) -> None:

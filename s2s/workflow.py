@@ -65,14 +65,20 @@ def draw_synthetic_subject(smk, config) -> None:
     from s2s.data import draw_synthetic_subject as draw
 
     name = smk.wildcards.subject
-    draw(smk.output[0], config["data"]["synthetic_count"], seed=config["seed"] + sum(map(ord, name)),
-         resolution=config["model"]["resolution"])
+    draw(
+        smk.output[0],
+        config["data"]["synthetic_count"],
+        seed=config["seed"] + sum(map(ord, name)),
+        resolution=config["model"]["resolution"],
+    )
 
 
 def prepare_instance(smk, config) -> None:
     from s2s.data import prepare_subject
 
-    prepare_subject(smk.input.photos, smk.output[0], config["model"]["resolution"], config["data"]["small_images"])
+    prepare_subject(
+        smk.input.photos, smk.output[0], config["model"]["resolution"], config["data"]["small_images"]
+    )
 
 
 def class_priors(smk, config) -> None:
@@ -139,7 +145,8 @@ def sample(smk, config) -> None:
     sampling = config["sampling"]
     all_ids = cfgmod.prompt_ids(config)
     prompts = {
-        pid: fill_prompt(sampling["prompts"][all_ids.index(pid)], subject.phrase) for pid in smk.params.prompt_ids
+        pid: fill_prompt(sampling["prompts"][all_ids.index(pid)], subject.phrase)
+        for pid in smk.params.prompt_ids
     }
     model_dir = None if method == "base" else cfgmod.results_dir(config) / subject.name / "models" / method
     sample_method(
@@ -172,7 +179,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def loss_curves(smk, config) -> None:
-    from s2s.plots import loss_curves as draw, read_loss_csv
+    from s2s.plots import loss_curves as draw
+    from s2s.plots import read_loss_csv
 
     curves = {}
     for summary in smk.input.summaries:
@@ -198,8 +206,10 @@ def evaluate(smk, config) -> None:
     for pid in cfgmod.prompt_ids(config):
         meta = json.loads((samples_root / pid / "prompt.json").read_text())
         paths = [samples_root / pid / f"{seed}.png" for seed in config["sampling"]["seeds"]]
-        samples += [{"prompt": meta["prompt"], "seed": seed, "path": str(p)}
-                    for seed, p in zip(config["sampling"]["seeds"], paths)]
+        samples += [
+            {"prompt": meta["prompt"], "seed": seed, "path": str(p)}
+            for seed, p in zip(config["sampling"]["seeds"], paths)
+        ]
         rows.append(paths)
         labels.append(pid)
     image_grid(rows, smk.output.grid, row_labels=labels)
@@ -265,7 +275,7 @@ def draw_demo_edit_photo(smk, config) -> None:
 def edit(smk, config) -> None:
     from PIL import Image
 
-    from s2s.edit.batch import run_edit_batch
+    from s2s.edit.batch import manifest_rows, run_edit_batch
     from s2s.io import save_png
     from s2s.models import pick_device, pick_dtype
 
@@ -283,7 +293,7 @@ def edit(smk, config) -> None:
         "clip_model": cfgmod.metric_models(config)["clip_model"],
     }
     records = run_edit_batch(
-        edits["manifest"],
+        manifest_rows(edits["manifest"], str(cfgmod.results_dir(config))),
         results / "edits",
         cfgmod.base_model(config),
         {m: results / "models" / m for m in config["methods"]},

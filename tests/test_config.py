@@ -27,17 +27,35 @@ def with_(**changes):
     [
         (with_(colour="red"), "unknown key(s) colour at the top level"),
         (with_(training={"lora": {"rnak": 4}}), "unknown key(s) rnak under training.lora"),
-        (with_(training={"lora": {"rank": "four"}}), "config key training.lora.rank: 'four' is not of type 'integer'"),
-        (with_(training={"dreambooth": {"max_train_steps": 0}}), "training.dreambooth.max_train_steps: 0 is less than"),
+        (
+            with_(training={"lora": {"rank": "four"}}),
+            "config key training.lora.rank: 'four' is not of type 'integer'",
+        ),
+        (
+            with_(training={"dreambooth": {"max_train_steps": 0}}),
+            "training.dreambooth.max_train_steps: 0 is less than",
+        ),
         (with_(training={"dreambooth": {"max_train_steps": -5}}), "training.dreambooth.max_train_steps: -5"),
-        (with_(sampling={"prompts": ["a dog in the snow"]}), "sampling.prompts.0: 'a dog in the snow' must contain"),
-        (with_(instance_prompt="a photo of a dog"), "instance_prompt: 'a photo of a dog' must contain the subject"),
+        (
+            with_(sampling={"prompts": ["a dog in the snow"]}),
+            "sampling.prompts.0: 'a dog in the snow' must contain",
+        ),
+        (
+            with_(instance_prompt="a photo of a dog"),
+            "instance_prompt: 'a photo of a dog' must contain the subject",
+        ),
         (with_(methods=["dreambooth", "hypernetwork"]), "methods.1: 'hypernetwork' is not one of"),
-        ({"subjects": {"dog": {"class": "dog", "images": "no/such/folder"}}}, "subjects.dog.images: folder no/such/folder"),
+        (
+            {"subjects": {"dog": {"class": "dog", "images": "no/such/folder"}}},
+            "subjects.dog.images: folder no/such/folder",
+        ),
         ({"subjects": {"../x": {"class": "dog", "synthetic": True}}}, "name '../x' is not allowed"),
         ({"subjects": {"dog": {"synthetic": True}}}, "'class' is a required property"),
         (with_(model={"name_or_path": "weights/model.ckpt"}), "pickle"),
-        (with_(training={"textual_inversion": {"with_prior_preservation": True}}), "no prior-preservation loss"),
+        (
+            with_(training={"textual_inversion": {"with_prior_preservation": True}}),
+            "no prior-preservation loss",
+        ),
         (with_(edits={"manifest": "missing.csv"}), "edits.manifest: file missing.csv does not exist"),
         ({}, "'subjects' is a required property"),
     ],
@@ -80,10 +98,14 @@ def test_shipped_configs_are_valid():
 
 def test_workflow_reports_config_error_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "methdos": ["lora"]}))
+    bad.write_text(
+        yaml.safe_dump({"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "methdos": ["lora"]})
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0
     assert "s2s config error: config: unknown key(s) methdos at the top level" in proc.stderr + proc.stdout

@@ -27,8 +27,20 @@ def write_config(folder: Path) -> Path:
 
 
 def command(workdir: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2",
-            "--configfile", str(config), "--directory", str(workdir), TARGET]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--cores",
+        "2",
+        "--configfile",
+        str(config),
+        "--directory",
+        str(workdir),
+        TARGET,
+    ]
 
 
 def descendants(pid: int) -> list[int]:
@@ -56,8 +68,13 @@ def test_sigkill_during_training_resumes_to_identical_weights(tmp_path):
     subprocess.run(command(straight, write_config(straight)), check=True, capture_output=True, env=env)
 
     config = write_config(killed)
-    proc = subprocess.Popen(command(killed, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        command(killed, config),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     checkpoints = killed / "results" / "toy" / "checkpoints" / "lora"
     deadline = time.time() + 600
     while time.time() < deadline and not list(checkpoints.glob("checkpoint-*/state.json")):

@@ -26,7 +26,9 @@ def test_pickle_weight_files_are_refused_not_unpickled(tmp_path, suffix):
     import pickle
 
     evil.write_bytes(pickle.dumps(Boom()))
-    with pytest.raises(S2SError, match=f"refusing to load a pickle-based weight file \\({re.escape(suffix)}\\)"):
+    with pytest.raises(
+        S2SError, match=f"refusing to load a pickle-based weight file \\({re.escape(suffix)}\\)"
+    ):
         load_safetensors(evil)
     with pytest.raises(S2SError, match="pickle-based weight file"):
         load_base_pipeline(str(evil), torch.device("cpu"), torch.float32)

@@ -12,8 +12,14 @@ from s2s.sample import fill_prompt, sample_method
 def test_base_row_and_a_method_equal_to_base_give_identical_images(tmp_path, tiny_sd):
     # A LoRA whose up-projections are zero leaves the model equal to the base model.
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
-    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
-                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=2,
+            lora_alpha=2,
+            init_lora_weights="gaussian",
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
+    )
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -23,21 +29,57 @@ def test_base_row_and_a_method_equal_to_base_give_identical_images(tmp_path, tin
 
     prompts = {"p00": "a sks toy on the beach", "p01": "a sks toy in the snow"}
     for method, model_dir in (("base", None), ("lora", tmp_path / "lora")):
-        sample_method(str(tiny_sd), method, model_dir, prompts, [0, 5], tmp_path / method, 64, 4, 7.5,
-                      batch_size=2, device="cpu")
+        sample_method(
+            str(tiny_sd),
+            method,
+            model_dir,
+            prompts,
+            [0, 5],
+            tmp_path / method,
+            64,
+            4,
+            7.5,
+            batch_size=2,
+            device="cpu",
+        )
     for pid in prompts:
         for seed in (0, 5):
-            assert (tmp_path / "base" / pid / f"{seed}.png").read_bytes() == \
-                (tmp_path / "lora" / pid / f"{seed}.png").read_bytes()
+            assert (tmp_path / "base" / pid / f"{seed}.png").read_bytes() == (
+                tmp_path / "lora" / pid / f"{seed}.png"
+            ).read_bytes()
     # ...and different seeds really are different noise.
-    assert (tmp_path / "base" / "p00" / "0.png").read_bytes() != (tmp_path / "base" / "p00" / "5.png").read_bytes()
+    assert (tmp_path / "base" / "p00" / "0.png").read_bytes() != (
+        tmp_path / "base" / "p00" / "5.png"
+    ).read_bytes()
 
 
 def test_batched_seeds_equal_one_call_per_seed(tmp_path, tiny_sd):
-    sample_method(str(tiny_sd), "base", None, {"p00": "a toy"}, [1, 2, 3], tmp_path / "batched", 64, 3, 7.5,
-                  batch_size=3, device="cpu")
-    sample_method(str(tiny_sd), "base", None, {"p00": "a toy"}, [1, 2, 3], tmp_path / "single", 64, 3, 7.5,
-                  batch_size=1, device="cpu")
+    sample_method(
+        str(tiny_sd),
+        "base",
+        None,
+        {"p00": "a toy"},
+        [1, 2, 3],
+        tmp_path / "batched",
+        64,
+        3,
+        7.5,
+        batch_size=3,
+        device="cpu",
+    )
+    sample_method(
+        str(tiny_sd),
+        "base",
+        None,
+        {"p00": "a toy"},
+        [1, 2, 3],
+        tmp_path / "single",
+        64,
+        3,
+        7.5,
+        batch_size=1,
+        device="cpu",
+    )
     import numpy as np
     from PIL import Image
 

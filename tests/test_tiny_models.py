@@ -8,14 +8,26 @@ def test_tiny_pipeline_reloads_and_is_deterministic(tiny_sd):
     pipe.set_progress_bar_config(disable=True)
 
     def run():
-        return pipe("a photo of a dog", num_inference_steps=5, generator=torch.Generator().manual_seed(3),
-                    height=64, width=64, output_type="np").images
+        return pipe(
+            "a photo of a dog",
+            num_inference_steps=5,
+            generator=torch.Generator().manual_seed(3),
+            height=64,
+            width=64,
+            output_type="np",
+        ).images
 
     first, second = run(), run()
     assert first.shape == (1, 64, 64, 3)
     assert (first == second).all()
-    other = pipe("a photo of a dog", num_inference_steps=5, generator=torch.Generator().manual_seed(4),
-                 height=64, width=64, output_type="np").images
+    other = pipe(
+        "a photo of a dog",
+        num_inference_steps=5,
+        generator=torch.Generator().manual_seed(4),
+        height=64,
+        width=64,
+        output_type="np",
+    ).images
     assert not (first == other).all()
 
 
@@ -37,3 +49,19 @@ def test_tiny_model_is_built_deterministically(tmp_path):
     wa = load_file(a / "unet" / "diffusion_pytorch_model.safetensors")
     wb = load_file(b / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_tokenizer_is_identical_across_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; "
+        "from s2s.tiny import write_tiny_clip_tokenizer as w; w(Path(sys.argv[1]))"
+    )
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / seed)], check=True, env=env)
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()

@@ -31,8 +31,18 @@ def run(tmp: Path, method: str, tiny_sd, instance, class_dir=None, stop_after=No
     config = make_config(**shared, **{method: per_method})
     cfg = train_config(config, method)
     return train(
-        cfg, subject(config, "toy"), str(tiny_sd), instance, tmp / "model", tmp / "ckpt", 64, PROMPT,
-        class_dir=class_dir, class_prompt="a photo of a toy", device="cpu", stop_after_steps=stop_after,
+        cfg,
+        subject(config, "toy"),
+        str(tiny_sd),
+        instance,
+        tmp / "model",
+        tmp / "ckpt",
+        64,
+        PROMPT,
+        class_dir=class_dir,
+        class_prompt="a photo of a toy",
+        device="cpu",
+        stop_after_steps=stop_after,
     )
 
 
@@ -53,7 +63,9 @@ def test_textual_inversion_changes_exactly_the_new_rows(tmp_path, tiny_sd, toy_i
     assert not torch.equal(new_rows[0], init) and not torch.equal(new_rows[1], init)  # they trained
 
 
-def test_lora_keeps_base_weights_and_loads_with_load_lora_weights(tmp_path, tiny_sd, toy_instance, toy_class_images):
+def test_lora_keeps_base_weights_and_loads_with_load_lora_weights(
+    tmp_path, tiny_sd, toy_instance, toy_class_images
+):
     run(tmp_path, "lora", tiny_sd, toy_instance, class_dir=toy_class_images, learning_rate=1e-2, rank=2)
     weights = tmp_path / "model" / "pytorch_lora_weights.safetensors"
     state = load_file(weights)
@@ -74,20 +86,31 @@ def test_lora_keeps_base_weights_and_loads_with_load_lora_weights(tmp_path, tiny
 
 def _standard_image(pipe, prompt, seed, steps=4):
     pipe.set_progress_bar_config(disable=True)
-    out = pipe([prompt], generator=[torch.Generator().manual_seed(seed)], num_inference_steps=steps,
-               height=64, width=64, guidance_scale=7.5)
+    out = pipe(
+        [prompt],
+        generator=[torch.Generator().manual_seed(seed)],
+        num_inference_steps=steps,
+        height=64,
+        width=64,
+        guidance_scale=7.5,
+    )
     return np.asarray(out.images[0], dtype=np.int16)
 
 
 @pytest.mark.parametrize("method", ["textual_inversion", "dreambooth", "lora"])
-def test_standard_loading_reproduces_project_sample(tmp_path, tiny_sd, toy_instance, toy_class_images, method):
+def test_standard_loading_reproduces_project_sample(
+    tmp_path, tiny_sd, toy_instance, toy_class_images, method
+):
     lr = {"textual_inversion": 5e-2, "dreambooth": 1e-3, "lora": 1e-2}[method]
     run(tmp_path, method, tiny_sd, toy_instance, class_dir=toy_class_images, learning_rate=lr)
     model_dir = tmp_path / "model"
-    sample_method(str(tiny_sd), method, model_dir, {"p00": PROMPT}, [7], tmp_path / "samples", 64, 4, 7.5,
-                  device="cpu")
-    ours = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "samples" / "p00" / "7.png"),
-                      dtype=np.int16)
+    sample_method(
+        str(tiny_sd), method, model_dir, {"p00": PROMPT}, [7], tmp_path / "samples", 64, 4, 7.5, device="cpu"
+    )
+    ours = np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "samples" / "p00" / "7.png"),
+        dtype=np.int16,
+    )
     # The plain diffusers way, as a user would load the result:
     if method == "dreambooth":
         pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None, use_safetensors=True)
@@ -119,7 +142,9 @@ def _fixed_data_loss(unet_dir_or_pipe, tiny_sd, instance) -> float:
     gen = torch.Generator().manual_seed(123)
     with torch.no_grad():
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        ids = pipe.tokenizer([PROMPT] * len(images), padding="max_length", max_length=77, return_tensors="pt").input_ids
+        ids = pipe.tokenizer(
+            [PROMPT] * len(images), padding="max_length", max_length=77, return_tensors="pt"
+        ).input_ids
         text = pipe.text_encoder(ids)[0]
         losses = []
         for _ in range(4):
@@ -131,19 +156,47 @@ def _fixed_data_loss(unet_dir_or_pipe, tiny_sd, instance) -> float:
 
 
 def test_loss_falls_on_fixed_data(tmp_path, tiny_sd, toy_instance):
-    run(tmp_path, "dreambooth", tiny_sd, toy_instance, max_train_steps=30, learning_rate=1e-3,
-        with_prior_preservation=False)
-    before = _fixed_data_loss(StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None), tiny_sd, toy_instance)
-    after = _fixed_data_loss(StableDiffusionPipeline.from_pretrained(tmp_path / "model", safety_checker=None),
-                             tiny_sd, toy_instance)
+    run(
+        tmp_path,
+        "dreambooth",
+        tiny_sd,
+        toy_instance,
+        max_train_steps=30,
+        learning_rate=1e-3,
+        with_prior_preservation=False,
+    )
+    before = _fixed_data_loss(
+        StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None), tiny_sd, toy_instance
+    )
+    after = _fixed_data_loss(
+        StableDiffusionPipeline.from_pretrained(tmp_path / "model", safety_checker=None),
+        tiny_sd,
+        toy_instance,
+    )
     assert after < 0.9 * before, (before, after)
 
 
-def test_prior_preservation_adds_a_loss_term_that_changes_the_gradient(tmp_path, tiny_sd, toy_instance, toy_class_images):
-    run(tmp_path / "w0", "lora", tiny_sd, toy_instance, class_dir=toy_class_images, max_train_steps=1,
-        prior_loss_weight=0.0)
-    run(tmp_path / "w1", "lora", tiny_sd, toy_instance, class_dir=toy_class_images, max_train_steps=1,
-        prior_loss_weight=1.0)
+def test_prior_preservation_adds_a_loss_term_that_changes_the_gradient(
+    tmp_path, tiny_sd, toy_instance, toy_class_images
+):
+    run(
+        tmp_path / "w0",
+        "lora",
+        tiny_sd,
+        toy_instance,
+        class_dir=toy_class_images,
+        max_train_steps=1,
+        prior_loss_weight=0.0,
+    )
+    run(
+        tmp_path / "w1",
+        "lora",
+        tiny_sd,
+        toy_instance,
+        class_dir=toy_class_images,
+        max_train_steps=1,
+        prior_loss_weight=1.0,
+    )
     w0 = load_file(tmp_path / "w0" / "model" / "pytorch_lora_weights.safetensors")
     w1 = load_file(tmp_path / "w1" / "model" / "pytorch_lora_weights.safetensors")
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
@@ -153,12 +206,16 @@ def test_prior_preservation_adds_a_loss_term_that_changes_the_gradient(tmp_path,
 
 
 @pytest.mark.parametrize("method", ["lora", "textual_inversion"])
-def test_resume_after_interruption_gives_identical_weights(tmp_path, tiny_sd, toy_instance, toy_class_images, method):
+def test_resume_after_interruption_gives_identical_weights(
+    tmp_path, tiny_sd, toy_instance, toy_class_images, method
+):
     opts = {"max_train_steps": 6, "checkpointing_steps": 3, "learning_rate": 1e-2}
     if method == "lora":
         opts["dropout"] = 0.1  # exercises the global RNG state as well
     run(tmp_path / "straight", method, tiny_sd, toy_instance, class_dir=toy_class_images, **opts)
-    stopped = run(tmp_path / "resumed", method, tiny_sd, toy_instance, class_dir=toy_class_images, stop_after=4, **opts)
+    stopped = run(
+        tmp_path / "resumed", method, tiny_sd, toy_instance, class_dir=toy_class_images, stop_after=4, **opts
+    )
     assert stopped == {"stopped_at": 4}
     assert not (tmp_path / "resumed" / "model").exists()  # an interrupted run leaves no model
     summary = run(tmp_path / "resumed", method, tiny_sd, toy_instance, class_dir=toy_class_images, **opts)
@@ -171,8 +228,17 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, tiny_sd, to
 
 def test_nan_loss_stops_with_step_and_cause_and_keeps_checkpoint(tmp_path, tiny_sd, toy_instance):
     with pytest.raises(S2SError) as info:
-        run(tmp_path, "dreambooth", tiny_sd, toy_instance, max_train_steps=20, checkpointing_steps=1,
-            learning_rate=1e8, with_prior_preservation=False, max_grad_norm=1e30)
+        run(
+            tmp_path,
+            "dreambooth",
+            tiny_sd,
+            toy_instance,
+            max_train_steps=20,
+            checkpointing_steps=1,
+            learning_rate=1e8,
+            with_prior_preservation=False,
+            max_grad_norm=1e30,
+        )
     message = str(info.value)
     assert "at step" in message and "learning_rate" in message
     step = int(message.split("at step ")[1].split(";")[0])

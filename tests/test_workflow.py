@@ -19,10 +19,15 @@ def snakemake(*args, cwd=REPO, check=True):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args],
-        cwd=cwd, capture_output=True, text=True, env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -44,8 +49,17 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 def test_demo_dry_run_lists_every_stage(tmp_path):
     out = snakemake("-n", "--cores", "2", "--directory", str(tmp_path)).stdout
     counts = job_counts(out)
-    for rule in ("build_tiny_models", "draw_synthetic_subject", "prepare_instance", "class_priors",
-                 "train_textual_inversion", "train_dreambooth", "train_lora", "evaluate", "table"):
+    for rule in (
+        "build_tiny_models",
+        "draw_synthetic_subject",
+        "prepare_instance",
+        "class_priors",
+        "train_textual_inversion",
+        "train_dreambooth",
+        "train_lora",
+        "evaluate",
+        "table",
+    ):
         assert counts.get(rule, 0) >= 1, (rule, counts)
     assert sum(v for k, v in counts.items() if k.startswith("sample_chunk")) == 4  # base + 3 methods
 
@@ -84,15 +98,41 @@ def test_demo_dag_runs_end_to_end(tmp_path):
     )
     assert not list(tmp_path.glob("pwned*")) and not list(REPO.glob("pwned*"))
 
+    # The edit batch: a generated source and a drawn photo put through inversion into the LoRA subject.
+    for edit_id in ("generated_replace", "photo_subject"):
+        record = json.loads((results / "toy" / "edits" / edit_id / "edit.json").read_text())
+        assert record["edit_id"] == edit_id
+        assert (results / "toy" / "edits" / edit_id / "before_after.png").exists()
+
     # Determinism: the same config and seeds give byte-identical sample PNGs on a second run.
     first = {p: p.read_bytes() for p in (results / "toy" / "samples").rglob("*.png")}
-    snakemake("--cores", "2", "--configfile", str(TEST_CONFIG), "--directory", str(tmp_path),
-              "--forcerun", "sample_chunk0", "sample_chunk1", "--until", "sample_chunk0", "sample_chunk1")
+    snakemake(
+        "--cores",
+        "2",
+        "--configfile",
+        str(TEST_CONFIG),
+        "--directory",
+        str(tmp_path),
+        "--forcerun",
+        "sample_chunk0",
+        "sample_chunk1",
+        "--until",
+        "sample_chunk0",
+        "sample_chunk1",
+    )
     second = {p: p.read_bytes() for p in (results / "toy" / "samples").rglob("*.png")}
     assert first.keys() == second.keys() and len(first) == 4 * 2 * 2
     assert all(first[p] == second[p] for p in first)
 
     # The report: grids, table, loss curves.
-    snakemake("--cores", "1", "--configfile", str(TEST_CONFIG), "--directory", str(tmp_path),
-              "--report", str(tmp_path / "report.html"))
+    snakemake(
+        "--cores",
+        "1",
+        "--configfile",
+        str(TEST_CONFIG),
+        "--directory",
+        str(tmp_path),
+        "--report",
+        str(tmp_path / "report.html"),
+    )
     assert (tmp_path / "report.html").stat().st_size > 10_000

@@ -18,9 +18,9 @@ reconstruction.png, edited.png, attention.png and edit.json.
 
 from __future__ import annotations
 
-import os
 import csv
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -510,16 +510,29 @@ def run_edit_batch(
     return [records[r.row] for r in rows]
 
 
-def plan_manifest(path: Path | str, subject_model: str) -> list[dict]:
+def manifest_rows(path: Path | str, results_dir: str) -> list[dict]:
+    """A manifest's rows with image paths resolved: ``{results}`` stands for the workflow's results
+    folder (so a manifest can name an image the workflow draws); other relative paths are taken from
+    the manifest's folder."""
+    path = Path(path)
+    rows = read_manifest(path)
+    for raw in rows:
+        image = raw.get("image")
+        if image:
+            image = str(image).replace("{results}", results_dir)
+            if "{results}" not in str(raw["image"]) and not os.path.isabs(image):
+                image = os.path.normpath(path.parent / image)
+            raw["image"] = image
+    return rows
+
+
+def plan_manifest(path: Path | str, subject_model: str, results_dir: str = "results") -> list[dict]:
     """What the workflow needs at DAG-building time, without loading models or reading images:
     each row's edit_id, image path (or None) and model. Full checks happen in ``validate_manifest``."""
-    path = Path(path)
     plan = []
-    for number, raw in enumerate(read_manifest(path), start=1):
+    for number, raw in enumerate(manifest_rows(path, results_dir), start=1):
         source, target = raw.get("source_prompt", ""), raw.get("target_prompt", "")
         edit_id = raw.get("edit_id") or _slug(number, source, target)
-        image = raw.get("image")
         model = raw.get("model") or (subject_model if raw.get("edit") == "subject" else "base")
-        image_path = os.path.normpath(path.parent / image) if image else None
-        plan.append({"edit_id": edit_id, "image": image_path, "model": model})
+        plan.append({"edit_id": edit_id, "image": raw.get("image"), "model": model})
     return plan

@@ -101,7 +101,9 @@ def load_checkpoint(
         idx, key = name.split("/", 1)
         state.setdefault(int(idx), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    lr_scheduler.load_state_dict({**meta["lr_scheduler"], "lr_lambdas": [None] * len(lr_scheduler.lr_lambdas)})
+    lr_scheduler.load_state_dict(
+        {**meta["lr_scheduler"], "lr_lambdas": [None] * len(lr_scheduler.lr_lambdas)}
+    )
     rng = load_safetensors(path / "rng.safetensors")
     for name, gen in generators.items():
         gen.set_state(rng[f"gen/{name}"])

@@ -41,7 +41,9 @@ def _pixels(paths: list[Path], resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_latent_distributions(vae, pixels: torch.Tensor, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_latent_distributions(
+    vae, pixels: torch.Tensor, batch_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of the VAE posterior of each image, computed once."""
     means, stds = [], []
     for chunk in pixels.split(batch_size):
@@ -53,7 +55,11 @@ def encode_latent_distributions(vae, pixels: torch.Tensor, batch_size: int = 8) 
 
 def encode_prompt(tokenizer, text_encoder, prompt: str, device) -> torch.Tensor:
     ids = tokenizer(
-        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        prompt,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids.to(device)
     return text_encoder(ids)[0]
 
@@ -150,7 +156,9 @@ def train(
     check_model_source(base_model, "model.name_or_path")
     try:
         tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder", use_safetensors=True)
+        text_encoder = CLIPTextModel.from_pretrained(
+            base_model, subfolder="text_encoder", use_safetensors=True
+        )
         vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", use_safetensors=True)
         unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", use_safetensors=True)
         noise_scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
@@ -198,7 +206,9 @@ def train(
         with torch.no_grad():
             text_cache[prompt] = encode_prompt(tokenizer, text_encoder, prompt, accelerator.device)
             if use_prior:
-                text_cache[class_prompt] = encode_prompt(tokenizer, text_encoder, class_prompt, accelerator.device)
+                text_cache[class_prompt] = encode_prompt(
+                    tokenizer, text_encoder, class_prompt, accelerator.device
+                )
 
     # ---- optimizer, schedule, accelerate
     trainable = method.trainable()
@@ -227,15 +237,25 @@ def train(
     checkpoints = list_checkpoints(checkpoint_dir)
     if checkpoints:
         start_step = load_checkpoint(checkpoints[-1], trainable, optimizer, lr_scheduler, generators)
-        log.info("resuming from checkpoint %s (step %d of %d)", checkpoints[-1], start_step, cfg.max_train_steps)
+        log.info(
+            "resuming from checkpoint %s (step %d of %d)", checkpoints[-1], start_step, cfg.max_train_steps
+        )
     else:
         log.info("starting %s training from scratch (%d steps)", cfg.method, cfg.max_train_steps)
     log.info(
         "run: method=%s instance_images=%d class_images=%d batch=%d accumulation=%d lr=%g "
         "trainable_params=%d prior=%s cache_latents=%s device=%s precision=%s",
-        cfg.method, len(instance_paths), len(class_paths), cfg.train_batch_size,
-        cfg.gradient_accumulation_steps, lr, n_trainable, use_prior, cfg.cache_latents,
-        accelerator.device, mixed_precision,
+        cfg.method,
+        len(instance_paths),
+        len(class_paths),
+        cfg.train_batch_size,
+        cfg.gradient_accumulation_steps,
+        lr,
+        n_trainable,
+        use_prior,
+        cfg.cache_latents,
+        accelerator.device,
+        mixed_precision,
     )
 
     prediction_type = noise_scheduler.config.prediction_type
@@ -253,7 +273,9 @@ def train(
             return (m + s * torch.randn(m.shape, generator=noise_gen)).to(accelerator.device)
         with torch.no_grad():
             dist = vae.encode(pixels[indices].to(accelerator.device, weight_dtype)).latent_dist
-            return (dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise_gen).to(dist.mean)).float()
+            return (
+                dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise_gen).to(dist.mean)
+            ).float()
 
     def text_for(p: str, n: int) -> torch.Tensor:
         if p in text_cache:
@@ -277,22 +299,31 @@ def train(
             micro_index = (step * cfg.gradient_accumulation_steps + micro) * world + rank
             # 1. pick images; draw latents from their cached posterior
             idx = _batch_indices(cfg.seed, micro_index, bs, len(instance_paths))
-            latents = latents_for(idx, *(inst_mean, inst_std) if cfg.cache_latents else (None, None), instance_pixels)
+            latents = latents_for(
+                idx, *(inst_mean, inst_std) if cfg.cache_latents else (None, None), instance_pixels
+            )
             texts = text_for(prompt, bs)
             if use_prior:
                 cidx = _batch_indices(cfg.seed, micro_index, bs, len(class_paths), salt=1)
-                c_lat = latents_for(cidx, *(cls_mean, cls_std) if cfg.cache_latents else (None, None), class_pixels)
+                c_lat = latents_for(
+                    cidx, *(cls_mean, cls_std) if cfg.cache_latents else (None, None), class_pixels
+                )
                 latents = torch.cat([latents, c_lat])
                 texts = torch.cat([texts, text_for(class_prompt, bs)])
             latents = latents * scaling
             # 2. noise at random timesteps
             noise = torch.randn(latents.shape, generator=noise_gen).to(latents)
-            timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=noise_gen).to(latents.device)
+            timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=noise_gen).to(
+                latents.device
+            )
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             # 3. predict and pick the target by prediction type
             with accelerator.autocast():
-                model_pred = unet(noisy.to(weight_dtype if cfg.method == "textual_inversion" else torch.float32),
-                                  timesteps, texts.to(unet.dtype)).sample
+                model_pred = unet(
+                    noisy.to(weight_dtype if cfg.method == "textual_inversion" else torch.float32),
+                    timesteps,
+                    texts.to(unet.dtype),
+                ).sample
             if prediction_type == "epsilon":
                 target = noise
             elif prediction_type == "v_prediction":
@@ -311,7 +342,11 @@ def train(
                 loss = F.mse_loss(model_pred.float(), target.float())
             if not torch.isfinite(loss):
                 last = list_checkpoints(checkpoint_dir)
-                kept = f"the last good checkpoint {last[-1]} is kept" if last else "no checkpoint was written yet"
+                kept = (
+                    f"the last good checkpoint {last[-1]} is kept"
+                    if last
+                    else "no checkpoint was written yet"
+                )
                 raise S2SError(
                     f"training {cfg.method}: loss became {loss.item()} at step {step + 1}; likely cause: "
                     f"learning rate too high (training.{cfg.method}.learning_rate={lr:g}) or fp16 overflow "
@@ -334,12 +369,28 @@ def train(
         if accelerator.is_main_process:
             if global_step % cfg.checkpointing_steps == 0 and global_step < cfg.max_train_steps:
                 save_checkpoint(
-                    checkpoint_dir, global_step, trainable, optimizer, lr_scheduler, generators,
+                    checkpoint_dir,
+                    global_step,
+                    trainable,
+                    optimizer,
+                    lr_scheduler,
+                    generators,
                     cfg.checkpoints_total_limit,
                 )
             if cfg.validation_prompt and global_step % cfg.validation_steps == 0:
-                _validation_image(cfg, subject, method, base_model, unet, text_encoder, tokenizer, vae,
-                                  validation_dir or checkpoint_dir / "validation", global_step, resolution)
+                _validation_image(
+                    cfg,
+                    subject,
+                    method,
+                    base_model,
+                    unet,
+                    text_encoder,
+                    tokenizer,
+                    vae,
+                    validation_dir or checkpoint_dir / "validation",
+                    global_step,
+                    resolution,
+                )
         if stop_after_steps is not None and global_step >= stop_after_steps:
             log.info("stopping early after step %d (stop_after_steps)", global_step)
             return {"stopped_at": global_step}
@@ -380,26 +431,42 @@ def train(
             )
         log.info(
             "finished %s: %d steps, final loss %.4f, %.3f s/step median",
-            cfg.method, cfg.max_train_steps, summary["final_loss"] or math.nan, summary["median_step_s"] or 0,
+            cfg.method,
+            cfg.max_train_steps,
+            summary["final_loss"] or math.nan,
+            summary["median_step_s"] or 0,
         )
     return summary
 
 
 @torch.no_grad()
-def _validation_image(cfg, subject, method, base_model, unet, text_encoder, tokenizer, vae, folder, step, resolution):
+def _validation_image(
+    cfg, subject, method, base_model, unet, text_encoder, tokenizer, vae, folder, step, resolution
+):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler")
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     prompt = method.expand_prompt(cfg.validation_prompt.replace("{}", subject.phrase))
     was_training = unet.training
     unet.eval()
-    image = pipe(prompt, num_inference_steps=25, generator=torch.Generator().manual_seed(0),
-                 height=resolution, width=resolution).images[0]
+    image = pipe(
+        prompt,
+        num_inference_steps=25,
+        generator=torch.Generator().manual_seed(0),
+        height=resolution,
+        width=resolution,
+    ).images[0]
     if was_training:
         unet.train()
     save_png(image, Path(folder) / f"step-{step:06d}.png")

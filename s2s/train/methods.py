@@ -87,7 +87,9 @@ class TextualInversion(Method):
     def after_optimizer_step(self) -> None:
         # AdamW's weight decay touches every row; put the untouched rows back exactly.
         with torch.no_grad():
-            self.embeddings.weight[self.frozen_rows] = self.original[self.frozen_rows].to(self.embeddings.weight.dtype)
+            self.embeddings.weight[self.frozen_rows] = self.original[self.frozen_rows].to(
+                self.embeddings.weight.dtype
+            )
 
     def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
         learned = self.embeddings.weight.detach()[self.token_ids].float().cpu()
