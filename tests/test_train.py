@@ -66,7 +66,10 @@ def test_textual_inversion_changes_exactly_the_new_rows(tmp_path, tiny_sd, toy_i
 def test_lora_keeps_base_weights_and_loads_with_load_lora_weights(
     tmp_path, tiny_sd, toy_instance, toy_class_images
 ):
-    run(tmp_path, "lora", tiny_sd, toy_instance, class_dir=toy_class_images, learning_rate=1e-2, rank=2)
+    run(
+        tmp_path, "lora", tiny_sd, toy_instance, class_dir=toy_class_images, learning_rate=1e-2, rank=2,
+        validation_prompt="a {} on the beach", validation_steps=2,
+    )
     weights = tmp_path / "model" / "pytorch_lora_weights.safetensors"
     state = load_file(weights)
     assert state and all("lora" in k for k in state)
@@ -81,6 +84,11 @@ def test_lora_keeps_base_weights_and_loads_with_load_lora_weights(
     assert all(torch.equal(base_unet[k], base_state[k]) for k in base_unet)
     summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())
     assert summary["trainable_params"] == sum(v.numel() for v in state.values())
+    # Periodic validation images for the configured prompt (every 2 of the 4 steps).
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "validation").iterdir()) == [
+        "step-000002.png",
+        "step-000004.png",
+    ]
     assert summary["with_prior_preservation"] is True
 
 
