@@ -15,6 +15,7 @@ include: "rules/train.smk"
 include: "rules/sample.smk"
 include: "rules/evaluate.smk"
 include: "rules/edit.smk"
+include: "rules/bench.smk"
 
 
 report: "report/workflow.rst"

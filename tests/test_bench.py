@@ -66,6 +66,7 @@ def test_shipped_bench_configs_are_valid(name):
     config = check_config(raw, base_dir=REPO)
     bench = bench_settings(config)
     assert bench.parts and all(bench.part(p) for p in bench.parts)
+    assert bench_settings({"bench": {"threads": 1}}).threads == 1
     if name == "bench_gpu.yaml":
         assert (
             bench.peak_tflops == 989
@@ -86,6 +87,7 @@ def test_shipped_bench_configs_are_valid(name):
         ({"memory": {"architecture": "sdxl"}}, "bench.memory.architecture: 'sdxl' is not one of tiny, sd14"),
         ({"parts": ["dag", "dag"]}, "bench.parts: ['dag', 'dag'] has duplicates"),
         ({"peak_tflops": -1}, "bench.peak_tflops: -1 is not a positive number"),
+        ({"threads": 0}, "bench.threads: 0 is not a positive integer"),
     ],
 )
 def test_bad_bench_settings_give_one_line(bench, expected):

@@ -81,7 +81,7 @@ def _training(part: dict) -> list[str]:
         )
     if "reference" in part:
         ref = part["reference"]
-        lines += ["", f"Reference: {ref['source']}; start-up ~{ref['startup_s']:g} s per run."]
+        lines += ["", f"The {ref['source']}; start-up ~{ref['startup_s']:g} s per run."]
     if "load_baseline" in part:
         base = part["load_baseline"]
         floor = base["peak_memory_mb"]["median"]

@@ -145,6 +145,11 @@ def bench_settings(config: dict) -> BenchConfig:
         if peak is not None and (isinstance(peak, bool) or not isinstance(peak, int | float) or peak <= 0):
             raise _fail("peak_tflops", f"{peak!r} is not a positive number or null")
         values["peak_tflops"] = None if peak is None else float(peak)
+    if "threads" in raw:
+        threads = raw["threads"]
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise _fail("threads", f"{threads!r} is not a positive integer or null")
+        values["threads"] = threads
     for name, cls in (
         ("training", TrainingBench),
         ("memory", TrainingBench),

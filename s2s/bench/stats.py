@@ -40,9 +40,13 @@ def is_figure(value) -> bool:
     return isinstance(value, dict) and {"median", "min", "max", "n"} <= set(value)
 
 
+def _num(value: float, digits: int) -> str:
+    return f"{value:.0f}" if abs(value) >= 10 ** (digits - 1) else f"{value:.{digits}g}"
+
+
 def fmt(stat: dict | None, digits: int = 3) -> str:
     """``median [min-max] (n)`` for Markdown tables."""
     if stat is None:
         return "n/a"
-    m, lo, hi = (f"{stat[k]:.{digits}g}" for k in ("median", "min", "max"))
+    m, lo, hi = (_num(stat[k], digits) for k in ("median", "min", "max"))
     return f"{m} [{lo}-{hi}] (n={stat['n']})"
