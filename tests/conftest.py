@@ -54,3 +54,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny latents gain nothing from intra-op threads, and on a shared CPU OpenMP's spinning threads
+    make tests up to 10x slower; restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_sd):
+    """A fresh StableDiffusionPipeline of the tiny model per test module (tests install processors)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -18,14 +18,7 @@ STEPS = 4
 SHARED_MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "edits" / "manifest.csv"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny 8x8 latents gain nothing from intra-op threads, and on a shared CPU OpenMP's spinning threads
-    # make these tests up to 10x slower; restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,26 +23,12 @@ STEPS = 6
 SOURCE, TARGET = "a dog on the beach", "a horse on the beach"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny 8x8 latents gain nothing from intra-op threads, and on a shared CPU OpenMP's spinning threads
-    # make these tests up to 10x slower; restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    from diffusers import StableDiffusionPipeline
-
-    from s2s.tiny import build_tiny_sd
-
-    folder = build_tiny_sd(tmp_path_factory.mktemp("edit_ctrl") / "sd", seed=0, resolution=64)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 @pytest.fixture(scope="module")

@@ -15,26 +15,12 @@ STEPS = 5
 PROMPT = "a dog on the beach"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny 8x8 latents gain nothing from intra-op threads, and on a shared CPU OpenMP's spinning threads
-    # make these tests up to 10x slower; restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    from diffusers import StableDiffusionPipeline
-
-    from s2s.tiny import build_tiny_sd
-
-    folder = build_tiny_sd(tmp_path_factory.mktemp("edit_inv") / "sd", seed=0, resolution=64)
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 def draw_photo(size=(96, 64)) -> Image.Image:
