@@ -91,7 +91,8 @@ def test_every_schema_key_is_documented():
     assert not missing, f"keys missing from config/README.md: {missing}"
 
 
-def test_shipped_configs_are_valid():
+def test_shipped_configs_are_valid(shared_data):
+    # paper.yaml names the study's photos in ../shared/data (skipped where that folder is absent)
     for name in ("config.yaml", "paper.yaml"):
         check_config(yaml.safe_load((REPO / "config" / name).read_text()), base_dir=REPO)
 

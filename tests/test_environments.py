@@ -48,7 +48,7 @@ def test_offline_missing_model_gives_one_line_with_the_prefetch_command(tmp_path
     assert "\n" not in message
 
 
-def test_prefetch_lists_every_model_of_the_paper_config():
+def test_prefetch_lists_every_model_of_the_paper_config(shared_data):
     from s2s.config import base_model, check_config, metric_models
     from s2s.prefetch import models_to_fetch
 

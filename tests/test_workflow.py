@@ -64,7 +64,7 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
     assert sum(v for k, v in counts.items() if k.startswith("sample_chunk")) == 4  # base + 3 methods
 
 
-def test_paper_dry_run_shows_the_complete_dag():
+def test_paper_dry_run_shows_the_complete_dag(shared_data):
     out = snakemake("-n", "--cores", "1", "--configfile", "config/paper.yaml").stdout
     counts = job_counts(out)
     assert counts["prepare_instance"] == 1 and counts["class_priors"] == 1
