@@ -39,9 +39,12 @@ def _ratios(ratios: list[dict]) -> list[str]:
 def _contention(part: dict) -> str:
     cpus = part.get("machine", {}).get("cpus") or 1
     before, after = part.get("load_average_before_after", [0, 0])
-    note = f"load average {before:.1f} before, {after:.1f} after, on {cpus} CPUs"
-    if max(before, after) > 0.75 * cpus:
-        note += " (**the machine was busy with other work: times are inflated and noisy**)"
+    others = part.get("other_processes_cpus")
+    note = f"load average {before:.1f} before, {after:.1f} after (this part's own processes included)"
+    if others is not None:
+        note = f"other processes kept {others:.2f} of the {cpus} CPUs busy on average; " + note
+        if others > 0.25:
+            note += " (**the machine was shared with other work: times are inflated and noisy**)"
     return note
 
 
@@ -70,14 +73,15 @@ def _training(part: dict) -> list[str]:
         )
     lines += [
         "",
-        "| method | latent caching | fixed cost per run, s | imports, s | before 1st step, s "
+        "| method | latent caching | fixed cost per run, s | imports, s | load + caching + 1st step, s "
         "| after last step, s | peak memory, MiB |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in part["rows"]:
         lines.append(
-            f"| {_label(r)} | {fmt(r['fixed_s'])} | {fmt(r['import_s'])} | {fmt(r['before_first_step_s'])} "
-            f"| {fmt(r['after_last_step_s'])} | {fmt(r['peak_memory_mb'], 4)} |"
+            f"| {_label(r)} | {fmt(r['fixed_s'])} | {fmt(r['import_s'])} "
+            f"| {fmt(r['setup_and_first_step_s'])} | {fmt(r['after_last_step_s'])} "
+            f"| {fmt(r['peak_memory_mb'], 4)} |"
         )
     if "reference" in part:
         ref = part["reference"]
@@ -99,7 +103,8 @@ def _training(part: dict) -> list[str]:
     lines += [
         "",
         f"Notes: {part['memory_note']}. FLOPs: {part['flops_note']}. Fixed cost per run = the process's wall "
-        "time minus steps x median step time (imports, model load, caching, saving the result).",
+        "time minus its timed steps and the untimed first step (taken at the median step time): "
+        "interpreter, imports, model load, caching, saving the result.",
     ]
     return lines
 

@@ -40,6 +40,25 @@ def machine() -> dict:
     return info
 
 
+def _cpu_counters() -> tuple[float, float] | None:
+    """CPU seconds used by the whole machine (all processes) and by this process and its waited-for
+    children, for the share of the CPU that other work took during a part (Linux only)."""
+    import resource
+
+    try:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    own = sum(
+        getattr(resource.getrusage(who), field)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for field in ("ru_utime", "ru_stime")
+    )
+    return busy, own
+
+
 def run_part(name: str, bench: BenchConfig, config: dict, out_json: Path | str, threads: int) -> dict:
     """Run part ``name`` (training, memory, edit, dag) and write ``out_json``.
 
@@ -51,6 +70,7 @@ def run_part(name: str, bench: BenchConfig, config: dict, out_json: Path | str, 
     torch.set_num_threads(threads)
     started = time.perf_counter()
     load_before = os.getloadavg()
+    cpu_before = _cpu_counters()
     device = config["device"]
     result: dict = {"part": name, "settings": bench.part(name), "device": device}
     skipped = cuda_missing(device) if name != "dag" else None
@@ -83,6 +103,11 @@ def run_part(name: str, bench: BenchConfig, config: dict, out_json: Path | str, 
     result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["part_wall_s"] = time.perf_counter() - started
     result["load_average_before_after"] = [load_before[0], os.getloadavg()[0]]
+    cpu_after = _cpu_counters()
+    if cpu_before and cpu_after:
+        # CPUs busy with other processes, on average over the part (0: the part had the machine alone)
+        others = (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1])
+        result["other_processes_cpus"] = max(0.0, others / result["part_wall_s"])
     write_json(out_json, result)
     log.info("benchmark part %s done in %.0f s", name, result["part_wall_s"])
     return result

@@ -192,8 +192,9 @@ def _memory_note(device: str) -> str:
 def _row(variant, cache, runs: list[dict], settings: TrainingBench, flops: int, peak_tflops) -> dict:
     steps = [s for r in runs for s in r["step_s"]]
     step = summarize(steps, "s")
-    # fixed cost per run: the process's wall time minus its steps at the median step time
-    fixed = [r["process_s"] - settings.steps * step["median"] for r in runs]
+    # fixed cost per run: the process's wall time minus its timed steps and the untimed first step
+    # (counted at the median step time)
+    fixed = [r["process_s"] - sum(r["step_s"]) - step["median"] for r in runs]
     row = {
         "variant": variant,
         "method": VARIANTS[variant][0],
@@ -205,11 +206,12 @@ def _row(variant, cache, runs: list[dict], settings: TrainingBench, flops: int, 
         "fixed_s": summarize(fixed, "s"),
         "process_s": summarize([r["process_s"] for r in runs], "s"),
         "import_s": summarize([r["import_s"] for r in runs], "s"),
-        "before_first_step_s": summarize([r["before_first_step_end_s"] - step["median"] for r in runs], "s"),
+        "setup_and_first_step_s": summarize([r["before_first_step_end_s"] for r in runs], "s"),
         "after_last_step_s": summarize([r["after_last_step_s"] for r in runs], "s"),
         "peak_memory_mb": summarize([r["peak_memory_mb"] for r in runs], "MiB"),
         "cpu_per_wall": summarize([r["cpu_s"] / r["process_s"] for r in runs], "cores"),
         "trainable_params": runs[0]["trainable_params"],
+        "run_records": [{k: v for k, v in r.items() if k != "versions"} for r in runs],
         "unet_gflop_per_step": flops / 1e9,
         "achieved_tflops": flops / step["median"] / 1e12,
     }
