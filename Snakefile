@@ -16,6 +16,7 @@ include: "rules/sample.smk"
 include: "rules/evaluate.smk"
 include: "rules/edit.smk"
 include: "rules/bench.smk"
+include: "rules/prefetch.smk"
 
 
 report: "report/workflow.rst"

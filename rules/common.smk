@@ -112,22 +112,3 @@ def all_targets():
             targets += edit_targets(subject)
     return targets
 
-
-localrules:
-    prefetch,
-
-
-rule prefetch:
-    # Run on a machine with internet (a login node); then HF_HUB_OFFLINE=1 for the jobs.
-    output:
-        f"{RESULTS}/prefetch.json",
-    log:
-        f"{LOGS}/prefetch.log",
-    conda:
-        "../envs/s2s.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    script:
-        "../workflow_scripts/prefetch.py"
