@@ -39,7 +39,9 @@ rule bench_part:
         f"{LOGS}/bench/{{part}}.log",
     conda:
         "../envs/s2s.yaml"
-    threads: workflow.cores
+    # All cores for one measured job at a time (Snakemake caps threads at --cores). Not
+    # workflow.cores: it is undefined under cluster executors, where this file is parsed too.
+    threads: 64
     resources:
         mem_mb=20000,
         runtime=30,
