@@ -66,6 +66,11 @@ def train_inputs(method):
     return inputs
 
 
+def train_gpus(method):
+    """GPUs of a training job: one per process (training.num_processes)."""
+    return s2s_config.train_config(config, method).num_processes
+
+
 def sample_inputs(wildcards):
     files = base_model_inputs()
     if wildcards.method != "base":

@@ -67,5 +67,6 @@ rule class_priors:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+        gpu_jobs=1,
     script:
         "../workflow_scripts/class_priors.py"

@@ -44,5 +44,6 @@ rule edit_batch:
         mem_mb=16000,
         runtime=120,
         gpu=1,
+        gpu_jobs=1,
     script:
         "../workflow_scripts/edit.py"

@@ -22,5 +22,6 @@ for _index, _chunk in enumerate(PROMPT_CHUNKS):
             mem_mb=16000,
             runtime=120,
             gpu=1,
+            gpu_jobs=1,
         script:
             "../workflow_scripts/sample.py"

@@ -1,5 +1,7 @@
 # Training: one rule per method. Checkpoints live outside the outputs (results/{subject}/checkpoints/)
 # so that Snakemake's clean-up of a failed job's outputs never deletes them; a re-run resumes.
+# training.num_processes > 1 runs the job under `accelerate launch` (one process per GPU) and requests
+# that many GPUs.
 
 
 for _method in ("textual_inversion", "dreambooth", "lora"):
@@ -22,6 +24,7 @@ for _method in ("textual_inversion", "dreambooth", "lora"):
         resources:
             mem_mb=lambda wildcards, attempt: 32000 * attempt,
             runtime=480,
-            gpu=1,
+            gpu=train_gpus(_method),
+            gpu_jobs=1,
         script:
             "../workflow_scripts/train.py"

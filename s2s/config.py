@@ -153,6 +153,7 @@ class TrainConfig:
     validation_prompt: str | None
     validation_steps: int
     seed: int
+    num_processes: int = 1
     # method-specific
     num_vectors: int = 1
     initializer_token: str | None = None

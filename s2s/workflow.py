@@ -115,15 +115,16 @@ def instance_prompt_for(config, subject) -> str:
 
 
 def train(smk, config) -> None:
-    from s2s.train.loop import train as train_method
+    from s2s.train.launch import train_job
 
     subject = cfgmod.subject(config, smk.wildcards.subject)
     method = smk.params.method
     tcfg = cfgmod.train_config(config, method)
     results = cfgmod.results_dir(config) / subject.name
-    train_method(
+    train_job(
         tcfg,
         subject,
+        threads=int(smk.threads),
         base_model=cfgmod.base_model(config),
         instance_dir=smk.input.instance,
         out_dir=results / "models" / method,

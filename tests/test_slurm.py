@@ -103,6 +103,29 @@ def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
     assert proc.stdout.count("Group job sampling") == 4
 
 
+def test_multi_process_training_requests_one_gpu_per_process(tmp_path):
+    """training.dreambooth.num_processes: 4 -> that job asks for 4 GPUs; every other GPU job for 1."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    photos = tmp_path / "dog"
+    photos.mkdir()
+    overlay = {
+        "subjects": {"dog": {"images": str(photos), "class": "dog"}},
+        "training": {"dreambooth": {"num_processes": 4}},
+    }
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_SLURM_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--profile", str(PROFILE),
+         "--configfile", str(REPO / "config" / "paper.yaml"), str(tmp_path / "overlay.yaml"),
+         "--directory", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gpus = {rule: re.search(r"\bgpu=(\d+)", res) for rule, res in job_resources(proc.stdout)}
+    assert gpus["train_dreambooth"].group(1) == "4"
+    assert gpus["train_lora"].group(1) == "1" and gpus["class_priors"].group(1) == "1"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The real cluster.
 

@@ -219,7 +219,7 @@ def test_resume_after_interruption_gives_identical_weights(
 ):
     opts = {"max_train_steps": 6, "checkpointing_steps": 3, "learning_rate": 1e-2}
     if method == "lora":
-        opts["dropout"] = 0.1  # exercises the global RNG state as well
+        opts["dropout"] = 0.1  # dropout draws from the global RNG, seeded per micro-batch
     run(tmp_path / "straight", method, tiny_sd, toy_instance, class_dir=toy_class_images, **opts)
     stopped = run(
         tmp_path / "resumed", method, tiny_sd, toy_instance, class_dir=toy_class_images, stop_after=4, **opts

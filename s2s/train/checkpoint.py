@@ -1,9 +1,10 @@
 """Resumable training checkpoints in safetensors + JSON (no pickles).
 
-A checkpoint holds the trainable tensors, the optimizer state, the lr-scheduler state, the training
-step and every random-number-generator state the loop draws from, so that a resumed run continues
-with exactly the numbers an uninterrupted run would have used. accelerate's ``save_state`` would do
-most of this but writes the optimizer and RNG states as pickles, which this project never loads.
+A checkpoint holds the trainable tensors, the optimizer state, the lr-scheduler state and the training
+step. No random-generator state is needed: the loop draws every random number from generators seeded by
+the sample's position in the data stream, so a resumed run continues with exactly the numbers an
+uninterrupted run would have used. accelerate's ``save_state`` would do most of this but writes the
+optimizer state as a pickle, which this project never loads.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ def save_checkpoint(
     trainable: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     lr_scheduler,
-    generators: dict[str, torch.Generator],
     total_limit: int,
 ) -> Path:
     target = folder / f"checkpoint-{step}"
@@ -47,10 +47,6 @@ def save_checkpoint(
     plain: dict[str, object] = {}
     for idx, per_param in opt_state["state"].items():
         _split_state(per_param, f"{idx}/", tensors, plain)
-    rng = {f"gen/{name}": gen.get_state() for name, gen in generators.items()}
-    rng["torch/cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        rng["torch/cuda"] = torch.cuda.get_rng_state()
     meta = {
         "step": step,
         "param_groups": opt_state["param_groups"],
@@ -60,7 +56,6 @@ def save_checkpoint(
     with atomic_dir(target) as tmp:
         save_safetensors(trainable, tmp / "trainable.safetensors")
         save_safetensors(tensors or {"_empty": torch.zeros(0)}, tmp / "optimizer.safetensors")
-        save_safetensors(rng, tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=float))
     for old in list_checkpoints(folder)[:-total_limit]:
         shutil.rmtree(old)
@@ -85,7 +80,6 @@ def load_checkpoint(
     trainable: dict[str, torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
     lr_scheduler,
-    generators: dict[str, torch.Generator],
 ) -> int:
     """Restore everything ``save_checkpoint`` wrote; return the step to continue from."""
     meta = json.loads((path / "state.json").read_text())
@@ -104,10 +98,4 @@ def load_checkpoint(
     lr_scheduler.load_state_dict(
         {**meta["lr_scheduler"], "lr_lambdas": [None] * len(lr_scheduler.lr_lambdas)}
     )
-    rng = load_safetensors(path / "rng.safetensors")
-    for name, gen in generators.items():
-        gen.set_state(rng[f"gen/{name}"])
-    torch.set_rng_state(rng["torch/cpu"])
-    if "torch/cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["torch/cuda"])
     return int(meta["step"])

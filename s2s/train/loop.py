@@ -5,8 +5,9 @@ It reads top to bottom like the diffusers training examples (encode, noise, UNet
 - frozen encoders run once: each image's latent distribution and each prompt's embedding is computed
   before the loop, and a fresh latent is drawn from the cached distribution every step (the examples
   re-encode every step);
-- checkpoints and resume are exact: data order is a pure function of (seed, micro-batch index) and
-  every generator's state is saved, so an interrupted and resumed run ends with the same weights.
+- every random draw is a pure function of the seed and the sample's position in the data stream (which
+  image, its latent draw, its noise and timestep), so an interrupted and resumed run ends with the same
+  weights, and N processes with batch b train like one process with batch N*b (``num_processes``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,24 @@ def _batch_indices(seed: int, micro_index: int, batch_size: int, n: int, salt: i
     return torch.tensor(out)
 
 
+def _batch_draws(
+    seed: int, micro_index: int, batch_size: int, shape: tuple[int, ...], num_timesteps: int, salt: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random draws of one micro-batch: per sample, the latent's posterior draw, the noise, the timestep.
+
+    Each sample's draws come from a generator seeded by its position in the data stream, so they do not
+    depend on how samples are split over processes, micro-batches or interrupted runs.
+    """
+    eps, noise, timesteps = [], [], []
+    start = micro_index * batch_size
+    for pos in range(start, start + batch_size):
+        gen = torch.Generator().manual_seed(seed * 2**40 + pos * 4 + salt)
+        eps.append(torch.randn(shape, generator=gen))
+        noise.append(torch.randn(shape, generator=gen))
+        timesteps.append(torch.randint(0, num_timesteps, (1,), generator=gen))
+    return torch.stack(eps), torch.stack(noise), torch.cat(timesteps)
+
+
 def _place(module, device, dtype) -> None:
     # Only cast when needed: diffusers warns on any dtype cast through .to().
     if dtype == torch.float32:
@@ -102,6 +121,13 @@ def _make_optimizer(cfg: TrainConfig, params, lr: float):
         weight_decay=cfg.adam_weight_decay,
         eps=cfg.adam_epsilon,
     )
+
+
+def _mean_over_processes(accelerator, loss: torch.Tensor) -> float:
+    """The loss of the whole (all-process) batch, for the log and loss.csv."""
+    if accelerator.num_processes == 1:
+        return loss.item()
+    return accelerator.reduce(loss.detach().float(), reduction="mean").item()
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -223,20 +249,19 @@ def train(
         num_warmup_steps=cfg.lr_warmup_steps,
         num_training_steps=cfg.max_train_steps,
     )
+    unet_dtype = unet.dtype  # read before accelerate wraps it (DDP has no .dtype)
     trained_module = text_encoder if cfg.method == "textual_inversion" else unet
     trained_module, optimizer = accelerator.prepare(trained_module, optimizer)
     if cfg.method == "textual_inversion":
         text_encoder = trained_module
     else:
         unet = trained_module
-    noise_gen = torch.Generator().manual_seed(cfg.seed * 31 + accelerator.process_index)
-    generators = {"noise": noise_gen}
 
     # ---- resume
     start_step = 0
     checkpoints = list_checkpoints(checkpoint_dir)
     if checkpoints:
-        start_step = load_checkpoint(checkpoints[-1], trainable, optimizer, lr_scheduler, generators)
+        start_step = load_checkpoint(checkpoints[-1], trainable, optimizer, lr_scheduler)
         log.info(
             "resuming from checkpoint %s (step %d of %d)", checkpoints[-1], start_step, cfg.max_train_steps
         )
@@ -267,15 +292,18 @@ def train(
     world = accelerator.num_processes
     rank = accelerator.process_index
 
-    def latents_for(indices, mean, std, pixels):
+    latent_shape = (
+        vae.config.latent_channels,
+        resolution // 2 ** (len(vae.config.block_out_channels) - 1),
+        resolution // 2 ** (len(vae.config.block_out_channels) - 1),
+    )
+
+    def latents_for(indices, eps, mean, std, pixels):
         if cfg.cache_latents:
-            m, s = mean[indices], std[indices]
-            return (m + s * torch.randn(m.shape, generator=noise_gen)).to(accelerator.device)
+            return (mean[indices] + std[indices] * eps).to(accelerator.device)
         with torch.no_grad():
             dist = vae.encode(pixels[indices].to(accelerator.device, weight_dtype)).latent_dist
-            return (
-                dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise_gen).to(dist.mean)
-            ).float()
+            return (dist.mean + dist.std * eps.to(dist.mean)).float()
 
     def text_for(p: str, n: int) -> torch.Tensor:
         if p in text_cache:
@@ -297,33 +325,35 @@ def train(
         step_loss = step_prior = 0.0
         for micro in range(cfg.gradient_accumulation_steps):
             micro_index = (step * cfg.gradient_accumulation_steps + micro) * world + rank
-            # 1. pick images; draw latents from their cached posterior
+            # Dropout (LoRA dropout) draws from torch's global generator: seed it per micro-batch too.
+            torch.manual_seed(cfg.seed * 2**40 + micro_index * 4 + 3)
+            # 1. pick images; draw latents from their (cached) posterior
             idx = _batch_indices(cfg.seed, micro_index, bs, len(instance_paths))
+            eps, noise, timesteps = _batch_draws(cfg.seed, micro_index, bs, latent_shape, num_timesteps)
             latents = latents_for(
-                idx, *(inst_mean, inst_std) if cfg.cache_latents else (None, None), instance_pixels
+                idx, eps, *(inst_mean, inst_std) if cfg.cache_latents else (None, None), instance_pixels
             )
             texts = text_for(prompt, bs)
             if use_prior:
                 cidx = _batch_indices(cfg.seed, micro_index, bs, len(class_paths), salt=1)
+                c_eps, c_noise, c_timesteps = _batch_draws(
+                    cfg.seed, micro_index, bs, latent_shape, num_timesteps, salt=1
+                )
                 c_lat = latents_for(
-                    cidx, *(cls_mean, cls_std) if cfg.cache_latents else (None, None), class_pixels
+                    cidx, c_eps, *(cls_mean, cls_std) if cfg.cache_latents else (None, None), class_pixels
                 )
                 latents = torch.cat([latents, c_lat])
+                noise = torch.cat([noise, c_noise])
+                timesteps = torch.cat([timesteps, c_timesteps])
                 texts = torch.cat([texts, text_for(class_prompt, bs)])
             latents = latents * scaling
             # 2. noise at random timesteps
-            noise = torch.randn(latents.shape, generator=noise_gen).to(latents)
-            timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), generator=noise_gen).to(
-                latents.device
-            )
+            noise = noise.to(latents)
+            timesteps = timesteps.to(latents.device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             # 3. predict and pick the target by prediction type
             with accelerator.autocast():
-                model_pred = unet(
-                    noisy.to(weight_dtype if cfg.method == "textual_inversion" else torch.float32),
-                    timesteps,
-                    texts.to(unet.dtype),
-                ).sample
+                model_pred = unet(noisy.to(unet_dtype), timesteps, texts.to(unet_dtype)).sample
             if prediction_type == "epsilon":
                 target = noise
             elif prediction_type == "v_prediction":
@@ -337,7 +367,7 @@ def train(
                 instance_loss = F.mse_loss(pred_inst, tgt_inst)
                 prior_loss = F.mse_loss(pred_cls, tgt_cls)
                 loss = instance_loss + cfg.prior_loss_weight * prior_loss
-                step_prior += prior_loss.item() / cfg.gradient_accumulation_steps
+                step_prior += _mean_over_processes(accelerator, prior_loss) / cfg.gradient_accumulation_steps
             else:
                 loss = F.mse_loss(model_pred.float(), target.float())
             if not torch.isfinite(loss):
@@ -352,7 +382,7 @@ def train(
                     f"learning rate too high (training.{cfg.method}.learning_rate={lr:g}) or fp16 overflow "
                     f"(try mixed_precision: bf16 or no); {kept}"
                 )
-            step_loss += loss.item() / cfg.gradient_accumulation_steps
+            step_loss += _mean_over_processes(accelerator, loss) / cfg.gradient_accumulation_steps
             last_micro = micro == cfg.gradient_accumulation_steps - 1
             with accelerator.no_sync(trained_module) if not last_micro else contextlib.nullcontext():
                 accelerator.backward(loss / cfg.gradient_accumulation_steps)
@@ -374,7 +404,6 @@ def train(
                     trainable,
                     optimizer,
                     lr_scheduler,
-                    generators,
                     cfg.checkpoints_total_limit,
                 )
             if cfg.validation_prompt and global_step % cfg.validation_steps == 0:
@@ -383,8 +412,8 @@ def train(
                     subject,
                     method,
                     base_model,
-                    unet,
-                    text_encoder,
+                    accelerator.unwrap_model(unet),
+                    accelerator.unwrap_model(text_encoder),
                     tokenizer,
                     vae,
                     validation_dir or checkpoint_dir / "validation",
