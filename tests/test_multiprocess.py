@@ -7,11 +7,13 @@ noise and timestep depend only on its position in the data stream, and DDP avera
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from safetensors.torch import load_file
 
 from s2s.config import check_config, subject, train_config
-from s2s.train.launch import launch_command, train_job
+from s2s.train.launch import launch_command, process_env, train_job
 
 PROMPT = "a photo of sks toy"
 
@@ -66,3 +68,14 @@ def test_launch_command_passes_no_shell_and_names_the_processes(tmp_path):
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     assert command[command.index("--num_processes") + 1] == "4"
     assert command[-1] == str(tmp_path / "spec with space.json")  # one argument, never split by a shell
+
+
+def test_launched_processes_import_the_package_without_an_install(tmp_path):
+    # -S: no site-packages, so neither an editable install nor a conda env can provide s2s
+    env = process_env(threads=4, num_processes=2)
+    assert env["OMP_NUM_THREADS"] == "2"
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", "import s2s, sys; print(s2s.__file__)"],
+        env=env, cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr

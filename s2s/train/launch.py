@@ -87,6 +87,18 @@ def check_gpus(num_processes: int, device: str) -> None:
         )
 
 
+def process_env(threads: int, num_processes: int) -> dict[str, str]:
+    """Environment of the launched processes."""
+    env = dict(os.environ)
+    # CPU threads are shared out between the processes (on GPUs they only feed the data).
+    env["OMP_NUM_THREADS"] = str(max(1, threads // num_processes))
+    # The package must import in the new processes too: in `--use-conda` jobs it is not installed (the
+    # rule scripts put the workflow folder on sys.path, and Snakemake strips PYTHONPATH).
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def launch_processes(cfg: TrainConfig, subject: Subject, threads: int = 1, **kwargs) -> None:
     check_gpus(cfg.num_processes, kwargs.get("device", "auto"))
     spec = {
@@ -96,9 +108,7 @@ def launch_processes(cfg: TrainConfig, subject: Subject, threads: int = 1, **kwa
     }
     checkpoint_dir = Path(kwargs["checkpoint_dir"])
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    # CPU threads are shared out between the processes (on GPUs they only feed the data).
-    env["OMP_NUM_THREADS"] = str(max(1, threads // cfg.num_processes))
+    env = process_env(threads, cfg.num_processes)
     with tempfile.TemporaryDirectory(dir=checkpoint_dir, prefix=".launch-") as tmp:
         spec_path = Path(tmp) / "train_spec.json"
         spec_path.write_text(json.dumps(spec))
