@@ -60,6 +60,20 @@ def job_resources(dry_run_output: str) -> list[tuple[str, str]]:
     return jobs
 
 
+def paper_dry_run(tmp_path: Path, overlay: dict) -> subprocess.CompletedProcess:
+    """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml OVERLAY` (placeholders unset)."""
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_SLURM_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--profile", str(PROFILE),
+         "--configfile", str(REPO / "config" / "paper.yaml"), str(tmp_path / "overlay.yaml"),
+         "--directory", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
     """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml` (+ the demo's generated edits):
     the GPU stages carry gpu=1 and the GPU partition, the CPU stages neither; sampling goes out in groups."""
@@ -76,15 +90,7 @@ def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
             writer.writeheader()
             writer.writerows(rows)
         overlay["edits"] = {"manifest": str(tmp_path / "edits.csv")}
-    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_SLURM_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--profile", str(PROFILE),
-         "--configfile", str(REPO / "config" / "paper.yaml"), str(tmp_path / "overlay.yaml"),
-         "--directory", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = paper_dry_run(tmp_path, overlay)
     jobs = job_resources(proc.stdout)
     rules = {rule for rule, _ in jobs}
     assert {"class_priors", "train_textual_inversion", "train_dreambooth", "train_lora", "sample_chunk0",
@@ -112,15 +118,7 @@ def test_multi_process_training_requests_one_gpu_per_process(tmp_path):
         "subjects": {"dog": {"images": str(photos), "class": "dog"}},
         "training": {"dreambooth": {"num_processes": 4}},
     }
-    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_SLURM_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--profile", str(PROFILE),
-         "--configfile", str(REPO / "config" / "paper.yaml"), str(tmp_path / "overlay.yaml"),
-         "--directory", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, env=env,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = paper_dry_run(tmp_path, overlay)
     gpus = {rule: re.search(r"\bgpu=(\d+)", res) for rule, res in job_resources(proc.stdout)}
     assert gpus["train_dreambooth"].group(1) == "4"
     assert gpus["train_lora"].group(1) == "1" and gpus["class_priors"].group(1) == "1"

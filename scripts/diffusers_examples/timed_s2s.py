@@ -3,7 +3,6 @@
     python timed_s2s.py OUT.json METHOD PRIOR(yes|no) STEPS MODEL INSTANCE_DIR CLASS_DIR
 """
 
-import json
 import sys
 import tempfile
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 STARTED = time.perf_counter()
 
+from timed_script import write_timings  # noqa: E402 - this folder (run as a script)
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 from s2s.config import check_config, subject, train_config  # noqa: E402
@@ -33,15 +33,7 @@ def main(out: str, method: str, prior: str, steps: str, model: str, instance: st
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, subject(config, "toy"), model, instance, Path(tmp) / "model", Path(tmp) / "ckpt", 64,
               "a photo of sks toy", class_dir=class_dir, class_prompt="a photo of a toy", device="cpu")
-    Path(out).write_text(
-        json.dumps(
-            {
-                "step_s": [b - a for a, b in zip(ends, ends[1:], strict=False)],
-                "steps": len(ends),
-                "process_s": time.perf_counter() - STARTED,
-            }
-        )
-    )
+    write_timings(out, ends, STARTED)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,13 @@ STARTED = time.perf_counter()
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 
+def write_timings(out: str, ends: list[float], started: float) -> None:
+    """Step times (between consecutive optimizer steps), step count and the process's time so far."""
+    step_s = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    record = {"step_s": step_s, "steps": len(ends), "process_s": time.perf_counter() - started}
+    Path(out).write_text(json.dumps(record))
+
+
 def main(out: str, script: str, *args: str) -> None:
     ends: list[float] = []
     handle = register_optimizer_step_post_hook(lambda *_: ends.append(time.perf_counter()))
@@ -25,15 +32,7 @@ def main(out: str, script: str, *args: str) -> None:
         runpy.run_path(script, run_name="__main__")
     finally:
         handle.remove()
-        Path(out).write_text(
-            json.dumps(
-                {
-                    "step_s": [b - a for a, b in zip(ends, ends[1:], strict=False)],
-                    "steps": len(ends),
-                    "process_s": time.perf_counter() - STARTED,
-                }
-            )
-        )
+        write_timings(out, ends, STARTED)
 
 
 if __name__ == "__main__":
