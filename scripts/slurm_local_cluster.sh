@@ -5,8 +5,8 @@
 #   scripts/slurm_local_cluster.sh status   # exit 0 if our cluster answers, print sinfo
 #   scripts/slurm_local_cluster.sh stop     # stop only the daemons this script started (by PID)
 #
-# The node advertises this machine's CPUs, 90% of its memory and one fake GPU (gres gpu, File=/dev/null),
-# so that jobs submitted with --gpus=1 are scheduled on a machine without a GPU. No slurmdbd: sacct does
+# The node advertises this machine's CPUs, 90% of its memory and fake GPUs (gres gpu, File=/dev/null or
+# empty files), so that jobs submitted with --gpus=N are scheduled on a machine without a GPU. No slurmdbd: sacct does
 # not work, so run Snakemake with `--slurm-status-command squeue` (MinJobAge=3600 keeps finished jobs
 # visible to squeue and `scontrol show job` for an hour).
 #
@@ -20,7 +20,7 @@ CONF=/etc/slurm/slurm.conf
 GRES_CONF=/etc/slurm/gres.conf
 MARKER="# written by s2s scripts/slurm_local_cluster.sh"
 NODE=$(hostname -s)
-# The fake GPUs: one per File entry. One is enough for the 2-core test machine (one GPU job at a time).
+# The fake GPUs: one per File entry. tests/test_slurm.py starts it with 2 (its LoRA trains in 2 processes).
 FAKE_GPUS=${S2S_SLURM_FAKE_GPUS:-1}
 
 log() { echo "slurm_local_cluster: $*" >&2; }

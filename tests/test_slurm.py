@@ -1,20 +1,22 @@
 """The SLURM profile (profiles/slurm): GPU requests in a dry run, and a real run on a local Slurm cluster.
 
 The real run needs root and apt (Debian/Ubuntu): scripts/slurm_local_cluster.sh installs slurm-wlm and
-munge and starts a one-node cluster with a fake GPU. It is skipped unless S2S_SLURM_TEST=1:
+munge and starts a one-node cluster with two fake GPUs. It is skipped unless S2S_SLURM_TEST=1:
 
     S2S_SLURM_TEST=1 .venv/bin/python -m pytest -q -s tests/test_slurm.py
 
-It runs a small demo (LoRA only, 4 steps, 2 prompts) through `--profile profiles/slurm` and checks that
-(a) every job went through sbatch, (b) the GPU stages asked Slurm for a GPU and the CPU stages did not (read
-back from slurmctld with `scontrol show job`), (c) the results are byte-identical to a local `--cores 2` run
-of the same config. It prints the number of sbatch submissions and the wall times.
+It runs a small demo (LoRA only, trained in 2 processes, 2 steps, 2 prompts) through `--profile
+profiles/slurm` and checks that (a) every job went through sbatch, (b) the GPU stages asked Slurm for a GPU
+(the 2-process training job for 2) and the CPU stages did not (read back from slurmctld with `scontrol show
+job`), (c) the results are byte-identical to a local `--cores 2` run of the same config. It prints the number
+of sbatch submissions and the wall times.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -134,8 +136,13 @@ slurm = pytest.mark.skipif(
 )
 
 
+# The demo trains LoRA in 2 processes, so the node needs 2 (fake) GPUs.
+FAKE_GPUS = 2
+
+
 def run_script(verb: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), verb], capture_output=True, text=True)
+    env = {**os.environ, "S2S_SLURM_FAKE_GPUS": str(FAKE_GPUS)}
+    proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), verb], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"slurm_local_cluster.sh {verb} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -149,6 +156,11 @@ def slurm_cluster():
     running = run_script("status", check=False).returncode == 0
     if not running:
         run_script("start")
+    node = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True).stdout
+    gpus = re.search(r"Gres=gpu:(\d+)", node)
+    if not gpus or int(gpus.group(1)) < FAKE_GPUS:
+        pytest.fail(f"the running Slurm cluster has fewer than {FAKE_GPUS} GPUs ({node.strip()[:200]}); "
+                    f"stop it with `bash scripts/slurm_local_cluster.sh stop` and rerun")
     info = {"started_here": not running, "start_s": time.monotonic() - t0}
     try:
         yield info
@@ -163,12 +175,14 @@ def slurm_cluster():
 
 
 def small_demo_config(path: Path) -> Path:
-    """config/config.yaml cut down: LoRA only (with class priors), 2 steps, 2 prompts, one chunk, no edits."""
+    """config/config.yaml cut down: LoRA only (with class priors) in 2 processes, 2 steps, 2 prompts, one
+    chunk, no edits."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["methods"] = ["lora"]
     config["data"] = {"synthetic_count": 4}
     config["class_images"] = {"num_class_images": 4, "batch_size": 4, "num_inference_steps": 2}
-    config["training"] = {"checkpointing_steps": 2, "lora": {"max_train_steps": 2, "learning_rate": 1.0e-3}}
+    config["training"] = {"checkpointing_steps": 2,
+                          "lora": {"max_train_steps": 2, "learning_rate": 1.0e-3, "num_processes": 2}}
     config["sampling"] = {"prompts": ["a {} in the jungle", "a {} in the snow"], "seeds": [0, 1],
                           "num_inference_steps": 2, "prompt_chunk_size": 2}
     config["evaluation"] = {"n_boot": 20, "compare_published": True}
@@ -249,6 +263,8 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
         small_mem = [f"{rule}:mem_mb=2000" for rule in (
             "draw_synthetic_subject", "prepare_instance", "class_priors", "train_lora",
             "sample_chunk0", "evaluate", "table", "loss_curves")]
+        # 2 GPUs x 2 CPUs per GPU would not fit the node's 2 CPUs
+        small_mem.append("train_lora:cpus_per_gpu=1")
         t_slurm = time.monotonic()
         proc = subprocess.run(
             base + ["--profile", str(PROFILE), "--directory", str(tmp_path / "slurm"),
@@ -283,20 +299,27 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
     finished = re.findall(r"Finished jobid: \S+ \(Rule: (\w+)\)", log)
     assert {"class_priors", "train_lora", "sample_chunk0", "evaluate", "table"} <= set(finished), finished
 
-    # (b) GPU stages asked for a GPU (sbatch --gpus=1, slurmctld TresPerJob=gres:gpu:1), CPU stages did not.
+    # (b) GPU stages asked for a GPU (sbatch --gpus=1, slurmctld TresPerJob=gres:gpu:1), the 2-process
+    # training job for 2, CPU stages for none.
     gpu_jobs, cpu_jobs = [], []
     for jobid in submitted:
         job = scontrol_job(jobid)
         assert job["JobState"] == "COMPLETED", (jobid, job)
         rule = re.match(r"rule_(.+?)(?:_wildcards_.*|_sample_chunk.*)?$", job["Comment"]).group(1)
-        gpu = "gres:gpu:1" in job.get("TresPerJob", "")
-        (gpu_jobs if gpu else cpu_jobs).append(rule)
-        assert gpu == bool(GPU_RULE.match(rule)), (rule, job.get("TresPerJob"))
+        gpus = re.search(r"gres:gpu:(\d+)", job.get("TresPerJob", ""))
+        (gpu_jobs if gpus else cpu_jobs).append(rule)
+        assert bool(gpus) == bool(GPU_RULE.match(rule)), (rule, job.get("TresPerJob"))
+        if gpus:
+            assert gpus.group(1) == ("2" if rule == "train_lora" else "1"), (rule, job.get("TresPerJob"))
     assert {"class_priors", "train_lora", "sampling"} <= set(gpu_jobs), gpu_jobs
     assert {"draw_synthetic_subject", "prepare_instance", "evaluate", "table", "loss_curves"} <= set(cpu_jobs)
     for call in sbatch_calls:
         gpu_rule = re.search(r"--comment '?rule_(class_priors|train_|sampling)", call)
-        assert ("--gpus=1" in call) == bool(gpu_rule), call
+        wanted = "--gpus=2" if "rule_train_lora" in call else "--gpus=1"
+        assert (wanted in call) == bool(gpu_rule), call
+    summary = json.loads((tmp_path / "slurm" / "results" / "toy" / "models" / "lora" / "train_summary.json")
+                         .read_text())
+    assert summary["num_processes"] == 2  # trained in 2 processes inside the Slurm job
     # Sampling (base and lora, one chunk each) went out as one group submission.
     assert gpu_jobs.count("sampling") == 1, gpu_jobs
 
@@ -310,7 +333,7 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
 
     cluster = "install+start" if slurm_cluster["started_here"] else "already running"
     with capsys.disabled():
-        print(f"\n[slurm] {len(submitted)} sbatch submissions ({len(gpu_jobs)} with --gpus=1: "
+        print(f"\n[slurm] {len(submitted)} sbatch submissions ({len(gpu_jobs)} with --gpus (train_lora: 2): "
               f"{', '.join(sorted(gpu_jobs))}; {len(cpu_jobs)} CPU-only) for {len(finished)} workflow jobs; "
               f"Slurm run {slurm_s:.0f} s, local run {local_s:.0f} s (side by side, after building the "
               f"tiny models once: {seed_s:.0f} s); "
