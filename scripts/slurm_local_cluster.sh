@@ -6,8 +6,8 @@
 #   scripts/slurm_local_cluster.sh stop     # stop only the daemons this script started (by PID)
 #
 # The node advertises this machine's CPUs, 90% of its memory and fake GPUs (gres gpu, File=/dev/null or
-# empty files), so that jobs submitted with --gpus=N are scheduled on a machine without a GPU. No slurmdbd: sacct does
-# not work, so run Snakemake with `--slurm-status-command squeue` (MinJobAge=3600 keeps finished jobs
+# empty files), so that jobs submitted with --gpus=N are scheduled on a machine without a GPU. No slurmdbd:
+# sacct does not work, so run Snakemake with `--slurm-status-command squeue` (MinJobAge=3600 keeps finished jobs
 # visible to squeue and `scontrol show job` for an hour).
 #
 # The config must live at /etc/slurm/slurm.conf: the executor plugin's jobstep drops SLURM_CONF inside
