@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 from s2s.config import check_config, subject, train_config
@@ -79,3 +80,26 @@ def test_launched_processes_import_the_package_without_an_install(tmp_path):
         env=env, cwd=tmp_path, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_more_processes_than_visible_gpus_is_a_clear_error(monkeypatch):
+    import torch
+
+    from s2s.io import S2SError
+    from s2s.train.launch import check_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_gpus(1, "auto")
+    with pytest.raises(S2SError, match="num_processes is 2 but this job sees 1 GPU"):
+        check_gpus(2, "auto")
+
+
+def test_a_failing_process_ends_the_job_with_one_line(tmp_path, tiny_sd, toy_class_images):
+    from s2s.io import S2SError
+
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    with pytest.raises(S2SError, match="one of the 2 training processes failed"):
+        _train(tmp_path, tiny_sd, empty, toy_class_images, num_processes=2,
+               dreambooth={"max_train_steps": 1})
