@@ -33,6 +33,19 @@ def check_safe_name(name: str, what: str) -> str:
     return name
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private (0600/0700) entries; results get the modes a plain open() or mkdir()
+# would give them, so that a group sharing a cluster folder can read them.
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; rename it onto ``path`` on success."""
@@ -43,6 +56,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -57,6 +71,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2s.io import S2SError, atomic_path, check_safe_name, load_safetensors, save_safetensors
+from s2s.io import (
+    S2SError,
+    atomic_dir,
+    atomic_path,
+    check_safe_name,
+    load_safetensors,
+    save_safetensors,
+    write_text,
+)
 from s2s.models import load_base_pipeline, load_method_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,3 +88,16 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
         tmp.write_bytes(b"\x89PNG half")
         raise RuntimeError("killed")
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_atomic_outputs_get_the_modes_of_a_plain_write(tmp_path):
+    # temporary files are private (0600/0700); finished results must be readable like any file written
+    # under the user's umask, e.g. by a group sharing the results folder on a cluster
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    (tmp_path / "plain_dir").mkdir()
+    write_text(tmp_path / "atomic.txt", "x")
+    with atomic_dir(tmp_path / "atomic_dir") as tmp:
+        (tmp / "inside.txt").write_text("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert (tmp_path / "atomic_dir").stat().st_mode & 0o777 == (tmp_path / "plain_dir").stat().st_mode & 0o777
