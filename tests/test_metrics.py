@@ -35,15 +35,8 @@ from s2s.metrics.image_metrics import (
 )
 from s2s.tiny import build_tiny_clip, build_tiny_dino
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny matrices gain nothing from threads, and on shared CI cores OpenMP's spinning made this
-    # module 10-20x slower with 2 threads than with 1.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny matrices gain nothing from threads; with 2 threads on shared CI cores this module ran 10-20x slower.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

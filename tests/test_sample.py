@@ -54,32 +54,20 @@ def test_base_row_and_a_method_equal_to_base_give_identical_images(tmp_path, tin
 
 
 def test_batched_seeds_equal_one_call_per_seed(tmp_path, tiny_sd):
-    sample_method(
-        str(tiny_sd),
-        "base",
-        None,
-        {"p00": "a toy"},
-        [1, 2, 3],
-        tmp_path / "batched",
-        64,
-        3,
-        7.5,
-        batch_size=3,
-        device="cpu",
-    )
-    sample_method(
-        str(tiny_sd),
-        "base",
-        None,
-        {"p00": "a toy"},
-        [1, 2, 3],
-        tmp_path / "single",
-        64,
-        3,
-        7.5,
-        batch_size=1,
-        device="cpu",
-    )
+    for folder, batch_size in (("batched", 3), ("single", 1)):
+        sample_method(
+            str(tiny_sd),
+            "base",
+            None,
+            {"p00": "a toy"},
+            [1, 2, 3],
+            tmp_path / folder,
+            64,
+            3,
+            7.5,
+            batch_size=batch_size,
+            device="cpu",
+        )
     import numpy as np
     from PIL import Image
 

@@ -7,27 +7,20 @@ def test_tiny_pipeline_reloads_and_is_deterministic(tiny_sd):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
 
-    def run():
+    def run(seed):
         return pipe(
             "a photo of a dog",
             num_inference_steps=5,
-            generator=torch.Generator().manual_seed(3),
+            generator=torch.Generator().manual_seed(seed),
             height=64,
             width=64,
             output_type="np",
         ).images
 
-    first, second = run(), run()
+    first, second = run(3), run(3)
     assert first.shape == (1, 64, 64, 3)
     assert (first == second).all()
-    other = pipe(
-        "a photo of a dog",
-        num_inference_steps=5,
-        generator=torch.Generator().manual_seed(4),
-        height=64,
-        width=64,
-        output_type="np",
-    ).images
+    other = run(4)
     assert not (first == other).all()
 
 
