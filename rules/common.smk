@@ -1,12 +1,14 @@
 import sys
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
 from s2s import config as s2s_config  # noqa: E402
 from s2s.edit.batch import plan_manifest as s2s_edit_plan  # noqa: E402
+from s2s import preflight as s2s_preflight  # noqa: E402
 from s2s.io import S2SError  # noqa: E402
 
 # Our own check first: one line naming the key and the fix (Snakemake's validate prints the whole
@@ -16,6 +18,17 @@ try:
 except S2SError as _error:
     sys.exit(f"s2s config error: {_error}")
 validate(config, schema="../config/schema.yaml")
+# Optional dependencies and offline models, before any job (torch-free).
+try:
+    s2s_preflight.check_optional_dependencies(
+        config, DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method, workflow.basedir
+    )
+    s2s_preflight.check_offline_models(
+        {"model.name_or_path": s2s_config.base_model(config)}
+        | {f"evaluation.{k}": v for k, v in s2s_config.metric_models(config).items()}
+    )
+except S2SError as _error:
+    sys.exit(f"s2s config error: {_error}")
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
@@ -26,6 +39,7 @@ PROMPT_IDS = s2s_config.prompt_ids(config)
 PROMPT_CHUNKS = s2s_config.prompt_chunks(config)
 SEEDS = config["sampling"]["seeds"]
 TINY = config["tiny_models"]
+REHEARSAL = config["rehearsal_models"]
 EDITS_ON = bool(config["edits"]["manifest"])
 EDIT_PLAN = (
     s2s_edit_plan(config["edits"]["manifest"], config["edits"]["subject_model"], RESULTS) if EDITS_ON else []
@@ -39,12 +53,24 @@ wildcard_constraints:
 
 
 def base_model_inputs():
-    """The tiny base model is a workflow output; a real one is outside the DAG."""
-    return [f"{RESULTS}/tiny_models/sd/model_index.json"] if TINY else []
+    """The tiny and the rehearsal base models are workflow outputs; a real one is outside the DAG."""
+    if TINY:
+        return [f"{RESULTS}/tiny_models/sd/model_index.json"]
+    if REHEARSAL:
+        return [rehearsal_file("sd")]
+    return []
 
 
 def metric_model_inputs():
-    return [f"{RESULTS}/tiny_models/inception_like.safetensors", f"{RESULTS}/tiny_models/clip/config.json"] if TINY else []
+    if TINY:
+        return [f"{RESULTS}/tiny_models/inception_like.safetensors", f"{RESULTS}/tiny_models/clip/config.json"]
+    if REHEARSAL:
+        return [rehearsal_file(k) for k in ("clip", "dino", "fid_inception", "imagenet_inception")]
+    return []
+
+
+def rehearsal_file(key):
+    return f"{RESULTS}/{s2s_config.REHEARSAL_DIR}/{s2s_config.REHEARSAL_FILES[key]}"
 
 
 def subject_of(wildcards):
@@ -64,6 +90,12 @@ def train_inputs(method):
         return files
 
     return inputs
+
+
+def train_env(method):
+    """8-bit Adam needs bitsandbytes: that method's training runs in the GPU environment."""
+    gpu = method in s2s_preflight.methods_with_8bit_adam(config)
+    return f"../{s2s_preflight.GPU_ENV}" if gpu else "../envs/s2s.yaml"
 
 
 def train_gpus(method):

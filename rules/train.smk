@@ -19,7 +19,7 @@ for _method in ("textual_inversion", "dreambooth", "lora"):
         log:
             f"{LOGS}/{{subject}}/train_{_method}.log",
         conda:
-            "../envs/s2s.yaml"
+            train_env(_method)
         threads: 2
         resources:
             mem_mb=lambda wildcards, attempt: 32000 * attempt,

@@ -40,7 +40,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def find_bpe_file() -> Path | None:
-    """CLIP's merges file: ``$S2S_CLIP_BPE``, the environment's ``share/s2s/``, or an installed CLIP package."""
+    """CLIP's merges file: ``$S2S_CLIP_BPE``, ``share/s2s/`` of the environment, or a CLIP package."""
     candidates = []
     if os.environ.get(BPE_ENV):
         candidates.append(Path(os.environ[BPE_ENV]))

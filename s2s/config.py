@@ -22,6 +22,15 @@ from s2s.io import PICKLE_SUFFIXES, S2SError, check_safe_name
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 METHODS = ("textual_inversion", "dreambooth", "lora")
 TINY_DIR = "tiny_models"
+REHEARSAL_DIR = "rehearsal_models"
+# Files of the rehearsal's stand-in models (s2s.rehearsal), relative to results/rehearsal_models.
+REHEARSAL_FILES = {
+    "sd": "sd/model_index.json",
+    "clip": "clip/config.json",
+    "dino": "dino/config.json",
+    "fid_inception": "inception-v3-compat.safetensors",
+    "imagenet_inception": "inception-v3-imagenet.safetensors",
+}
 
 
 def load_schema() -> dict:
@@ -217,6 +226,8 @@ def base_model(config: dict) -> str:
     """The base model's hub id or folder (the tiny one when tiny_models is on)."""
     if config.get("tiny_models"):
         return str(results_dir(config) / TINY_DIR / "sd")
+    if config.get("rehearsal_models"):
+        return str(results_dir(config) / REHEARSAL_DIR / "sd")
     return config["model"]["name_or_path"]
 
 
@@ -228,6 +239,13 @@ def metric_models(config: dict) -> dict[str, str | None]:
             "clip_model": str(tiny / "clip"),
             "dino_model": str(tiny / "dino"),
             "feature_extractor": str(tiny / "inception_like.safetensors"),
+        }
+    if config.get("rehearsal_models"):
+        stand_in = results_dir(config) / REHEARSAL_DIR
+        return {
+            "clip_model": str(stand_in / "clip"),
+            "dino_model": str(stand_in / "dino"),
+            "feature_extractor": str(stand_in / REHEARSAL_FILES["fid_inception"]),
         }
     return {k: ev[k] for k in ("clip_model", "dino_model", "feature_extractor")}
 

@@ -61,6 +61,18 @@ def build_tiny_models(smk, config) -> None:
     build_tiny_feature_extractor(smk.output.features, seed=seed + 30)
 
 
+def build_rehearsal_models(smk, config) -> None:
+    from s2s.metrics.inception import build_random_inception
+    from s2s.rehearsal import build_clip_vit_l14, build_dino_vit_s16, build_sd14_architecture
+
+    seed = config["seed"]
+    build_sd14_architecture(Path(smk.output.sd).parent, seed=seed)
+    build_clip_vit_l14(Path(smk.output.clip).parent, seed=seed + 10)
+    build_dino_vit_s16(Path(smk.output.dino).parent, seed=seed + 20)
+    build_random_inception(smk.output.fid_inception, "inception-v3-compat", seed=seed + 30)
+    build_random_inception(smk.output.imagenet_inception, "inception-v3-imagenet", seed=seed + 40)
+
+
 def draw_synthetic_subject(smk, config) -> None:
     from s2s.data import draw_synthetic_subject as draw
 
@@ -169,6 +181,7 @@ def sample(smk, config) -> None:
 
 STEPS = {
     "build_tiny_models": build_tiny_models,
+    "build_rehearsal_models": build_rehearsal_models,
     "draw_synthetic_subject": draw_synthetic_subject,
     "prepare_instance": prepare_instance,
     "class_priors": class_priors,

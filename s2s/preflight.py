@@ -1,0 +1,73 @@
+"""Checks that need no model and no torch, run when the workflow is parsed, before the first job.
+
+- optional dependencies a config names: 8-bit Adam needs bitsandbytes in the environment the training
+  jobs run in (this one, or with ``--use-conda`` the training rules' conda environment file);
+- offline mode (``HF_HUB_OFFLINE=1``): every hub model the config names is in the local cache, else one
+  line naming the model and ``snakemake prefetch``.
+
+A training job's GPU memory is checked at the job's start instead (``s2s.memory``): only the node that
+runs it knows its card.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from s2s.io import S2SError
+
+METHODS = ("textual_inversion", "dreambooth", "lora")
+GPU_ENV = "envs/s2s-gpu.yaml"
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
+
+def methods_with_8bit_adam(config: dict) -> list[str]:
+    training = config.get("training", {})
+    shared = bool(training.get("use_8bit_adam", False))
+    return [
+        m for m in config.get("methods", METHODS) if bool(training.get(m, {}).get("use_8bit_adam", shared))
+    ]
+
+
+def check_optional_dependencies(config: dict, use_conda: bool, workflow_dir: Path | str) -> None:
+    """8-bit Adam needs bitsandbytes where the training jobs run."""
+    methods = methods_with_8bit_adam(config)
+    if not methods:
+        return
+    key = f"training.{methods[0]}.use_8bit_adam"
+    if use_conda:
+        env = Path(workflow_dir) / GPU_ENV
+        if "bitsandbytes" not in env.read_text():
+            raise S2SError(f"config key {key}: {GPU_ENV} does not install bitsandbytes")
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise S2SError(
+            f"config key {key}: 8-bit Adam needs bitsandbytes, which this environment lacks; "
+            f"`pip install -e .[gpu]` on the GPU machine, run with --use-conda (training then uses "
+            f"{GPU_ENV}), or set use_8bit_adam: false"
+        )
+
+
+def is_hub_id(name: str) -> bool:
+    return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def check_offline_models(models: dict[str, str | None]) -> None:
+    """In offline mode, every hub id among ``models`` (config key -> name) must be in the local cache."""
+    if not offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    for key, name in models.items():
+        if not name or not is_hub_id(name):
+            continue
+        probe = "model_index.json" if key == "model.name_or_path" else "config.json"
+        if not isinstance(try_to_load_from_cache(name, probe), str):
+            raise S2SError(
+                f"config key {key}: {name} is not in the local model cache and HF_HUB_OFFLINE is set; run "
+                "`snakemake prefetch --cores 1` with the same --configfile on a machine with internet first"
+            )

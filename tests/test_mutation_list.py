@@ -1,0 +1,40 @@
+"""The mutation list stays applicable and documented (the mutation run itself is scripts/mutation_check.py,
+run by .ci/run)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _checker():
+    spec = importlib.util.spec_from_file_location("mutation_check", REPO / "scripts" / "mutation_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_mutation_applies_names_existing_tests_and_is_listed_in_the_readme():
+    checker = _checker()
+    entries = checker.load_mutations()
+    assert len(entries) >= 20, "the mutation check needs at least 20 targeted mutations"
+    readme = (REPO / "tests" / "README.md").read_text()
+    for entry in entries:
+        assert checker.check_applicable(entry, REPO) is None, entry["id"]
+        for node in entry["tests"]:
+            assert (REPO / node.split("::")[0]).is_file(), f"{entry['id']}: {node}"
+        assert f"`{entry['id']}`" in readme, f"mutation {entry['id']} is not listed in tests/README.md"
+
+
+def test_a_mutation_whose_text_is_missing_or_repeated_is_refused(tmp_path):
+    checker = _checker()
+    (tmp_path / "m.py").write_text("x = 1\nx = 1\n")
+    assert "2 times" in checker.check_applicable({"file": "m.py", "find": "x = 1"}, tmp_path)
+    assert "0 times" in checker.check_applicable({"file": "m.py", "find": "y"}, tmp_path)
+    (tmp_path / "bad.yaml").write_text("- id: a\n  file: m.py\n")
+    with pytest.raises(SystemExit, match="needs exactly the keys"):
+        checker.load_mutations(tmp_path)
