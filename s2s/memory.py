@@ -3,10 +3,12 @@
 The estimate adds up what the loop allocates (``s2s.train.loop``):
 
 - weights: frozen parts in the mixed-precision dtype (2 bytes), trained parts in fp32 (4 bytes);
+- under autocast, half-precision copies of the fp32 trained weights, kept by the autograd graph until the
+  backward pass;
 - gradients (fp32) and optimizer state of the trained parameters: AdamW keeps two fp32 moments
   (8 bytes a parameter), bitsandbytes' 8-bit AdamW two 1-byte moments (2 bytes);
 - the optimizer step's temporaries: torch's multi-tensor (foreach) AdamW, the default on CUDA, holds about
-  one fp32 copy of the trained parameters while it steps;
+  one fp32 copy of the trained parameters while it steps (8-bit AdamW updates in place);
 - activations kept for the backward pass: proportional to the samples per micro-batch (instance plus
   class images), the latent area and the UNet's width, calibrated on SD v1.4's UNet (``ACTIVATION_*``
   below, measured on CPU: docs/memory.md), smaller in half precision and much smaller with gradient
@@ -25,10 +27,11 @@ from s2s.io import S2SError
 GIB = 2**30
 # Activation bytes per sample and latent pixel of SD v1.4's UNet (block_out_channels[0] = 320) in fp32,
 # and the fractions kept in half precision and with gradient checkpointing (measured, docs/memory.md).
-ACTIVATION_BYTES_PER_LATENT_PIXEL = 330e3
+ACTIVATION_BYTES_PER_LATENT_PIXEL = 455e3
 SD_BASE_CHANNELS = 320
-HALF_PRECISION_ACTIVATIONS = 0.6
-CHECKPOINTED_ACTIVATIONS = 0.15
+HALF_PRECISION_ACTIVATIONS = 0.45
+# With checkpointing only block inputs are kept (0.16 measured) plus one block recomputed at a time.
+CHECKPOINTED_ACTIVATIONS = 0.3
 CUDA_OVERHEAD = 0.8 * GIB  # CUDA context, cuBLAS / cuDNN workspaces
 
 
@@ -78,9 +81,17 @@ def estimate(shape: TrainingShape) -> MemoryEstimate:
         "weights": weights(shape.unet_params, shape.trains_unet)
         + weights(shape.vae_params, False)
         + weights(shape.text_params, shape.trains_text),
+        "autocast copies": 2.0
+        * ((shape.unet_params if shape.trains_unet else 0) + (shape.text_params if shape.trains_text else 0))
+        * half
+        # with checkpointing the casts are recomputed block by block instead of kept
+        * (0.1 if shape.gradient_checkpointing else 1.0),
         "gradients": 4.0 * shape.trainable_params,
         "optimizer": (2.0 if shape.use_8bit_adam else 8.0) * shape.trainable_params,
-        "optimizer step": 4.0 * shape.trainable_params if shape.device_type == "cuda" else 0.0,
+        # bitsandbytes updates its 8-bit state in place; torch's foreach AdamW needs temporaries (CUDA only).
+        "optimizer step": 4.0 * shape.trainable_params
+        if shape.device_type == "cuda" and not shape.use_8bit_adam
+        else 0.0,
     }
     activations = ACTIVATION_BYTES_PER_LATENT_PIXEL * shape.samples * shape.latent_area
     activations *= shape.unet_base_channels / SD_BASE_CHANNELS

@@ -33,11 +33,14 @@ def test_parts_are_what_the_loop_allocates():
     parts = estimate(shape).parts
     unet, vae, text = SD14["unet_params"], SD14["vae_params"], SD14["text_params"]
     assert parts["weights"] == 4 * unet + 2 * vae + 2 * text  # trained UNet fp32, frozen parts fp16
+    assert parts["autocast copies"] == 2 * unet  # fp16 casts of the fp32 UNet, held for backward
     assert parts["gradients"] == 4 * unet
     assert parts["optimizer"] == 8 * unet  # two fp32 Adam moments
     assert parts["optimizer step"] == 4 * unet
-    assert estimate(dreambooth(use_8bit_adam=True)).parts["optimizer"] == 2 * unet
-    assert estimate(dreambooth(mixed_precision="no")).parts["weights"] == 4 * (unet + vae + text)
+    eight_bit = estimate(dreambooth(use_8bit_adam=True)).parts
+    assert eight_bit["optimizer"] == 2 * unet and eight_bit["optimizer step"] == 0
+    fp32 = estimate(dreambooth(mixed_precision="no")).parts
+    assert fp32["weights"] == 4 * (unet + vae + text) and fp32["autocast copies"] == 0
     cpu = estimate(dreambooth(device_type="cpu")).parts
     assert cpu["optimizer step"] == 0 and cpu["CUDA context"] == 0
 
@@ -46,7 +49,7 @@ def test_activations_scale_with_samples_area_and_options():
     base = estimate(dreambooth()).parts["activations"]
     assert estimate(dreambooth(samples=2)).parts["activations"] == pytest.approx(base / 2)
     assert estimate(dreambooth(latent_area=32 * 32)).parts["activations"] == pytest.approx(base / 4)
-    assert estimate(dreambooth(gradient_checkpointing=True)).parts["activations"] < base / 4
+    assert estimate(dreambooth(gradient_checkpointing=True)).parts["activations"] <= base / 2
     assert estimate(dreambooth(mixed_precision="no")).parts["activations"] > base
 
 
