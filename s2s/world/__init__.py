@@ -1,0 +1,7 @@
+"""A miniature world for the study: procedurally drawn subjects and scenes, captioned in the study's prompt
+language, small enough to pretrain Stable-Diffusion-shaped models on two CPU cores (issue 15).
+
+- ``s2s.world.scene``: the vocabulary (classes, colours, the study's contexts) and scene descriptions;
+- ``s2s.world.render``: a deterministic renderer of 64 x 64 scenes;
+- ``s2s.world.captions``: captions of scenes and parsing of prompts back into scenes.
+"""
