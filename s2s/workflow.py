@@ -228,9 +228,12 @@ def evaluate(smk, config) -> None:
         n_boot=config["evaluation"]["n_boot"],
         seed=config["seed"],
         # Tiny models have no ImageNet Inception: the tiny extractor stands in for both.
-        study_feature_extractor=models["feature_extractor"]
-        if config["tiny_models"]
-        else config["evaluation"]["study_feature_extractor"],
+        study_feature_extractor=models.get("study_feature_extractor")
+        or (
+            models["feature_extractor"]
+            if config["tiny_models"]
+            else config["evaluation"]["study_feature_extractor"]
+        ),
         study_n_images=config["evaluation"]["study_n_images"],
     )
 
