@@ -221,7 +221,7 @@ def evaluate(smk, config) -> None:
         meta = json.loads((samples_root / pid / "prompt.json").read_text())
         paths = [samples_root / pid / f"{seed}.png" for seed in config["sampling"]["seeds"]]
         samples += [
-            {"prompt": meta["prompt"], "seed": seed, "path": str(p)}
+            {"prompt": meta["prompt"], "prompt_id": pid, "seed": seed, "path": str(p)}
             for seed, p in zip(config["sampling"]["seeds"], paths)
         ]
         rows.append(paths)
@@ -240,6 +240,14 @@ def evaluate(smk, config) -> None:
         reference_images=[str(p) for p in sorted(Path(reference).iterdir())] if reference else None,
         n_boot=config["evaluation"]["n_boot"],
         seed=config["seed"],
+        # Tiny models have no ImageNet Inception: the tiny extractor stands in for both.
+        study_feature_extractor=models.get("study_feature_extractor")
+        or (
+            models["feature_extractor"]
+            if config["tiny_models"]
+            else config["evaluation"]["study_feature_extractor"]
+        ),
+        study_n_images=config["evaluation"]["study_n_images"],
     )
 
 
@@ -268,6 +276,9 @@ def table(smk, config) -> None:
         published=PUBLISHED if config["evaluation"]["compare_published"] else None,
         provenance=provenance,
         tiny_models=bool(config["tiny_models"]),
+        companion=(smk.output.companion_csv, smk.output.companion_md, smk.output.companion_html)
+        if hasattr(smk.output, "companion_csv")
+        else None,
     )
 
 

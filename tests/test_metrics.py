@@ -8,12 +8,14 @@ import json
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.special
+import scipy.stats
 import torch
 from PIL import Image
 
 from s2s.io import S2SError, save_safetensors
 from s2s.metrics.bootstrap import bootstrap_ci, bootstrap_set_ci
-from s2s.metrics.evaluate import evaluate_method, load_images
+from s2s.metrics.evaluate import evaluate_method, load_images, study_selection
 from s2s.metrics.features import (
     FeatureView,
     build_tiny_feature_extractor,
@@ -30,7 +32,9 @@ from s2s.metrics.image_metrics import (
     is_from_logits,
     kid,
     study_fid,
+    study_fid_from_logits,
     study_is,
+    study_is_from_logits,
     torchmetrics_clip,
 )
 from s2s.tiny import build_tiny_clip, build_tiny_dino
@@ -50,6 +54,11 @@ def models(tmp_path_factory):
         # so that hand computations on softmax outputs stay cheap (still more classes than images).
         "extractor8": str(
             build_tiny_feature_extractor(root / "extractor8.safetensors", seed=1, pool_dim=8, num_classes=64)
+        ),
+        # The study columns' stand-in: another network than the FID one, 200 classes (scipy's sqrtm of
+        # 200 x 200 matrices stays fast; still more classes than the study's 18 images).
+        "study": str(
+            build_tiny_feature_extractor(root / "study.safetensors", seed=2, pool_dim=8, num_classes=200)
         ),
     }
 
@@ -81,6 +90,22 @@ def hand_frechet_psd(x: np.ndarray, y: np.ndarray) -> float:
 def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def ignite_fid(real_logits: np.ndarray, fake_logits: np.ndarray) -> float:
+    """pytorch-ignite's FID (fid_score) on softmax outputs, written with scipy: sqrtm of S1 S2."""
+    x, y = scipy.special.softmax(real_logits, axis=1), scipy.special.softmax(fake_logits, axis=1)
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)  # unbiased, as ignite's _get_covariance
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    assert np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3)  # ignite raises otherwise
+    diff = x.mean(0) - y.mean(0)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
+
+
+def ignite_is(logits: np.ndarray) -> float:
+    """pytorch-ignite's InceptionScore on softmax outputs: exp of the mean KL(p(y|x) || p(y)) (scipy)."""
+    p = scipy.special.softmax(logits, axis=1)
+    return float(np.exp(np.mean([scipy.stats.entropy(row, p.mean(axis=0)) for row in p])))
 
 
 def hand_is(logits: np.ndarray) -> float:
@@ -207,7 +232,30 @@ def test_subject_fidelity_matches_hand_cosines(models):
     # CLIP-T is the raw cosine (may be negative): CLIP score is exactly its clamped x100 version.
     cos = _hand_clip_cosines(models["clip"], torch.stack(generated), prompts, flip=False)
     np.testing.assert_allclose(result["clip_t"].numpy(), cos, atol=1e-5)
-    assert result["clip_i"].shape == (4,) and torch.all(result["clip_i"].abs() <= 1 + 1e-9)
+
+    # CLIP-I: cosines of CLIP image embeddings (vision tower -> projection), by hand.
+    from transformers import CLIPModel, CLIPProcessor
+
+    clip = CLIPModel.from_pretrained(models["clip"], use_safetensors=True).eval()
+    clip_processor = CLIPProcessor.from_pretrained(models["clip"])
+
+    def clip_image(images):
+        pil = [Image.fromarray(i.permute(1, 2, 0).numpy()) for i in images]
+        with torch.no_grad():
+            pixels = clip_processor(images=pil, return_tensors="pt")["pixel_values"]
+            emb = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output)
+        emb = emb.double().numpy()
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+    cg, cr = clip_image(generated), clip_image(reference)
+    np.testing.assert_allclose(result["clip_i"].numpy(), (cg @ cr.T).mean(axis=1), atol=1e-5)
+    crr = cr @ cr.T
+    assert result["clip_i_real"] == pytest.approx((crr.sum() - np.trace(crr)) / 6, abs=1e-5)
+    assert not np.allclose(result["clip_i"].numpy(), 1, atol=1e-3)
+    # Generated images identical to the one reference image: CLIP-I and DINO are exactly 1.
+    same = subject_fidelity(generated[:2], [generated[0]], prompts[:2], models["clip"], models["dino"])
+    assert same["clip_i"][0] == pytest.approx(1, abs=1e-6) and same["dino"][0] == pytest.approx(1, abs=1e-6)
+    assert same["clip_i"][1] < 1 - 1e-4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,6 +342,32 @@ def test_study_variants_match_hand_computation_on_softmax(models):
     assert study_is(fake, net) == pytest.approx(hand_is(lf), rel=1e-9)
 
 
+def test_study_fid_and_is_match_ignite_formulas_written_with_scipy(models):
+    # The study's shape: 18 vs 18 images, far fewer than classes (rank-deficient covariances).
+    net = load_feature_extractor(models["study"])
+    lr = extract_features(net, make_images(18, 40))["logits"]
+    lf = extract_features(net, make_images(18, 41, size=(40, 40)))["logits"]
+    expected_fid = ignite_fid(lr.numpy(), lf.numpy())
+    assert expected_fid > 1e-4
+    # sqrtm of the singular 200 x 200 product is accurate to ~1e-9 absolute here (measured 1.6e-6 relative).
+    assert study_fid_from_logits(lr, lf) == pytest.approx(expected_fid, rel=1e-5)
+    assert study_is_from_logits(lf) == pytest.approx(ignite_is(lf.numpy()), rel=1e-9)
+    assert study_is_from_logits(lf) > 1.01  # not the trivial IS of a uniform softmax
+
+
+def test_study_selection_takes_first_seeds_of_every_prompt_first():
+    samples = [
+        {"prompt": f"x {p}", "prompt_id": f"p{p}", "seed": s, "path": f"{p}/{s}"}
+        for p in range(5)
+        for s in range(4)
+    ]
+    idx, n = study_selection(samples, n_real=17, n_images=7)
+    assert n == 7
+    assert [samples[i]["path"] for i in idx] == ["0/0", "1/0", "2/0", "3/0", "4/0", "0/1", "1/1"]
+    assert study_selection(samples, n_real=4, n_images=18) == (idx[:4], 4)  # fewer real: both sets shrink
+    assert study_selection(samples[:3], n_real=17, n_images=18)[1] == 3
+
+
 # ------------------------------------------------------------------------------------------------
 # Bootstrap
 
@@ -376,7 +450,7 @@ def test_evaluate_method_writes_complete_json(models, tmp_path):
         "fid",
         "kid",
         "inception_score",
-        "study_fid_softmax",
+        "study_fid",
         "study_is",
         "dino",
         "clip_i",
@@ -385,11 +459,12 @@ def test_evaluate_method_writes_complete_json(models, tmp_path):
     assert set(on_disk["metrics"]) == expected
     for key, entry in on_disk["metrics"].items():
         assert {"value", "ci_low", "ci_high", "n"} <= set(entry), key
-        assert entry["n"] == 6 and entry["value"] is not None, key
+        assert entry["n"] == (5 if key.startswith("study_") else 6) and entry["value"] is not None, key
         assert entry["ci_low"] <= entry["ci_high"], key
     assert on_disk["metrics"]["fid"]["n_real"] == 5 and on_disk["metrics"]["fid"]["feature_dim"] == 64
     assert on_disk["metrics"]["kid"]["subset_size"] == 5
-    assert on_disk["metrics"]["study_fid_softmax"]["feature_dim"] == 1000
+    assert on_disk["metrics"]["study_fid"]["feature_dim"] == 1000  # no study extractor: the FID one
+    assert on_disk["metrics"]["study_fid"]["n_real"] == on_disk["study_images"]["n"] == 5  # min(18, 6, 5)
     assert any("not meaningful" in w for w in on_disk["warnings"])
     assert on_disk["bootstrap"]["n_boot"] == 20
 
@@ -441,3 +516,85 @@ def test_evaluate_method_without_dino_and_with_bad_input(models, tmp_path):
             models["extractor"],
         )
     assert not (tmp_path / "x.json").exists()
+
+
+def test_evaluate_method_study_columns_and_prompt_resampled_intervals(models, tmp_path):
+    # 5 prompts x 3 seeds; the study columns take 7 vs 7 images on their own extractor.
+    gen = make_images(15, 50, size=(40, 40))
+    gen_paths = _save(gen, tmp_path / "gen", "g")
+    real_paths = _save(make_images(6, 51), tmp_path / "real", "r")
+    ref_paths = _save(make_images(3, 52), tmp_path / "ref", "x")
+    samples = [
+        {"prompt": f"a photo of sks dog, style {i // 3}", "prompt_id": f"p{i // 3}", "seed": i % 3, "path": p}
+        for i, p in enumerate(gen_paths)
+    ]
+    n_boot, seed = 40, 3
+    result = evaluate_method(
+        "lora",
+        samples,
+        real_paths,
+        tmp_path / "m.json",
+        models["clip"],
+        None,
+        models["extractor"],
+        reference_images=ref_paths,
+        n_boot=n_boot,
+        seed=seed,
+        study_feature_extractor=models["study"],
+        study_n_images=7,
+    )
+    chosen = [0, 3, 6, 9, 12, 1, 4]  # seed 0 of p0..p4, then seed 1 of p0, p1
+    assert result["study_images"]["generated"] == [gen_paths[i] for i in chosen]
+    assert result["study_images"]["real"] == real_paths[:6] + ref_paths[:1]
+    net = load_feature_extractor(models["study"])
+    lf = extract_features(net, load_images([gen_paths[i] for i in chosen]))["logits"].numpy()
+    lr = extract_features(net, load_images(real_paths + ref_paths[:1]))["logits"].numpy()
+    study = result["metrics"]["study_fid"]
+    assert (study["n_generated"], study["n_real"], study["feature_dim"]) == (7, 7, 200)
+    assert study["value"] == pytest.approx(ignite_fid(lr, lf), rel=1e-5)
+    assert result["metrics"]["study_is"]["value"] == pytest.approx(ignite_is(lf), rel=1e-9)
+    assert result["models"]["study_feature_extractor"] == models["study"]
+
+    # The set-level interval resamples prompts: all chosen images of a drawn prompt together.
+    prompts = [samples[i]["prompt_id"] for i in chosen]
+    groups = {p: [j for j, q in enumerate(prompts) if q == p] for p in dict.fromkeys(prompts)}
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        drawn = rng.integers(0, len(groups), size=len(groups))
+        idx = [j for g in drawn for j in list(groups.values())[g]]
+        stats.append(hand_frechet_psd(softmax(lr), softmax(lf[idx])))
+    low, high = np.quantile(stats, [0.025, 0.975])
+    assert (study["ci_low"], study["ci_high"]) == (
+        pytest.approx(low, rel=1e-4),
+        pytest.approx(high, rel=1e-4),
+    )
+
+    # A per-image interval is scipy's percentile bootstrap of the per-prompt means (same generator).
+    clip_t = np.array([r["clip_t"] for r in result["per_image"]]).reshape(5, 3)
+    direct = scipy.stats.bootstrap(
+        (clip_t.mean(axis=1),),
+        np.mean,
+        n_resamples=n_boot,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    entry = result["metrics"]["clip_t"]
+    assert (entry["ci_low"], entry["ci_high"]) == (pytest.approx(direct.low), pytest.approx(direct.high))
+    assert entry["value"] == pytest.approx(clip_t.mean())
+    assert result["bootstrap"]["clusters"] == 5
+
+    # Fewer real images than study_n_images: both sets shrink to the real count, with a warning.
+    fewer = evaluate_method(
+        "lora",
+        samples,
+        real_paths[:4],
+        tmp_path / "m2.json",
+        models["clip"],
+        None,
+        models["extractor"],
+        n_boot=10,
+        study_feature_extractor=models["study"],
+    )
+    assert fewer["metrics"]["study_fid"]["n_generated"] == fewer["metrics"]["study_fid"]["n_real"] == 4
+    assert any("evaluation.study_n_images = 18" in w for w in fewer["warnings"])

@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from s2s.io import S2SError, write_json
 from s2s.metrics.table import COLUMNS, PUBLISHED, TINY_STATEMENT, make_table
 
 METRIC_KEYS = [key for key, _, _ in COLUMNS]
 
+# The models and set sizes the publications used: their values are comparable with ours.
+STUDY_MODELS = {
+    "clip_model": "openai/clip-vit-large-patch14",
+    "dino_model": "facebook/dino-vits16",
+    "study_feature_extractor": "inception-v3-imagenet",
+}
 
-def metrics_json(path, method: str, offset: float, with_dino: bool = True) -> str:
+
+def per_image(offset: float, shuffle: bool = False) -> list[dict]:
+    """4 prompts x 2 seeds; the method's prompt text differs, its prompt_id does not."""
+    records = [
+        {
+            "prompt": f"a photo of <{offset}> {p}",
+            "prompt_id": f"p{p}",
+            "seed": s,
+            "clip_score": 20 + offset / 10 + p + 0.1 * s,
+            "clip_t": 0.2 + p / 100,
+            "clip_i": 0.5,
+            "dino": None,
+        }
+        for p in range(4)
+        for s in range(2)
+    ]
+    return records[::-1] if shuffle else records
+
+
+def metrics_json(path, method: str, offset: float, with_dino: bool = True, models=None) -> str:
     metrics = {
         key: {"value": 10 + offset + i, "ci_low": 9 + offset + i, "ci_high": 11.5 + offset + i, "n": 8}
         for i, key in enumerate(METRIC_KEYS)
     }
+    for key in ("study_fid", "study_is"):
+        metrics[key].update(n=18, n_generated=18, n_real=18)
     if not with_dino:
         metrics["dino"] = None
     write_json(
@@ -25,7 +57,10 @@ def metrics_json(path, method: str, offset: float, with_dino: bool = True) -> st
             "n_generated": 8,
             "n_real": 5,
             "metrics": metrics,
+            "models": STUDY_MODELS if models is None else models,
             "reference": {"dino_real": 0.5 + offset / 1000, "clip_i_real": 0.25},
+            "bootstrap": {"n_boot": 400, "confidence": 0.95, "seed": 7},
+            "per_image": per_image(offset, shuffle=method == "dreambooth"),
             "warnings": [f"FID: 8 generated vs 5 real images ({method})"],
         },
     )
@@ -71,7 +106,7 @@ def test_table_rows_columns_and_published_values(tmp_path, jsons):
     assert pub.loc["dreambooth", "published_clip_score"] == 30.1439
     assert pub.loc["lora", "published_clip_score"] == 30.1661
     assert pub.loc["textual_inversion", "published_clip_score"] == 24.123
-    assert pub.loc["textual_inversion", "published_study_fid_softmax"] == 0.103
+    assert pub.loc["textual_inversion", "published_study_fid"] == 0.103
     assert pub.loc["dreambooth", "published_study_is"] == 1.777
     assert pub.loc["dreambooth", "published_dino"] == 0.668
     assert pub.loc["textual_inversion", "published_clip_t"] == 0.255
@@ -114,3 +149,82 @@ def test_table_names_a_missing_metrics_file(tmp_path, jsons):
     with pytest.raises(S2SError, match="nope.json"):
         make_table(jsons, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.html", provenance={})
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_published_values_are_the_publications_numbers():
+    # Literal numbers of the publications, not the code's constants.
+    study = PUBLISHED["study_table1"]["rows"]
+    clip = {"textual_inversion": 24.12, "dreambooth": 30.14, "lora": 30.17}  # the study, Table 1
+    fid = {"textual_inversion": 0.103, "dreambooth": 0.030, "lora": 0.051}
+    inception = {"textual_inversion": 1.50, "dreambooth": 1.777, "lora": 1.592}
+    for row in clip:
+        assert study[row]["clip_score"] == pytest.approx(clip[row], abs=0.005)
+        assert study[row]["study_fid"] == fid[row] and study[row]["study_is"] == inception[row]
+    paper = PUBLISHED["dreambooth_paper_table1"]["rows"]  # Ruiz et al. 2023, Table 1
+    assert paper["real_images"] == {"dino": 0.774, "clip_i": 0.885}
+    assert paper["dreambooth"] == {"dino": 0.668, "clip_i": 0.803, "clip_t": 0.305}
+    assert paper["textual_inversion"] == {"dino": 0.569, "clip_i": 0.780, "clip_t": 0.255}
+
+
+def test_published_value_only_beside_a_column_computed_the_same_way(tmp_path):
+    tiny = {
+        "clip_model": "results/tiny_models/clip",
+        "dino_model": "facebook/dino-vits16",
+        "study_feature_extractor": "results/tiny_models/inception_like.safetensors",
+    }
+    jsons = {
+        "lora": metrics_json(tmp_path / "lora.json", "lora", 0.0, models=tiny),
+        "dreambooth": metrics_json(tmp_path / "db.json", "dreambooth", 20.0),
+    }
+    frame = make_table(jsons, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.html", published=PUBLISHED)
+    pub = frame.set_index("method")
+    assert pd.isna(pub.loc["lora", "published_clip_score"]) and pd.isna(
+        pub.loc["lora", "published_study_fid"]
+    )
+    assert pub.loc["dreambooth", "published_clip_score"] == 30.1439
+    assert pub.loc["dreambooth", "published_study_fid"] == 0.030
+    md = (tmp_path / "t.md").read_text()
+    assert "lora: the published clip_score is not placed beside ours" in md
+    assert "models.study_feature_extractor is 'results/tiny_models/inception_like.safetensors'" in md
+    assert "30.1661" in md  # still listed among the published values
+    # Too few images for the study's 18 vs 18: not comparable either.
+    data = json.loads((tmp_path / "db.json").read_text())
+    data["metrics"]["study_fid"]["n_real"] = 17
+    write_json(tmp_path / "db.json", data)
+    frame = make_table(jsons, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.html", published=PUBLISHED)
+    assert pd.isna(frame.set_index("method").loc["dreambooth", "published_study_fid"])
+    assert "## Columns" in md and "pytorch-ignite's FID defaults" in md
+
+
+def test_companion_table_has_paired_differences_by_prompt_and_seed(tmp_path, jsons):
+    out = [tmp_path / f"c.{ext}" for ext in ("csv", "md", "html")]
+    make_table(jsons, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.html", companion=tuple(out))
+    comp = pd.read_csv(out[0])
+    row = comp[(comp.minuend == "dreambooth") & (comp.subtrahend == "textual_inversion")]
+    row = row.set_index("metric").loc["clip_score"]
+    # Same prompt and seed: the per-image difference is 2.0 - 4.0 everywhere, whatever the record order.
+    assert row["difference"] == pytest.approx(-2.0) and (row["n_pairs"], row["n_prompts"]) == (8, 4)
+    assert row["ci_low"] == pytest.approx(-2.0) and row["ci_high"] == pytest.approx(-2.0)
+    assert "dino" not in set(comp.metric)  # no values: no row
+    assert {("lora", "dreambooth"), ("base", "lora")} <= set(zip(comp.minuend, comp.subtrahend))
+    md = out[1].read_text()
+    assert "| DreamBooth - Textual Inversion | CLIP score | -2.00 [-2.00, -2.00] | 8 | 4 |" in md
+    assert out[2].read_text().startswith("<!DOCTYPE html>")
+
+
+def test_companion_interval_resamples_prompts(tmp_path, jsons):
+    # Differences that vary by prompt: the interval is scipy's percentile bootstrap of prompt means.
+    data = json.loads(Path(jsons["lora"]).read_text())
+    for r in data["per_image"]:
+        r["clip_t"] = 0.2 + int(r["prompt_id"][1:]) ** 2 / 100 + 0.001 * r["seed"]
+    write_json(jsons["lora"], data)
+    out = [tmp_path / f"c.{ext}" for ext in ("csv", "md", "html")]
+    make_table(jsons, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.html", companion=tuple(out))
+    comp = pd.read_csv(out[0]).set_index(["minuend", "subtrahend", "metric"])
+    row = comp.loc[("lora", "dreambooth", "clip_t")]
+    diffs = np.array([(p**2 - p) / 100 + 0.001 * s for p in range(4) for s in range(2)]).reshape(4, 2)
+    ci = scipy.stats.bootstrap(
+        (diffs.mean(axis=1),), np.mean, n_resamples=400, method="percentile", rng=np.random.default_rng(7)
+    ).confidence_interval
+    assert row["difference"] == pytest.approx(diffs.mean())
+    assert row["ci_low"] == pytest.approx(ci.low) and row["ci_high"] == pytest.approx(ci.high)

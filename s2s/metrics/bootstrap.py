@@ -1,26 +1,42 @@
-"""Percentile bootstrap confidence intervals, deterministic for a given seed.
+"""Percentile bootstrap confidence intervals that follow the sampling design, deterministic for a seed.
 
-``bootstrap_ci`` resamples per-image values (CLIP score, DINO, CLIP-I, CLIP-T). ``bootstrap_set_ci``
-resamples the generated images of a set-level metric (FID, KID, IS) and recomputes it through a callable
-that takes the resampled indices; the real images stay fixed. Set-level metrics are biased by
-duplicated images (a resample holds ~63% distinct images), so their interval need not contain the
-full-set value: read it as the spread due to which images were generated, not as an unbiased interval.
+The generated images are prompts x seeds: the seeds of one prompt share the prompt, so their values are
+correlated, and intervals "over prompts" must resample prompts (clusters), all seeds of a prompt
+together. Resampling images as if independent makes intervals too narrow (tests/test_bootstrap.py
+measures it). Methods share prompts and seeds (the same noise), so methods are compared by paired
+differences on the same (prompt, seed), with the pairs resampled by prompt as well.
+
+- ``cluster_bootstrap_ci``: the mean of per-image values, prompts resampled. Through
+  ``scipy.stats.bootstrap`` on the per-prompt means: with every prompt holding the same number of seeds
+  (the design), resampling prompt means is resampling prompts, and their mean is the image mean.
+- ``paired_difference_ci``: ``a - b`` per matched (prompt, seed), then as above.
+- ``bootstrap_set_ci``: a set-level metric (FID, KID, IS) recomputed on resampled images through a
+  callable; with ``clusters`` it resamples prompts and takes all their images. scipy's bootstrap does
+  not fit here: a resample on which the metric fails numerically must be dropped, not abort the run.
+  Set-level metrics are biased by duplicated images, so their interval need not contain the full-set
+  value: read it as the spread due to which prompts were drawn, not as an unbiased interval.
+- ``bootstrap_ci``: the plain i.i.d. percentile bootstrap (for values that are independent).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
+import scipy.stats
 
 log = logging.getLogger(__name__)
 
 
-def _percentiles(stats: np.ndarray, confidence: float) -> tuple[float, float]:
+def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _percentiles(stats: np.ndarray, confidence: float) -> tuple[float, float]:
+    _check_confidence(confidence)
     stats = stats[np.isfinite(stats)]
     if stats.size == 0:
         return math.nan, math.nan
@@ -36,7 +52,7 @@ def bootstrap_ci(
     seed: int = 0,
     statistic: Callable[[np.ndarray], float] = np.mean,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` over the samples in ``values`` -> (low, high).
+    """Percentile bootstrap interval of ``statistic`` over independent samples ``values`` -> (low, high).
 
     Empty input gives (nan, nan); a single value gives (value, value).
     """
@@ -49,24 +65,111 @@ def bootstrap_ci(
     return _percentiles(stats, confidence)
 
 
+def cluster_groups(clusters: Sequence[Hashable]) -> list[np.ndarray]:
+    """Indices of each cluster, clusters in order of first appearance."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, cluster in enumerate(clusters):
+        groups.setdefault(cluster, []).append(i)
+    return [np.asarray(g) for g in groups.values()]
+
+
+def cluster_means(values, clusters: Sequence[Hashable]) -> np.ndarray:
+    """Mean of ``values`` within each cluster (order of first appearance)."""
+    values = np.asarray(values, dtype=float).ravel()
+    if len(clusters) != values.size:
+        raise ValueError(f"{values.size} values but {len(clusters)} cluster labels")
+    return np.array([values[g].mean() for g in cluster_groups(clusters)])
+
+
+def cluster_bootstrap_ci(
+    values,
+    clusters: Sequence[Hashable],
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of the mean of ``values`` with clusters (prompts) resampled -> (low, high).
+
+    Unequal cluster sizes weigh every cluster equally (the mean of cluster means), the "over prompts"
+    estimand. One cluster gives (mean, mean); no values give (nan, nan).
+    """
+    _check_confidence(confidence)
+    means = cluster_means(values, clusters)
+    if means.size == 0:
+        return math.nan, math.nan
+    if means.size == 1 or np.ptp(means) == 0:
+        return float(means[0]), float(means[0])
+    result = scipy.stats.bootstrap(
+        (means,),
+        np.mean,
+        n_resamples=n_boot,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def paired_differences(
+    a: dict[tuple[Hashable, Hashable], float], b: dict[tuple[Hashable, Hashable], float]
+) -> tuple[np.ndarray, list[Hashable]]:
+    """``a - b`` on the (prompt, seed) keys both have (sorted) -> (differences, prompt of each)."""
+    keys = sorted(set(a) & set(b), key=lambda k: (str(k[0]), str(k[1])))
+    diffs = np.array([a[k] - b[k] for k in keys], dtype=float)
+    return diffs, [k[0] for k in keys]
+
+
+def paired_difference_ci(
+    a: dict[tuple[Hashable, Hashable], float],
+    b: dict[tuple[Hashable, Hashable], float],
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Mean of ``a - b`` over matched (prompt, seed) pairs, with a prompt-resampled percentile interval.
+
+    ``a`` and ``b`` map (prompt, seed) -> a per-image value of two methods. Returns difference, ci_low,
+    ci_high, n_pairs, n_prompts (nan without common pairs).
+    """
+    diffs, prompts = paired_differences(a, b)
+    if diffs.size == 0:
+        return {"difference": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n_pairs": 0, "n_prompts": 0}
+    low, high = cluster_bootstrap_ci(diffs, prompts, n_boot=n_boot, confidence=confidence, seed=seed)
+    return {
+        "difference": float(cluster_means(diffs, prompts).mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "n_pairs": int(diffs.size),
+        "n_prompts": len(set(prompts)),
+    }
+
+
 def bootstrap_set_ci(
     metric_of_indices: Callable[[np.ndarray], float],
     n: int,
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    clusters: Sequence[Hashable] | None = None,
 ) -> tuple[float, float]:
     """Percentile interval of a set-level metric over resamples (with replacement) of its n samples.
 
-    ``metric_of_indices(idx)`` recomputes the metric on the samples ``idx`` (an int array of length n).
-    Resamples on which it fails numerically (ValueError, RuntimeError, or a non-finite value) are dropped.
+    ``metric_of_indices(idx)`` recomputes the metric on the samples ``idx`` (an int array). Without
+    ``clusters`` the n samples are resampled; with ``clusters`` (one label per sample) the clusters are,
+    and a resample holds all samples of each drawn cluster. Resamples on which the metric fails
+    numerically (ValueError, RuntimeError, or a non-finite value) are dropped.
     """
     if n < 1:
         return math.nan, math.nan
+    if clusters is not None and len(clusters) != n:
+        raise ValueError(f"{n} samples but {len(clusters)} cluster labels")
+    groups = cluster_groups(clusters) if clusters is not None else [np.array([i]) for i in range(n)]
     rng = np.random.default_rng(seed)
     stats = np.full(n_boot, math.nan)
     for b in range(n_boot):
-        idx = rng.integers(0, n, size=n)
+        drawn = rng.integers(0, len(groups), size=len(groups))
+        idx = np.concatenate([groups[g] for g in drawn])
         try:
             stats[b] = metric_of_indices(idx)
         except (ValueError, RuntimeError) as exc:

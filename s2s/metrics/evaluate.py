@@ -1,7 +1,13 @@
 """Evaluate one method's samples: every metric with a bootstrap interval, into one JSON file.
 
 Images are read once, each model is loaded once, and each network sees each image once; the bootstrap
-works on the extracted features and per-image values.
+works on the extracted features and per-image values. Intervals resample prompts (all seeds of a prompt
+together, see ``s2s.metrics.bootstrap``); the real images stay fixed.
+
+The study-compatible FID and IS (``study_fid``, ``study_is``) are computed as pytorch-ignite's defaults
+compute them, which is how the study computed its Table 1: on the study extractor (torchvision's ImageNet
+Inception-v3, 1000-class softmax), with equal numbers of generated and real images (ignite's FID refuses
+unequal ones; the study compared 18 vs 18), chosen by ``study_selection``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import numpy as np
 import torch
 
 from s2s.io import S2SError, write_json
-from s2s.metrics.bootstrap import bootstrap_ci, bootstrap_set_ci
+from s2s.metrics.bootstrap import bootstrap_set_ci, cluster_bootstrap_ci
 from s2s.metrics.features import extract_features, load_feature_extractor
 from s2s.metrics.fidelity import load_clip, load_dino, subject_fidelity
 from s2s.metrics.image_metrics import (
@@ -37,11 +43,13 @@ MAX_IMAGE_SIDE = 1024
 
 DEFINITIONS = {
     "clip_score": "mean over images of 100*max(cos(CLIP image, CLIP prompt), 0) (torchmetrics CLIPScore)",
-    "fid": "FID on the extractor's pooled features (torchmetrics FrechetInceptionDistance)",
+    "fid": "FID on the extractor's pooled features, all images (torchmetrics FrechetInceptionDistance)",
     "kid": "KID, polynomial kernel MMD^2 on pooled features (torchmetrics KernelInceptionDistance)",
-    "inception_score": "IS on logits_unbiased (torchmetrics InceptionScore), one split",
-    "study_fid_softmax": "the study's FID: Frechet distance between softmax outputs (pytorch-ignite default)",
-    "study_is": "the study's IS: exp mean KL(p(y|x)||p(y)) on softmax of full logits (pytorch-ignite)",
+    "inception_score": "IS on logits_unbiased (torchmetrics InceptionScore), one split, all images",
+    "study_fid": "pytorch-ignite FID defaults: Frechet distance (unbiased covariances) between the "
+    "1000-class softmax outputs of the study extractor, equal numbers of generated and real images",
+    "study_is": "pytorch-ignite InceptionScore defaults: exp mean KL(p(y|x)||p(y)) on the study extractor's "
+    "softmax outputs, one split, the study's generated images",
     "dino": "mean cosine of DINO CLS embeddings, generated vs real (DreamBooth paper)",
     "clip_i": "mean cosine of CLIP image embeddings, generated vs real (DreamBooth paper)",
     "clip_t": "mean raw cosine of CLIP prompt and image embeddings (DreamBooth paper)",
@@ -108,28 +116,46 @@ def _entry(value: float | None, ci: tuple[float, float], n: int, key: str, **ext
     }
 
 
-def _per_image_metrics(per_image: dict[str, torch.Tensor | None], boot: dict) -> dict[str, dict | None]:
-    """Mean and bootstrap interval of each per-image metric (None where the metric was skipped)."""
+def study_selection(samples: list[dict], n_real: int, n_images: int) -> tuple[list[int], int]:
+    """The images of the study-compatible FID / IS -> (indices of generated samples, n per set).
+
+    n = min(n_images, generated, real): ignite's FID needs equal sets. Generated: the first seed of each
+    prompt (prompts in manifest order), then the second seed of each, and so on, so that n images cover
+    as many prompts as possible; the real set is the first n real images (in their sorted order).
+    """
+    clusters = [s.get("prompt_id", s["prompt"]) for s in samples]
+    rank: dict = {}
+    order = []
+    for i, cluster in enumerate(clusters):
+        order.append((rank.get(cluster, 0), i))
+        rank[cluster] = rank.get(cluster, 0) + 1
+    n = min(n_images, len(samples), n_real)
+    return [i for _, i in sorted(order)[:n]], n
+
+
+def _per_image_metrics(
+    per_image: dict[str, torch.Tensor | None], boot: dict, clusters: list
+) -> dict[str, dict | None]:
+    """Mean and prompt-resampled interval of each per-image metric (None where the metric was skipped)."""
     metrics: dict[str, dict | None] = {}
     for key, values in per_image.items():
         if values is None:
             metrics[key] = None
             continue
         arr = values.numpy()
-        metrics[key] = _entry(float(arr.mean()), bootstrap_ci(arr, **boot), len(arr), key)
+        metrics[key] = _entry(float(arr.mean()), cluster_bootstrap_ci(arr, clusters, **boot), len(arr), key)
     return metrics
 
 
-def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict) -> dict[str, dict]:
-    """FID, KID, IS and the study's variants, each with an interval over resampled generated images."""
+def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict, clusters: list) -> dict[str, dict]:
+    """FID, KID and IS, each with an interval over resampled prompts of the generated images."""
     pool_real, pool_gen = feats_real["pool"], feats_gen["pool"]
-    logits_real, logits_gen = feats_real["logits"], feats_gen["logits"]
     unbiased_gen = feats_gen["logits_unbiased"]
     n_gen, n_real, seed = pool_gen.shape[0], pool_real.shape[0], boot["seed"]
     metrics: dict[str, dict] = {}
 
     def add(key: str, value: float, of_indices: Callable[[np.ndarray], float], **extra) -> None:
-        ci = bootstrap_set_ci(of_indices, n_gen, **boot)
+        ci = bootstrap_set_ci(of_indices, n_gen, clusters=clusters, **boot)
         metrics[key] = _entry(value, ci, n_gen, key, n_generated=n_gen, **extra)
 
     # The point value comes from torchmetrics; resamples use the exact low-rank formula (tested equal),
@@ -157,20 +183,28 @@ def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict) -> dict[st
         lambda idx: is_from_logits(unbiased_gen[idx], seed=seed)[0],
         splits=1,
     )
-    add(
-        "study_fid_softmax",
-        study_fid_from_logits(logits_real, logits_gen),
-        lambda idx: study_fid_from_logits(logits_real, logits_gen[idx]),
-        n_real=n_real,
-        feature_dim=logits_gen.shape[1],
-    )
-    add(
-        "study_is",
-        study_is_from_logits(logits_gen),
-        lambda idx: study_is_from_logits(logits_gen[idx]),
-        splits=1,
-    )
     return metrics
+
+
+def _study_metrics(logits_real: torch.Tensor, logits_gen: torch.Tensor, boot: dict, clusters: list) -> dict:
+    """The study-compatible FID and IS on the selected equal-sized sets (intervals over prompts)."""
+    n = logits_gen.shape[0]
+    extra = {"n_generated": n, "n_real": logits_real.shape[0], "feature_dim": logits_gen.shape[1]}
+
+    def entry(key: str, value: float, of_indices: Callable[[np.ndarray], float]) -> dict:
+        ci = bootstrap_set_ci(of_indices, n, clusters=clusters, **boot)
+        return _entry(value, ci, n, key, **extra)
+
+    return {
+        "study_fid": entry(
+            "study_fid",
+            study_fid_from_logits(logits_real, logits_gen),
+            lambda idx: study_fid_from_logits(logits_real, logits_gen[idx]),
+        ),
+        "study_is": entry(
+            "study_is", study_is_from_logits(logits_gen), lambda idx: study_is_from_logits(logits_gen[idx])
+        ),
+    }
 
 
 def evaluate_method(
@@ -185,12 +219,17 @@ def evaluate_method(
     n_boot: int = 200,
     seed: int = 0,
     confidence: float = 0.95,
+    study_feature_extractor: str | None = None,
+    study_n_images: int = 18,
 ) -> dict:
     """Compute all metrics for one method's samples and write them (atomically) to ``out_json``.
 
-    ``samples``: dicts with prompt, seed, path of each generated image. ``real_images``: the subject's
-    photos (the reference for DINO / CLIP-I, and the real set of FID / KID). ``reference_images``: more
-    real images added to the FID / KID real set only.
+    ``samples``: dicts with prompt, seed, path of each generated image, and optionally prompt_id (the
+    prompt's identity across methods, whose prompt texts differ by their subject token; by default the
+    prompt text). ``real_images``: the subject's photos (the reference for DINO / CLIP-I, and the real set
+    of FID / KID). ``reference_images``: more real images added to the FID / KID real set only.
+    ``study_feature_extractor`` (default: ``feature_extractor``) and ``study_n_images``: the network
+    and set size of the study-compatible FID / IS.
     """
     _check_samples(samples)
     warnings: list[str] = []
@@ -221,6 +260,18 @@ def evaluate_method(
     extractor = load_feature_extractor(feature_extractor)
     feats_gen = extract_features(extractor, generated)
     feats_real = extract_features(extractor, fid_real)
+    study_spec = study_feature_extractor or feature_extractor
+    study_extractor = extractor if study_spec == feature_extractor else load_feature_extractor(study_spec)
+    study_idx, n_study = study_selection(samples, n_fid_real, study_n_images)
+    if n_study < study_n_images:
+        warn(
+            f"study FID/IS: {n_study} generated vs {n_study} real images, fewer than "
+            f"evaluation.study_n_images = {study_n_images} ({n_gen} generated, {n_fid_real} real available)"
+        )
+    if n_study < 2:
+        raise S2SError(f"evaluate {method}: the study FID/IS need at least 2 images per set, got {n_study}")
+    study_gen = extract_features(study_extractor, [generated[i] for i in study_idx])["logits"]
+    study_real = extract_features(study_extractor, fid_real[:n_study])["logits"]
     clip = load_clip(clip_model)
     dino = load_dino(dino_model) if dino_model else None
     if dino is None:
@@ -230,18 +281,20 @@ def evaluate_method(
     fidelity = subject_fidelity(generated, real, prompts, clip, dino)
     per_image.update({k: fidelity[k] for k in ("clip_i", "clip_t", "dino")})
 
+    clusters = [s.get("prompt_id", s["prompt"]) for s in samples]
     boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
     with single_threaded_torch():
         metrics = {
-            **_per_image_metrics(per_image, boot),
-            **_set_level_metrics(feats_real, feats_gen, boot),
+            **_per_image_metrics(per_image, boot, clusters),
+            **_set_level_metrics(feats_real, feats_gen, boot, clusters),
+            **_study_metrics(study_real, study_gen, boot, [clusters[i] for i in study_idx]),
         }
 
-    for what, dim in (
-        ("FID", feats_gen["pool"].shape[1]),
-        ("study FID (softmax)", feats_gen["logits"].shape[1]),
+    for what, n_r, n_g, dim in (
+        ("FID", n_fid_real, n_gen, feats_gen["pool"].shape[1]),
+        ("study FID (softmax)", n_study, n_study, study_gen.shape[1]),
     ):
-        message = fid_sample_size_warning(what, n_fid_real, n_gen, dim)
+        message = fid_sample_size_warning(what, n_r, n_g, dim)
         if message:
             warn(message)
 
@@ -258,16 +311,26 @@ def evaluate_method(
             "dino_model": dino_model,
             "feature_extractor": feature_extractor,
             "feature_extractor_name": extractor.name,
+            "study_feature_extractor": study_spec,
+            "study_feature_extractor_name": study_extractor.name,
+        },
+        "study_images": {
+            "n": n_study,
+            "generated": [str(samples[i]["path"]) for i in study_idx],
+            "real": [str(p) for p in (list(real_images) + list(reference_images or []))[:n_study]],
+            "selection": "first seed of each prompt in manifest order, then the second, ...; first n real",
         },
         "bootstrap": {
             **boot,
             "kind": "percentile",
-            "resampled": "generated images, with replacement (real images fixed)",
+            "resampled": "prompts with replacement, all seeds of a drawn prompt together (real images fixed)",
+            "clusters": len(set(clusters)),
         },
         "per_image": [
             {
                 "path": str(s["path"]),
                 "prompt": s["prompt"],
+                "prompt_id": clusters[i],
                 "seed": s["seed"],
                 **{k: (None if v is None else float(v[i])) for k, v in per_image.items()},
             }

@@ -7,11 +7,16 @@ Our metrics follow torchmetrics' conventions:
 - IS: on the extractor's ``logits_unbiased`` (torchmetrics' default), one split by default because
   the evaluation sets here are small (torchmetrics' default of 10 splits would mean ~2 images each).
 
-The study computed its numbers with pytorch-ignite's defaults, which differ:
+The study computed its numbers with pytorch-ignite's defaults (ignite.metrics.FID / InceptionScore
+without arguments), which differ:
 
-- ``study_fid``: the Frechet distance between the 1000-class *softmax outputs* of Inception-v3, not the
-  2048-d pool features. Its values are on another scale (0.03-0.1 in the study) than the usual FID.
-- ``study_is``: ignite's IS: the softmax of the full logits, one split.
+- network: torchvision's ImageNet Inception-v3 (1000 classes) with a softmax after ``fc``, not
+  torch-fidelity's TF Inception (1008 classes); here the ``logits`` of the study extractor, softmaxed.
+- ``study_fid``: the Frechet distance between the 1000-class *softmax outputs*, not the 2048-d pool
+  features, with unbiased (n - 1) covariances; ignite's FID takes equal numbers of real and generated
+  images. Its values are on another scale (0.03-0.1 in the study) than the usual FID.
+- ``study_is``: exp of the mean KL(p(y|x) || p(y)) over the softmax outputs, one split (ignite adds
+  1e-16 inside both logarithms; so does this).
 
 Set-level metrics take features extracted once (``*_from_features``), so the bootstrap can recompute
 them on resampled sets without running the networks again.
@@ -186,16 +191,23 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(mean_term + trace_term - 2 * cross)
 
 
+IGNITE_IS_EPS = 1e-16
+
+
 def study_fid_from_logits(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> float:
-    """The study's FID: Frechet distance between softmax outputs (pytorch-ignite's FID default)."""
+    """The study's FID: Frechet distance between softmax outputs (pytorch-ignite's FID default).
+
+    ignite takes ``tr sqrt(S1 S2)`` from ``scipy.linalg.sqrtm`` of the 1000 x 1000 product; the
+    low-rank formula of ``frechet_distance`` gives the same number (tested against scipy).
+    """
     return frechet_distance(real_logits.double().softmax(dim=1), fake_logits.double().softmax(dim=1))
 
 
 def study_is_from_logits(logits: torch.Tensor) -> float:
-    """The study's IS (pytorch-ignite): exp of the mean KL(p(y|x) || p(y)), softmax of full logits."""
-    log_p = logits.double().log_softmax(dim=1)
-    log_marginal = log_p.exp().mean(dim=0).log()
-    kl = (log_p.exp() * (log_p - log_marginal)).sum(dim=1)
+    """The study's IS (pytorch-ignite): exp of the mean KL(p(y|x) || p(y)) on softmax outputs, one split."""
+    p = logits.double().softmax(dim=1)
+    marginal = p.mean(dim=0, keepdim=True)
+    kl = (p * ((p + IGNITE_IS_EPS).log() - (marginal + IGNITE_IS_EPS).log())).sum(dim=1)
     return float(kl.mean().exp())
 
 

@@ -1,8 +1,10 @@
 """The results table: every method's metrics JSON -> CSV (numbers), Markdown and HTML (for reading).
 
 Rows follow the study's order (Textual Inversion, DreamBooth, LoRA), with the untouched base model last
-as a reference. Optionally the published numbers stand beside ours, and the Markdown / HTML carry a
-provenance block (config hash, models, versions, seeds).
+as a reference. Optionally the published numbers stand beside ours, each only beside the column computed
+the same way (``PUBLISHED``'s conditions, checked against each metrics JSON), and the Markdown / HTML say
+how each column is computed (``COLUMN_DEFINITIONS``) and carry a provenance block (config hash, models,
+versions, seeds). The companion table holds paired differences between methods (``companion_frame``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from s2s.io import S2SError, write_text
+from s2s.metrics.bootstrap import paired_difference_ci
 
 log = logging.getLogger(__name__)
 
@@ -30,30 +33,73 @@ METHOD_LABELS = {
 }
 
 # (JSON key, column label, number format). First the study's three metrics in our (torchmetrics)
-# conventions, then the study's own variants, then KID and the DreamBooth paper's subject fidelity.
+# conventions, then the study-compatible (pytorch-ignite) FID and IS, then KID and the DreamBooth paper's
+# subject fidelity.
 COLUMNS = (
     ("clip_score", "CLIP score", "{:.2f}"),
     ("fid", "FID", "{:.4g}"),
     ("inception_score", "IS", "{:.3f}"),
-    ("study_fid_softmax", "FID (study: softmax)", "{:.4g}"),
-    ("study_is", "IS (study)", "{:.3f}"),
+    ("study_fid", "FID (study-compatible)", "{:.4g}"),
+    ("study_is", "IS (study-compatible)", "{:.3f}"),
     ("kid", "KID", "{:.4g}"),
     ("dino", "DINO", "{:.3f}"),
     ("clip_i", "CLIP-I", "{:.3f}"),
     ("clip_t", "CLIP-T", "{:.3f}"),
 )
 
+# How each column is computed, and which published value (if any) is comparable with it.
+COLUMN_DEFINITIONS = {
+    "clip_score": "mean over the generated images of 100 * max(cos(CLIP image, CLIP prompt), 0), "
+    "torchmetrics CLIPScore's formula, with evaluation.clip_model. Comparable: the study's CLIP score, "
+    "when our CLIP is openai/clip-vit-large-patch14 (the study names torchmetrics' CLIPScore but not a "
+    "CLIP model; that is CLIPScore's default, assumed here) and the prompts are the study's.",
+    "fid": "FID (torchmetrics FrechetInceptionDistance) on the 2048-d pool features of "
+    "evaluation.feature_extractor, all generated vs all real (+ reference) images. No published value is "
+    "comparable.",
+    "inception_score": "IS (torchmetrics InceptionScore) on logits_unbiased of evaluation.feature_extractor, "
+    "one split, all generated images. No published value is comparable.",
+    "study_fid": "pytorch-ignite's FID defaults: Frechet distance (unbiased covariances) between the "
+    "1000-class softmax outputs of evaluation.study_feature_extractor (torchvision's ImageNet "
+    "Inception-v3), n generated vs n real images, n = evaluation.study_n_images. Comparable: the study's "
+    "FID, when the extractor is inception-v3-imagenet and n = 18 (its 18 vs 18).",
+    "study_is": "pytorch-ignite's InceptionScore defaults: exp mean KL(p(y|x) || p(y)) of the same softmax "
+    "outputs, one split, the same n generated images. Comparable: the study's IS under the same conditions.",
+    "kid": "KID (torchmetrics) on the pool features of evaluation.feature_extractor. No published value.",
+    "dino": "mean cosine of DINO CLS embeddings, generated vs real images (DreamBooth paper). Comparable: "
+    "the DreamBooth paper's DINO when evaluation.dino_model is facebook/dino-vits16 (its ViT-S/16).",
+    "clip_i": "mean cosine of CLIP image embeddings, generated vs real (DreamBooth paper). The paper's value "
+    "is shown beside it; the paper does not name its CLIP model, so the comparison is approximate.",
+    "clip_t": "mean raw cosine of CLIP prompt and image embeddings (DreamBooth paper); approximate as "
+    "CLIP-I.",
+}
+
 # Published values, keyed by source, then row, then our metric key (the column they compare with).
+# ``conditions``: per metric, (path into our metrics JSON, required value); a published value stands
+# beside our column only where its row's JSON meets them, otherwise only in the published list.
 PUBLISHED = {
-    # The study this project reproduces, Table 1: computed with pytorch-ignite, so its FID is the
-    # Frechet distance of Inception softmax outputs (18 generated vs 18 real images) and its IS is
-    # ignite's; both compare with our study_* columns. "Full" fine-tuning there is DreamBooth here.
+    # The study this project reproduces, Table 1: computed with pytorch-ignite's defaults, so its FID is
+    # the Frechet distance of torchvision Inception softmax outputs (18 generated vs 18 real images) and
+    # its IS is ignite's; both compare with our study_* columns. Its CLIP score is torchmetrics'
+    # CLIPScore. "Full" fine-tuning there is DreamBooth here. Published as TI 24.12 / full 30.14 / LoRA
+    # 30.17 (CLIP score), 0.103 / 0.030 / 0.051 (FID), 1.50 / 1.777 / 1.592 (IS).
     "study_table1": {
-        "label": "the study, Table 1 (pytorch-ignite FID on softmax outputs, 18 vs 18 images)",
+        "label": "the study, Table 1 (torchmetrics CLIPScore; pytorch-ignite FID and IS, 18 vs 18 images)",
         "rows": {
-            "textual_inversion": {"clip_score": 24.123, "study_fid_softmax": 0.103, "study_is": 1.50},
-            "dreambooth": {"clip_score": 30.1439, "study_fid_softmax": 0.030, "study_is": 1.777},
-            "lora": {"clip_score": 30.1661, "study_fid_softmax": 0.051, "study_is": 1.592},
+            "textual_inversion": {"clip_score": 24.123, "study_fid": 0.103, "study_is": 1.50},
+            "dreambooth": {"clip_score": 30.1439, "study_fid": 0.030, "study_is": 1.777},
+            "lora": {"clip_score": 30.1661, "study_fid": 0.051, "study_is": 1.592},
+        },
+        "conditions": {
+            "clip_score": [(("models", "clip_model"), "openai/clip-vit-large-patch14")],
+            "study_fid": [
+                (("models", "study_feature_extractor"), "inception-v3-imagenet"),
+                (("metrics", "study_fid", "n_generated"), 18),
+                (("metrics", "study_fid", "n_real"), 18),
+            ],
+            "study_is": [
+                (("models", "study_feature_extractor"), "inception-v3-imagenet"),
+                (("metrics", "study_is", "n_generated"), 18),
+            ],
         },
     },
     # Ruiz et al., "DreamBooth: Fine Tuning Text-to-Image Diffusion Models for Subject-Driven
@@ -65,8 +111,12 @@ PUBLISHED = {
             "dreambooth": {"dino": 0.668, "clip_i": 0.803, "clip_t": 0.305},
             "textual_inversion": {"dino": 0.569, "clip_i": 0.780, "clip_t": 0.255},
         },
+        "conditions": {"dino": [(("models", "dino_model"), "facebook/dino-vits16")]},
     },
 }
+
+# Per-image metrics whose paired differences go into the companion table.
+PAIRED_METRICS = ("clip_score", "dino", "clip_i", "clip_t")
 
 # Published numbers are shown with the digits they were published with, not rounded to our format.
 PUBLISHED_FORMAT = "{:g}"
@@ -115,8 +165,35 @@ def read_metric_jsons(metric_jsons: dict[str, str | Path]) -> dict[str, dict]:
     return {method: _read(method, metric_jsons[method]) for method in ordered_methods(list(metric_jsons))}
 
 
+def _lookup(data: dict, path: tuple[str, ...]):
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _row_name(method: str) -> str:
+    """'subject/method' (several subjects) -> 'method', the key of the published rows."""
+    return method.rsplit("/", 1)[-1]
+
+
+def unmet_conditions(published: dict | None, row: str, key: str, data: dict) -> list[str]:
+    """Why the published ``key`` of ``row`` is not comparable with ours in ``data`` ([] if it is)."""
+    reasons = []
+    for source in (published or {}).values():
+        if key not in source["rows"].get(row, {}):
+            continue
+        for path, required in source.get("conditions", {}).get(key, []):
+            ours = _lookup(data, path)
+            if ours != required:
+                reasons.append(f"{'.'.join(path)} is {ours!r}, the publication's is {required!r}")
+    return reasons
+
+
 def build_frame(jsons: dict[str, dict], published: dict | None = None) -> pd.DataFrame:
-    """One row per method: value / ci_low / ci_high per metric (+ published_<metric> columns)."""
+    """One row per method: value / ci_low / ci_high per metric (+ published_<metric> columns).
+
+    A published value fills its column only where the row's metrics meet the publication's conditions.
+    """
     pub = published_by_row(published) if published else {}
     records = []
     for method, data in jsons.items():
@@ -126,11 +203,103 @@ def build_frame(jsons: dict[str, dict], published: dict | None = None) -> pd.Dat
             for field in ("value", "ci_low", "ci_high"):
                 record[key if field == "value" else f"{key}_{field}"] = entry.get(field)
         # A published column only for metrics that have published values somewhere.
+        row = _row_name(method)
         for key in published_metrics(pub):
-            record[f"published_{key}"] = pub.get(method, {}).get(key)
+            comparable = not unmet_conditions(published, row, key, data)
+            record[f"published_{key}"] = pub.get(row, {}).get(key) if comparable else None
         records.append(record)
     frame = pd.DataFrame.from_records(records)
     return frame.astype({c: "float64" for c in frame.columns if c not in ("method", "n_generated", "n_real")})
+
+
+def _per_image(data: dict, key: str) -> dict[tuple, float]:
+    """(prompt_id, seed) -> the per-image value of ``key`` (prompt text where no prompt_id was recorded)."""
+    out = {}
+    for record in data.get("per_image", []):
+        value = record.get(key)
+        if value is not None:
+            out[(record.get("prompt_id", record["prompt"]), record["seed"])] = value
+    return out
+
+
+def method_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """(a, b) for "a - b": later methods in table order minus earlier ones, within one subject."""
+    pairs = []
+    for j, a in enumerate(methods):
+        for b in methods[:j]:
+            if a.rpartition("/")[0] == b.rpartition("/")[0]:
+                pairs.append((a, b))
+    return pairs
+
+
+def companion_frame(jsons: dict[str, dict]) -> pd.DataFrame:
+    """Paired differences of per-image metrics between methods, matched by (prompt, seed).
+
+    One row per (method pair, metric): the mean difference over matched pairs, with a percentile interval
+    that resamples prompts (all seeds of a prompt together), with the n_boot / confidence / seed of the
+    evaluation. Set-level metrics (FID, IS) are not here: their per-method values need no pairing.
+    """
+    boot = next((d["bootstrap"] for d in jsons.values() if "bootstrap" in d), {})
+    kwargs = {k: boot[k] for k in ("n_boot", "confidence", "seed") if k in boot}
+    records = []
+    for a, b in method_pairs(list(jsons)):
+        for key in PAIRED_METRICS:
+            result = paired_difference_ci(_per_image(jsons[a], key), _per_image(jsons[b], key), **kwargs)
+            if result["n_pairs"]:
+                records.append({"minuend": a, "subtrahend": b, "metric": key, **result})
+    columns = ["minuend", "subtrahend", "metric", "difference", "ci_low", "ci_high", "n_pairs", "n_prompts"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _companion_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    labels = {key: label for key, label, _ in COLUMNS}
+    formats = {key: fmt for key, _, fmt in COLUMNS}
+    header = ["Comparison", "Metric", "Difference [interval]", "Pairs", "Prompts"]
+    rows = []
+    for _, r in frame.iterrows():
+        fmt = formats[r["metric"]].replace("{:", "{:+")
+        name = f"{METHOD_LABELS.get(_row_name(r['minuend']), r['minuend'])} - "
+        name += METHOD_LABELS.get(_row_name(r["subtrahend"]), r["subtrahend"])
+        cell = f"{_fmt(r['difference'], fmt)} [{_fmt(r['ci_low'], fmt)}, {_fmt(r['ci_high'], fmt)}]"
+        rows.append([name, labels[r["metric"]], cell, str(r["n_pairs"]), str(r["n_prompts"])])
+    return header, rows
+
+
+COMPANION_NOTE = (
+    "Paired differences 'A - B' of per-image metrics: each generated image of A is matched with B's image "
+    "of the same prompt and seed (the same initial noise), the difference is averaged over the pairs, and "
+    "the interval is a percentile bootstrap that resamples prompts (all seeds of a prompt together). An "
+    "interval that excludes 0 says the methods differ on these prompts beyond prompt-to-prompt variation."
+)
+
+
+def write_companion(jsons: dict[str, dict], out_csv, out_md, out_html) -> pd.DataFrame:
+    """Write the companion table (paired differences) as CSV, Markdown and HTML."""
+    frame = companion_frame(jsons)
+    write_text(out_csv, frame.to_csv(index=False))
+    header, rows = _companion_rows(frame)
+
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    md = ["# Table 1 companion: paired differences between methods", "", line(header), line(["---"] * 5)]
+    write_text(out_md, "\n".join([*md, *map(line, rows), "", COMPANION_NOTE]) + "\n")
+    table = pd.DataFrame(rows, columns=header).to_html(index=False, escape=True, border=0)
+    write_text(
+        out_html,
+        "\n".join(
+            [
+                "<!DOCTYPE html>",
+                '<html><head><meta charset="utf-8"><title>Table 1 companion</title></head><body>',
+                "<h1>Table 1 companion: paired differences between methods</h1>",
+                table,
+                f"<p>{html.escape(COMPANION_NOTE)}</p>",
+                "</body></html>",
+            ]
+        )
+        + "\n",
+    )
+    return frame
 
 
 def _fmt(value, fmt: str) -> str:
@@ -186,14 +355,24 @@ def _notes(jsons: dict[str, dict], published: dict | None) -> list[str]:
     confidences = sorted({d["bootstrap"]["confidence"] for d in jsons.values() if "bootstrap" in d})
     level = "/".join(f"{c:.0%}" for c in confidences) or "95%"
     notes = [
-        f"Cells are value [{level} percentile bootstrap interval]. FID, KID and IS intervals resample the "
-        "generated images (real images fixed); resampling duplicates images, which biases these set-level "
-        "metrics.",
-        "FID (study: softmax) and IS (study) follow pytorch-ignite as the study did: FID between the "
-        "softmax outputs (not the pool features), so it is on a much smaller scale than FID.",
+        f"Cells are value [{level} percentile bootstrap interval over prompts]: prompts are resampled with "
+        "all their seeds (the images of one prompt are not independent); real images stay fixed. For FID, "
+        "KID and IS resampling duplicates images, which biases these set-level metrics.",
+        "FID (study-compatible) and IS (study-compatible) follow pytorch-ignite's defaults as the study "
+        "did: softmax outputs of an ImageNet Inception-v3, equal numbers of generated and real images; "
+        "this FID is on a much smaller scale than FID.",
     ]
     if published:
         notes += [f"Published: {source['label']}." for source in published.values()]
+        for method, data in jsons.items():
+            for key, _, _ in COLUMNS:
+                reasons = unmet_conditions(published, _row_name(method), key, data)
+                if reasons:
+                    notes.append(
+                        f"{method}: the published {key} is not placed beside ours (computed differently: "
+                        + "; ".join(reasons)
+                        + ")."
+                    )
     for method, data in jsons.items():
         reference = data.get("reference") or {}
         if reference.get("dino_real") is not None or reference.get("clip_i_real") is not None:
@@ -220,6 +399,8 @@ def _markdown(header, rows, published_rows, notes, provenance, tiny_models: bool
     if tiny_models:
         parts += [f"**{TINY_STATEMENT}**", ""]
     parts += [line(header), line(["---"] * len(header)), *map(line, rows), ""]
+    parts += ["## Columns", ""] + [f"- **{label}**: {COLUMN_DEFINITIONS[key]}" for key, label, _ in COLUMNS]
+    parts.append("")
     if published_rows:
         parts += ["## Published values", "", line(["Source", "Row", "Metric", "Value"]), line(["---"] * 4)]
         parts += [line(r) for r in published_rows] + [""]
@@ -244,6 +425,9 @@ def _html(header, rows, published_rows, notes, provenance, tiny_models: bool) ->
     if tiny_models:
         parts.append(f"<p><strong>{e(TINY_STATEMENT)}</strong></p>")
     parts.append(table(header, rows))
+    parts += ["<h2>Columns</h2>", "<ul>"]
+    parts += [f"<li><b>{e(label)}</b>: {e(COLUMN_DEFINITIONS[key])}</li>" for key, label, _ in COLUMNS]
+    parts.append("</ul>")
     if published_rows:
         parts += ["<h2>Published values</h2>", table(["Source", "Row", "Metric", "Value"], published_rows)]
     parts += ["<h2>Notes</h2>", "<ul>", *[f"<li>{e(n)}</li>" for n in notes], "</ul>"]
@@ -278,12 +462,14 @@ def make_table(
     published: dict | None = None,
     provenance: dict | None = None,
     tiny_models: bool = False,
+    companion: tuple[str | Path, str | Path, str | Path] | None = None,
 ) -> pd.DataFrame:
     """Write the results table as CSV, Markdown and HTML (atomically); return the CSV's data frame.
 
     ``metric_jsons`` maps method -> the JSON written by ``evaluate_method``. ``published`` (e.g.
     ``PUBLISHED``) adds the published values beside ours. ``tiny_models`` adds the statement that the
-    numbers come from random tiny models.
+    numbers come from random tiny models. ``companion``: (csv, md, html) paths of the companion table
+    of paired differences between methods (``write_companion``).
     """
     if not metric_jsons:
         raise S2SError("table: no metrics files given")
@@ -296,5 +482,7 @@ def make_table(
     provenance = full_provenance(provenance)
     write_text(out_md, _markdown(header, rows, published_rows, notes, provenance, tiny_models))
     write_text(out_html, _html(header, rows, published_rows, notes, provenance, tiny_models))
+    if companion is not None:
+        write_companion(jsons, *companion)
     log.info("wrote results table (%d rows) to %s, %s, %s", len(frame), out_csv, out_md, out_html)
     return frame
