@@ -38,6 +38,9 @@ rule table:
         csv=f"{RESULTS}/table1.csv",
         md=f"{RESULTS}/table1.md",
         html=report(f"{RESULTS}/table1.html", caption="../report/table.rst", category="Table 1"),
+        companion_csv=f"{RESULTS}/table1_companion.csv",
+        companion_md=f"{RESULTS}/table1_companion.md",
+        companion_html=f"{RESULTS}/table1_companion.html",
     log:
         f"{LOGS}/table.log",
     conda:

@@ -239,6 +239,7 @@ def metric_models(config: dict) -> dict[str, str | None]:
             "clip_model": str(tiny / "clip"),
             "dino_model": str(tiny / "dino"),
             "feature_extractor": str(tiny / "inception_like.safetensors"),
+            "study_feature_extractor": str(tiny / "inception_like.safetensors"),
         }
     if config.get("rehearsal_models"):
         stand_in = results_dir(config) / REHEARSAL_DIR
@@ -246,8 +247,9 @@ def metric_models(config: dict) -> dict[str, str | None]:
             "clip_model": str(stand_in / "clip"),
             "dino_model": str(stand_in / "dino"),
             "feature_extractor": str(stand_in / REHEARSAL_FILES["fid_inception"]),
+            "study_feature_extractor": str(stand_in / REHEARSAL_FILES["imagenet_inception"]),
         }
-    return {k: ev[k] for k in ("clip_model", "dino_model", "feature_extractor")}
+    return {k: ev[k] for k in ("clip_model", "dino_model", "feature_extractor", "study_feature_extractor")}
 
 
 def prompt_ids(config: dict) -> list[str]:

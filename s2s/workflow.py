@@ -240,13 +240,7 @@ def evaluate(smk, config) -> None:
         reference_images=[str(p) for p in sorted(Path(reference).iterdir())] if reference else None,
         n_boot=config["evaluation"]["n_boot"],
         seed=config["seed"],
-        # Tiny models have no ImageNet Inception: the tiny extractor stands in for both.
-        study_feature_extractor=models.get("study_feature_extractor")
-        or (
-            models["feature_extractor"]
-            if config["tiny_models"]
-            else config["evaluation"]["study_feature_extractor"]
-        ),
+        study_feature_extractor=models["study_feature_extractor"],
         study_n_images=config["evaluation"]["study_n_images"],
     )
 

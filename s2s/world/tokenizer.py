@@ -19,10 +19,35 @@ from s2s.io import write_text
 from s2s.world.scene import CLASSES, COLOURS, CONTEXTS
 
 # Every word of the world's captions, the study's prompts and the demo's edit manifests.
-EXTRA_WORDS = """
-a an photo of the sks it in on with and near to picture rendering cat dog teddy bear teddybear standing
-sitting lying running field grass dry
-""".split()
+EXTRA_WORDS = [
+    "a",
+    "an",
+    "photo",
+    "of",
+    "the",
+    "sks",
+    "it",
+    "in",
+    "on",
+    "with",
+    "and",
+    "near",
+    "to",
+    "picture",
+    "rendering",
+    "cat",
+    "dog",
+    "teddy",
+    "bear",
+    "teddybear",
+    "standing",
+    "sitting",
+    "lying",
+    "running",
+    "field",
+    "grass",
+    "dry",
+]
 
 
 def world_words() -> list[str]:
