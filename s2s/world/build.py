@@ -1,0 +1,423 @@
+"""Pretrain the world's models from a seed: VAE, CLIP (text + vision), the diffusion UNet, the world
+classifier and the identity network, saved in the layouts of their real counterparts.
+
+    python -m s2s.world.build OUT_DIR [--settings short|full|FILE.yaml]
+
+``OUT_DIR`` gets ``sd/`` (a StableDiffusionPipeline folder whose text encoder is the world CLIP's),
+``clip/`` (CLIPModel + processor), ``identity/`` (a ViT loaded like DINO), ``classifier.safetensors`` and
+``BUILD.json`` (the command, seed, settings, time per part and the sha256 of every file). Each part trains
+with one readable loop (AdamW, warm-up then cosine decay) on pre-rendered scenes; the UNet keeps an EMA copy,
+which is what is saved. ``short`` is the recipe at a few steps, for CI; ``full`` is the committed build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from s2s.io import atomic_dir, write_json
+from s2s.world.classifier import WorldClassifier, save_classifier
+from s2s.world.data import SceneSet, identity_set, individuals, scene_set
+from s2s.world.tokenizer import write_world_tokenizer
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    seed: int = 0
+    threads: int = 2
+    scenes: int = 30000  # pretraining scenes (VAE, CLIP, UNet, classifier)
+    vae_channels: tuple[int, ...] = (32, 64, 128)
+    vae_steps: int = 3000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    text_width: int = 128
+    text_layers: int = 4
+    clip_steps: int = 3000
+    clip_batch: int = 128
+    clip_lr: float = 1e-3
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_steps: int = 20000
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    classifier_steps: int = 2000
+    classifier_batch: int = 64
+    identity_individuals: int = 600
+    identity_photos: int = 12
+    identity_steps: int = 3000
+    identity_batch: int = 64
+    warmup_steps: int = 200
+
+
+SHORT = {
+    "scenes": 256, "vae_steps": 30, "clip_steps": 30, "unet_steps": 30, "classifier_steps": 30,
+    "identity_individuals": 20, "identity_photos": 4, "identity_steps": 30, "warmup_steps": 5,
+    "vae_batch": 8, "clip_batch": 16, "unet_batch": 8, "classifier_batch": 16, "identity_batch": 16,
+}  # fmt: skip
+
+
+def load_settings(spec: str) -> BuildSettings:
+    if spec == "full":
+        return BuildSettings()
+    if spec == "short":
+        return BuildSettings(**SHORT)
+    data = yaml.safe_load(Path(spec).read_text()) or {}
+    known = {f.name for f in fields(BuildSettings)}
+    unknown = set(data) - known
+    if unknown:
+        raise SystemExit(f"{spec}: unknown build setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+    return BuildSettings(**{**data, **tuples})
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _optimizer(params, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _pixels(images: np.ndarray, idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    """uint8 images -> float [-1, 1], NCHW, half of them flipped."""
+    x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    flip = torch.rand(len(idx), generator=gen) < 0.5
+    x[flip] = x[flip].flip(-1)
+    return x
+
+
+def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """[-1, 1] images -> the processor's normalisation ((x/255 - mean) / std)."""
+    x01 = (x + 1) / 2
+    return (x01 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+class _Progress:
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.start, self.next = name, total, time.perf_counter(), 0
+
+    def step(self, step: int, **values) -> None:
+        if step >= self.next or step == self.total - 1:
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / (step + 1) * (self.total - step - 1)
+            text = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+            log.info("%s %d/%d %s, %.0f s, ETA %.0f s", self.name, step + 1, self.total, text, elapsed, eta)
+            self.next = step + max(1, self.total // 20)
+
+
+def train_vae(data: SceneSet, s: BuildSettings):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(s.seed)
+    n = len(s.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=s.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=64,
+        mid_block_add_attention=False,
+    )
+    optimizer = _optimizer(vae.parameters(), s.vae_lr)
+    rng, gen = np.random.default_rng(s.seed), torch.Generator().manual_seed(s.seed)
+    progress = _Progress("vae", s.vae_steps)
+    for step in range(s.vae_steps):
+        _set_lr(optimizer, lr_at(step, s.vae_steps, s.vae_lr, s.warmup_steps))
+        x = _pixels(data.images, rng.integers(0, len(data.images), s.vae_batch), gen)
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=gen)).sample
+        mse = F.mse_loss(reconstruction, x)
+        loss = mse + 0.5 * F.l1_loss(reconstruction, x) + s.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.step(step, mse=mse.item(), psnr=10 * math.log10(4 / max(mse.item(), 1e-10)))
+    vae.eval().requires_grad_(False)
+    # SD's convention: latents scaled to unit variance (SD v1's 0.18215 came from the same measurement).
+    with torch.no_grad():
+        sample = torch.from_numpy(data.images[:512]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        std = float(vae.encode(sample).latent_dist.mean.std())
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return vae
+
+
+def train_clip(data: SceneSet, tokenizer, s: BuildSettings):
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(s.seed + 1)
+    w = s.text_width
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": w, "intermediate_size": 4 * w, "num_attention_heads": 4,
+        "num_hidden_layers": s.text_layers, "max_position_embeddings": 77, "projection_dim": w,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }  # fmt: skip
+    vision = {
+        "hidden_size": w, "intermediate_size": 4 * w, "num_attention_heads": 4, "num_hidden_layers": 4,
+        "image_size": 64, "patch_size": 8, "projection_dim": w,
+    }  # fmt: skip
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=w))
+    ids = tokenizer(data.captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    optimizer = _optimizer(clip.parameters(), s.clip_lr)
+    rng, gen = np.random.default_rng(s.seed + 1), torch.Generator().manual_seed(s.seed + 1)
+    progress = _Progress("clip", s.clip_steps)
+    for step in range(s.clip_steps):
+        _set_lr(optimizer, lr_at(step, s.clip_steps, s.clip_lr, s.warmup_steps))
+        idx = rng.integers(0, len(data.images), s.clip_batch)
+        pixels = _normalise(_pixels(data.images, idx, gen), CLIP_MEAN, CLIP_STD)
+        out = clip(input_ids=ids.input_ids[idx], attention_mask=ids.attention_mask[idx], pixel_values=pixels)
+        # Captions repeat within a batch: every image matching a caption counts as a right answer.
+        same = torch.tensor(
+            [[data.captions[i] == data.captions[j] for j in idx] for i in idx], dtype=torch.float
+        )
+        target = same / same.sum(1, keepdim=True)
+        logits = out.logits_per_image
+        loss = (
+            -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
+        ) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.step(step, loss=loss.item())
+    return clip.eval().requires_grad_(False)
+
+
+def text_encoder_of(clip):
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    return text_encoder.eval().requires_grad_(False)
+
+
+def train_unet(data: SceneSet, vae, text_encoder, tokenizer, s: BuildSettings):
+    import copy
+
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.manual_seed(s.seed + 2)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=s.unet_channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=text_encoder.config.hidden_size,
+        attention_head_dim=4,
+        norm_num_groups=32,
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
+    )
+    with torch.no_grad():
+        x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        flipped = x.flip(-1)
+        dists = [vae.encode(part).latent_dist for part in (x, flipped)]
+        means = torch.stack([d.mean for d in dists])  # [2 (flip), N, 4, 16, 16]
+        stds = torch.stack([d.std for d in dists])
+        captions = sorted(set(data.captions)) + [""]
+        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        embeddings = torch.cat([text_encoder(chunk)[0] for chunk in ids.input_ids.split(256)])
+    caption_index = torch.tensor([captions.index(c) for c in data.captions])
+    empty = len(captions) - 1
+    scale = vae.config.scaling_factor
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimizer = _optimizer(unet.parameters(), s.unet_lr)
+    rng, gen = np.random.default_rng(s.seed + 2), torch.Generator().manual_seed(s.seed + 2)
+    progress = _Progress("unet", s.unet_steps)
+    for step in range(s.unet_steps):
+        _set_lr(optimizer, lr_at(step, s.unet_steps, s.unet_lr, s.warmup_steps))
+        idx = torch.from_numpy(rng.integers(0, len(data.images), s.unet_batch))
+        flip = torch.randint(0, 2, (s.unet_batch,), generator=gen)
+        latents = (
+            means[flip, idx] + stds[flip, idx] * torch.randn(means[flip, idx].shape, generator=gen)
+        ) * scale
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (s.unet_batch,), generator=gen)
+        dropped = torch.rand(s.unet_batch, generator=gen) < s.caption_dropout
+        cond = embeddings[torch.where(dropped, empty, caption_index[idx])]
+        pred = unet(scheduler.add_noise(latents, noise, t), t, cond).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        decay = min(s.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters()):
+                e.lerp_(p, 1 - decay)
+        progress.step(step, loss=loss.item())
+    return ema.eval()
+
+
+def train_classifier(data: SceneSet, s: BuildSettings) -> WorldClassifier:
+    torch.manual_seed(s.seed + 3)
+    model = WorldClassifier()
+    optimizer = _optimizer(model.parameters(), 2e-3)
+    rng, gen = np.random.default_rng(s.seed + 3), torch.Generator().manual_seed(s.seed + 3)
+    labels = {"class": data.cls, "colour": data.colour, "context": data.context}
+    progress = _Progress("classifier", s.classifier_steps)
+    for step in range(s.classifier_steps):
+        _set_lr(optimizer, lr_at(step, s.classifier_steps, 2e-3, s.warmup_steps))
+        idx = rng.integers(0, len(data.images), s.classifier_batch)
+        logits = model.head_logits(_pixels(data.images, idx, gen))
+        loss = sum(F.cross_entropy(logits[k], torch.from_numpy(v[idx])) for k, v in labels.items())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.step(step, loss=loss.item())
+    return model.eval().requires_grad_(False)
+
+
+def train_identity(s: BuildSettings):
+    """A small ViT whose CLS embedding tells individuals apart (the DINO stand-in): normalised-softmax
+    classification over training individuals, each seen in many contexts and poses."""
+    from transformers import ViTConfig, ViTModel
+
+    people = individuals(s.identity_individuals, s.seed + 100)
+    data = identity_set(people, s.identity_photos, s.seed + 101)
+    torch.manual_seed(s.seed + 4)
+    vit = ViTModel(
+        ViTConfig(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384,
+                  image_size=64, patch_size=8),
+        add_pooling_layer=False,
+    )  # fmt: skip
+    head = torch.nn.Parameter(torch.randn(len(people), 96) * 0.05)
+    optimizer = _optimizer([*vit.parameters(), head], 1e-3)
+    rng, gen = np.random.default_rng(s.seed + 4), torch.Generator().manual_seed(s.seed + 4)
+    progress = _Progress("identity", s.identity_steps)
+    for step in range(s.identity_steps):
+        _set_lr(optimizer, lr_at(step, s.identity_steps, 1e-3, s.warmup_steps))
+        idx = rng.integers(0, len(data.images), s.identity_batch)
+        pixels = _normalise(_pixels(data.images, idx, gen), IMAGENET_MEAN, IMAGENET_STD)
+        embedding = F.normalize(vit(pixel_values=pixels).last_hidden_state[:, 0], dim=-1)
+        logits = 16.0 * embedding @ F.normalize(head, dim=-1).T
+        loss = F.cross_entropy(logits, torch.from_numpy(data.individual[idx]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.step(step, loss=loss.item())
+    return vit.eval().requires_grad_(False)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_world(out_dir: Path | str, settings: BuildSettings, command: str = "") -> dict:
+    """Train every world model and save them into ``out_dir`` (atomically); return the build record."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer, ViTImageProcessor
+
+    torch.set_num_threads(settings.threads)
+    out_dir = Path(out_dir)
+    times: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        times[name] = round(time.perf_counter() - start, 1)
+        log.info("%s done in %.0f s", name, times[name])
+        return result
+
+    with atomic_dir(out_dir) as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_world_tokenizer(tmp / "sd" / "tokenizer"))
+        data = timed("render", scene_set, settings.scenes, settings.seed)
+        vae = timed("vae", train_vae, data, settings)
+        clip = timed("clip", train_clip, data, tokenizer, settings)
+        text_encoder = text_encoder_of(clip)
+        unet = timed("unet", train_unet, data, vae, text_encoder, tokenizer, settings)
+        classifier = timed("classifier", train_classifier, data, settings)
+        identity = timed("identity", train_identity, settings)
+        scheduler = DDIMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+            set_alpha_to_one=False, steps_offset=1,
+        )  # fmt: skip
+        StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        ).save_pretrained(tmp / "sd", safe_serialization=True)  # fmt: skip
+        clip_processor = CLIPImageProcessor(
+            size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, image_mean=CLIP_MEAN,
+            image_std=CLIP_STD,
+        )  # fmt: skip
+        clip.save_pretrained(tmp / "clip", safe_serialization=True)
+        CLIPProcessor(image_processor=clip_processor, tokenizer=tokenizer).save_pretrained(tmp / "clip")
+        identity.save_pretrained(tmp / "identity", safe_serialization=True)
+        ViTImageProcessor(
+            size={"height": 64, "width": 64}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
+        ).save_pretrained(tmp / "identity")
+        save_classifier(classifier, tmp / "classifier.safetensors")
+        files = {
+            str(p.relative_to(tmp)): _sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != "BUILD.json"
+        }
+        record = {
+            "command": command,
+            "settings": asdict(settings),
+            "seconds": times,
+            "total_seconds": round(sum(times.values()), 1),
+            "torch": torch.__version__,
+            "files": files,
+        }
+        write_json(tmp / "BUILD.json", record)
+    log.info("world built in %s: %.0f s", out_dir, record["total_seconds"])
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out_dir")
+    parser.add_argument("--settings", default="full", help="short, full, or a YAML file of BuildSettings")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    words = argv if argv is not None else sys.argv[1:]
+    build_world(
+        args.out_dir, load_settings(args.settings), command=" ".join(["python -m s2s.world.build", *words])
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
