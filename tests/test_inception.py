@@ -151,28 +151,26 @@ def test_imagenet_inception_equals_torchvision_on_the_same_weights(
     ref = tv.Inception3(num_classes=1000, aux_logits=True, transform_input=True, init_weights=False)
     ref.load_state_dict(ours.state_dict(), strict=True)
     ref.eval()
+    fc = ref.fc
 
-    images = torch.cat([_images(2, 5), _images(1, 6, size=(512, 512))[:, :, :40, :56]])
-    x = (
-        torch.nn.functional.interpolate(images.float(), size=(299, 299), mode="bilinear", antialias=True)
-        / 255
-    )
-    out = ours(images)
-    with torch.no_grad():
-        logits = ref(x)  # ignite's InceptionModel(return_features=False) is softmax of this
-        ref.fc = torch.nn.Identity()  # ignite's return_features=True
-        pool = ref(x)
-    _close(out["logits"], logits)
-    _close(out["pool"], pool)
-    torch.testing.assert_close(out["logits"].softmax(-1), logits.softmax(-1), rtol=1e-4, atol=1e-6)
-
-    # The preprocessing is ignite's tutorial's: PIL bilinear resize to 299, then ToTensor's [0, 1].
     from PIL import Image
 
     functional = tv.ImageClassification.forward.__globals__["F"]  # torchvision.transforms.functional
-    for image, resized in zip(images, x, strict=True):
-        pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((299, 299), Image.BILINEAR)
-        torch.testing.assert_close(resized, functional.to_tensor(pil), rtol=0, atol=1.01 / 255)
+    for images in (_images(2, 5), _images(1, 6, size=(512, 384))):  # up- and downsampled
+        x = torch.nn.functional.interpolate(images.float(), (299, 299), mode="bilinear", antialias=True) / 255
+        # ignite's tutorial preprocessing: PIL's bilinear resize to 299, then ToTensor's [0, 1].
+        for image, resized in zip(images, x, strict=True):
+            pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((299, 299), Image.BILINEAR)
+            torch.testing.assert_close(resized, functional.to_tensor(pil), rtol=0, atol=1.01 / 255)
+        out = ours(images)
+        with torch.no_grad():
+            ref.fc = fc
+            logits = ref(x)  # ignite's InceptionModel(return_features=False) is softmax of this
+            ref.fc = torch.nn.Identity()  # ignite's return_features=True
+            pool = ref(x)
+        _close(out["logits"], logits)
+        _close(out["pool"], pool)
+        torch.testing.assert_close(out["logits"].softmax(-1), logits.softmax(-1), rtol=1e-4, atol=1e-6)
 
 
 def _fake_original(net: torch.nn.Module, path: Path, seed: int) -> dict:
