@@ -17,7 +17,6 @@ names the architecture, so a config can give either a spec name or such a file.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -430,4 +429,4 @@ def fetch_inception(spec: str, out: Path | str | None = None) -> dict:
         except Exception as exc:  # network and hash errors come in many types
             raise S2SError(f"prefetch: could not download {source['url']} ({exc})") from exc
         convert_original(original, spec, out, source_url=source["url"])
-    return {"name": spec, "path": str(out), **json.loads(json.dumps(inception_metadata(out)))}
+    return {"name": spec, "path": str(out), **inception_metadata(out)}
