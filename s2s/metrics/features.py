@@ -1,4 +1,5 @@
-"""Image features for FID, KID and IS: torchmetrics' standard Inception-v3, or a tiny stand-in.
+"""Image features for FID, KID and IS: the two Inception-v3 networks of ``s2s.metrics.inception``, or a
+tiny stand-in (see docs/evaluation.md for which metric uses which).
 
 An extractor is an ``nn.Module`` whose forward takes uint8 images ``[N, 3, H, W]`` (any H, W) and
 returns a dict of feature tensors:
@@ -13,7 +14,6 @@ expects (forward returns ``[N, d]``, ``num_features`` attribute).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -23,10 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2s.io import S2SError, load_safetensors, save_safetensors
+from s2s.metrics import inception
+from s2s.metrics.inception import FID_SPEC, IMAGENET_SPEC, inception_metadata, load_inception
 
 log = logging.getLogger(__name__)
 
-INCEPTION_SPEC = "inception-v3-compat"
+INCEPTION_SPEC = FID_SPEC
 TINY_FORMAT = "s2s-tiny-feature-extractor"
 OUTPUTS = ("pool", "logits", "logits_unbiased")
 
@@ -75,27 +77,6 @@ class TinyInceptionLike(nn.Module):
         return {"pool": pool, "logits": unbiased + self.fc.bias, "logits_unbiased": unbiased}
 
 
-class InceptionV3Compat(nn.Module):
-    """torch-fidelity's Inception-v3 (the FID reference weights), as torchmetrics uses it by default."""
-
-    name = INCEPTION_SPEC
-    pool_dim = 2048
-    num_classes = 1008  # the TF graph's 1008 classes, not torchvision's 1000
-    input_size = 299
-
-    def __init__(self) -> None:
-        super().__init__()
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
-        self.net = NoTrainInceptionV3(
-            name=INCEPTION_SPEC, features_list=["2048", "logits_unbiased", "logits"]
-        )
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        pool, unbiased, logits = self.net._torch_fidelity_forward(_check_uint8(images))
-        return {"pool": pool, "logits": logits, "logits_unbiased": unbiased}
-
-
 class FeatureView(nn.Module):
     """One output of an extractor, shaped for torchmetrics' ``feature=`` argument."""
 
@@ -131,15 +112,11 @@ def build_tiny_feature_extractor(
 
 
 def load_feature_extractor(spec: str) -> nn.Module:
-    """``"inception-v3-compat"`` or the path of a tiny extractor's .safetensors file -> eval-mode module."""
-    if spec == INCEPTION_SPEC:
-        if importlib.util.find_spec("torch_fidelity") is None:
-            raise S2SError(
-                f"evaluation.feature_extractor: {INCEPTION_SPEC!r} is torch-fidelity's Inception-v3, and "
-                "torch-fidelity is not installed. Run `pip install torch-fidelity torchvision` in the "
-                "evaluation environment (on the GPU cluster), or point the key at a .safetensors extractor."
-            )
-        net: nn.Module = InceptionV3Compat()
+    """A network name (``inception-v3-compat``, ``inception-v3-imagenet``: converted weights from the
+    prefetch cache), or a .safetensors file: an Inception written by prefetch / ``build_random_inception``
+    or a tiny extractor (told apart by the file's metadata) -> eval-mode module."""
+    if spec in inception.ARCHITECTURES or _file_format(spec) == inception.FORMAT:
+        net: nn.Module = load_inception(spec)
     else:
         path = Path(spec)
         state = load_safetensors(path)  # refuses pickle formats and missing files
@@ -152,6 +129,13 @@ def load_feature_extractor(spec: str) -> nn.Module:
     return net.eval().requires_grad_(False).to(device)
 
 
+def _file_format(spec: str) -> str | None:
+    path = Path(spec)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    return inception_metadata(path).get("format")
+
+
 def _tiny_config(path: Path) -> dict:
     from safetensors import safe_open
 
@@ -160,7 +144,8 @@ def _tiny_config(path: Path) -> dict:
     if metadata.get("format") != TINY_FORMAT:
         raise S2SError(
             f"{path}: not an s2s feature extractor (no '{TINY_FORMAT}' metadata); use "
-            f"{INCEPTION_SPEC!r} or a file written by build_tiny_feature_extractor"
+            f"{INCEPTION_SPEC!r}, {IMAGENET_SPEC!r} or a file written by build_tiny_feature_extractor or "
+            "build_random_inception"
         )
     config = json.loads(metadata["config"])
     return {k: config[k] for k in ("pool_dim", "num_classes", "input_size")}
