@@ -4,6 +4,7 @@ with one line before any job runs, and a parse path free of torch, diffusers and
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,8 +234,8 @@ def test_demo_dry_run_with_torch_unimportable(tmp_path):
 
 
 def pinned(name: str) -> str:
-    text = (REPO / "pyproject.toml").read_text()
-    return next(part.strip('", ') for part in text.split() if part.strip('"').startswith(f"{name}=="))
+    """The requirement pinned in pyproject.toml, e.g. snakemake==9.27.1."""
+    return re.search(rf'"({re.escape(name)}==[^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
 
 
 @pytest.mark.slow
