@@ -259,7 +259,7 @@ def metric_models(config: dict) -> dict[str, str | None]:
 
 def prompt_ids(config: dict) -> list[str]:
     """The prompts' sample folders, in config order (derived from each prompt's text)."""
-    return [plan.prompt_folder(p) for p in config["sampling"]["prompts"]]
+    return list(prompts_by_id(config))
 
 
 def prompts_by_id(config: dict) -> dict[str, str]:

@@ -76,12 +76,19 @@ def paper_dry_run(tmp_path: Path, overlay: dict) -> subprocess.CompletedProcess:
     return proc
 
 
+def few_photos(folder: Path) -> Path:
+    """A subject folder that passes the parse-time check (5 files with a PNG header; never decoded)."""
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(24))
+    return folder
+
+
 def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
     """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml` (+ the demo's generated edits):
     the GPU stages carry gpu=1 and the GPU partition, the CPU stages neither; sampling goes out in groups."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    photos = tmp_path / "dog"  # the dry run only checks that the photo folder exists
-    photos.mkdir()
+    photos = few_photos(tmp_path / "dog")
     overlay = {"subjects": {"dog": {"images": str(photos), "class": "dog"}}}
     # The demo's edit manifest, its generated rows only (photo rows point into the demo's results).
     with open(REPO / "config" / "demo_edits.csv", newline="") as stream:
@@ -114,8 +121,7 @@ def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
 def test_multi_process_training_requests_one_gpu_per_process(tmp_path):
     """training.dreambooth.num_processes: 4 -> that job asks for 4 GPUs; every other GPU job for 1."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    photos = tmp_path / "dog"
-    photos.mkdir()
+    photos = few_photos(tmp_path / "dog")
     overlay = {
         "subjects": {"dog": {"images": str(photos), "class": "dog"}},
         "training": {"dreambooth": {"num_processes": 4}},
