@@ -37,14 +37,17 @@ MODEL_NAMES = ("base", *TRAINED_MODELS)
 COLUMNS = ("edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion")
 REQUIRED = ("source_prompt", "target_prompt", "edit")
 
-# Photo suffixes read by s2s.data (JPEG, PNG, WebP) and the magic bytes each starts with.
+# Photo suffixes read by s2s.data (JPEG, PNG, WebP). Like s2s.data (PIL), the content decides the
+# format, not the suffix: the study's own folder has a WebP photo named .jpg.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-_MAGIC = {
-    ".jpg": (b"\xff\xd8\xff",),
-    ".jpeg": (b"\xff\xd8\xff",),
-    ".png": (b"\x89PNG\r\n\x1a\n",),
-    ".webp": (b"RIFF",),
-}
+
+
+def _known_format(head: bytes) -> bool:
+    return (
+        head.startswith(b"\xff\xd8\xff")
+        or head.startswith(b"\x89PNG\r\n\x1a\n")
+        or (head.startswith(b"RIFF") and head[8:12] == b"WEBP")
+    )
 
 
 # ---------------------------------------------------------------- edit manifest
@@ -217,9 +220,7 @@ def check_photo_header(path: Path) -> str | None:
         return f"{path}: cannot be read ({exc.strerror or exc})"
     if not head:
         return f"{path}: empty file (0 bytes)"
-    if not any(head.startswith(magic) for magic in _MAGIC[suffix]) or (
-        suffix == ".webp" and head[8:12] != b"WEBP"
-    ):
+    if not _known_format(head):
         return f"{path}: not a readable image (the content is not JPEG/PNG/WebP)"
     return None
 

@@ -90,9 +90,14 @@ def test_real_photos_pass_the_header_check(tmp_path):
 
     folder = tmp_path / "dog"
     folder.mkdir()
-    for i, (fmt, suffix) in enumerate([("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp")] * 2):
+    # The content decides, as when the photos are decoded: the study's folder has a WebP named .jpg.
+    formats = [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("WEBP", ".jpg"), ("PNG", ".jpeg")]
+    for i, (fmt, suffix) in enumerate(formats):
         Image.new("RGB", (8, 8), (i * 30, 0, 0)).save(folder / f"{i}{suffix}", fmt)
     check_config(subject_config(folder), base_dir=tmp_path)
+    Image.new("RGB", (8, 8)).save(folder / "renamed_gif.jpg", "GIF")
+    message = one_line_error(subject_config(folder), tmp_path)
+    assert "renamed_gif.jpg: not a readable image" in message
 
 
 # ---------------------------------------------------------------- edit manifest rows
