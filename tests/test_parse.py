@@ -217,8 +217,8 @@ def test_bad_manifest_row_stops_the_dry_run(tmp_path):
 
 
 def test_modules_the_rules_import_are_torch_free():
-    code = "import sys, s2s.config, s2s.plan, s2s.io; print(' '.join(m for m in %r if m in sys.modules))" % (
-        HEAVY,
+    code = (
+        f"import sys, s2s.config, s2s.plan, s2s.io; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == ""
@@ -230,7 +230,8 @@ def test_demo_dry_run_with_torch_unimportable(tmp_path):
         "import sys\n"
         f"for name in {HEAVY!r}: sys.modules[name] = None\n"
         "from snakemake.cli import main\n"
-        f"sys.argv = ['snakemake', '-n', '--cores', '1', '-s', {str(REPO / 'Snakefile')!r}, '--directory', {str(tmp_path)!r}]\n"
+        f"sys.argv = ['snakemake', '-n', '--cores', '1', '-s', {str(REPO / 'Snakefile')!r}, "
+        f"'--directory', {str(tmp_path)!r}]\n"
         "main()\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -266,7 +267,7 @@ def test_paper_dry_run_in_an_environment_with_snakemake_alone(tmp_path):
         [
             str(python),
             "-c",
-            "import importlib.util as u; print([m for m in %r if u.find_spec(m)])" % (HEAVY,),
+            f"import importlib.util as u; print([m for m in {HEAVY!r} if u.find_spec(m)])",
         ],
         capture_output=True,
         text=True,
