@@ -8,7 +8,6 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
-
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/rehearsal.smk"

@@ -10,6 +10,10 @@ except S2SError as _error:
     sys.exit(f"s2s config error: {_error}")
 
 
+localrules:
+    bench,
+
+
 rule bench:
     input:
         expand(f"{RESULTS}/bench/parts/{{part}}.json", part=BENCH.parts),
@@ -31,12 +35,10 @@ rule bench:
 rule bench_part:
     output:
         f"{RESULTS}/bench/parts/{{part}}.json",
-    wildcard_constraints:
-        part="training|memory|edit|dag",
-    params:
-        settings=lambda wildcards: BENCH.part(wildcards.part),
     log:
         f"{LOGS}/bench/{{part}}.log",
+    wildcard_constraints:
+        part="training|memory|edit|dag",
     conda:
         "../envs/s2s.yaml"
     # All cores for one measured job at a time (Snakemake caps threads at --cores). Not
@@ -45,5 +47,7 @@ rule bench_part:
     resources:
         mem_mb=20000,
         runtime=30,
+    params:
+        settings=lambda wildcards: BENCH.part(wildcards.part),
     script:
         "../workflow_scripts/bench.py"

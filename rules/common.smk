@@ -1,3 +1,4 @@
+import re
 import sys
 from pathlib import Path
 
@@ -6,13 +7,16 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
+# Only torch-free modules: the Snakefile is read by a plain Snakemake, at every dry run and inside
+# every cluster job (tests/test_parse.py checks it).
 from s2s import config as s2s_config  # noqa: E402
-from s2s.edit.batch import plan_manifest as s2s_edit_plan  # noqa: E402
+from s2s import plan as s2s_plan  # noqa: E402
 from s2s import preflight as s2s_preflight  # noqa: E402
 from s2s.io import S2SError  # noqa: E402
 
 # Our own check first: one line naming the key and the fix (Snakemake's validate prints the whole
-# schema on error); then Snakemake's validate, which also fills the schema's defaults.
+# schema on error); it also checks what is knowable before any job runs (photo folders, the edit
+# manifest's rows). Then Snakemake's validate, which also fills the schema's defaults.
 try:
     config = s2s_config.check_config(config, base_dir=Path.cwd())
 except S2SError as _error:
@@ -35,21 +39,29 @@ LOGS = f"{RESULTS}/logs"
 SUBJECTS = list(config["subjects"])
 METHODS = list(config["methods"])
 SAMPLE_METHODS = s2s_config.sample_methods(config)
-PROMPT_IDS = s2s_config.prompt_ids(config)
-PROMPT_CHUNKS = s2s_config.prompt_chunks(config)
+PROMPTS = s2s_config.prompts_by_id(config)
+PROMPT_IDS = list(PROMPTS)
 SEEDS = config["sampling"]["seeds"]
 TINY = config["tiny_models"]
 REHEARSAL = config["rehearsal_models"]
 EDITS_ON = bool(config["edits"]["manifest"])
 EDIT_PLAN = (
-    s2s_edit_plan(config["edits"]["manifest"], config["edits"]["subject_model"], RESULTS) if EDITS_ON else []
+    s2s_plan.plan_manifest(
+        config["edits"]["manifest"], config["edits"]["subject_model"], RESULTS
+    )
+    if EDITS_ON
+    else []
 )
 EDIT_IDS = [row["edit_id"] for row in EDIT_PLAN]
+EDIT_ROWS = {row["edit_id"]: row for row in EDIT_PLAN}
+BENCHMARKS = f"{RESULTS}/benchmarks"
 
 
 wildcard_constraints:
     subject="|".join(SUBJECTS),
     method="|".join(SAMPLE_METHODS),
+    prompt="|".join(PROMPT_IDS),
+    edit_id="|".join(map(re.escape, EDIT_IDS)) or "(?!)",
 
 
 def base_model_inputs():
@@ -84,7 +96,10 @@ def subject_photos(wildcards):
 
 def train_inputs(method):
     def inputs(wildcards):
-        files = {"instance": f"{RESULTS}/{wildcards.subject}/instance", "base": base_model_inputs()}
+        files = {
+            "instance": f"{RESULTS}/{wildcards.subject}/instance",
+            "base": base_model_inputs(),
+        }
         if uses_prior(method):
             files["class_images"] = f"{RESULTS}/{wildcards.subject}/class_images"
         return files
@@ -96,6 +111,12 @@ def train_env(method):
     """8-bit Adam needs bitsandbytes: that method's training runs in the GPU environment."""
     gpu = method in s2s_preflight.methods_with_8bit_adam(config)
     return f"../{s2s_preflight.GPU_ENV}" if gpu else "../envs/s2s.yaml"
+
+
+def training_depends(method):
+    return lambda wildcards: s2s_config.depends_training(
+        config, method, wildcards.subject
+    )
 
 
 def train_gpus(method):
@@ -111,7 +132,10 @@ def sample_inputs(wildcards):
 
 
 def uses_prior(method):
-    return method != "textual_inversion" and s2s_config.train_config(config, method).with_prior_preservation
+    return (
+        method != "textual_inversion"
+        and s2s_config.train_config(config, method).with_prior_preservation
+    )
 
 
 def trained_model_file(subject, method):
@@ -123,16 +147,21 @@ def trained_model_file(subject, method):
 
 
 def sample_files(subject, method):
-    return expand(f"{RESULTS}/{subject}/samples/{method}/{{pid}}/{{seed}}.png", pid=PROMPT_IDS, seed=SEEDS)
+    return expand(
+        f"{RESULTS}/{subject}/samples/{method}/{{pid}}/{{seed}}.png",
+        pid=PROMPT_IDS,
+        seed=SEEDS,
+    )
 
 
 def edit_inputs(wildcards):
-    """Manifest, its photos, and every trained model a row uses (plus the base model)."""
-    files = {"manifest": config["edits"]["manifest"], "base": base_model_inputs()}
-    files["images"] = sorted({row["image"] for row in EDIT_PLAN if row["image"]})
-    files["models"] = sorted(
-        {trained_model_file(wildcards.subject, row["model"]) for row in EDIT_PLAN if row["model"] != "base"}
-    )
+    """The row's photo and trained model (plus the base model)."""
+    row = EDIT_ROWS[wildcards.edit_id]
+    files = {"base": base_model_inputs()}
+    if row["image"]:
+        files["image"] = row["image"]
+    if row["model"] != "base":
+        files["model"] = trained_model_file(wildcards.subject, row["model"])
     return files
 
 
@@ -141,11 +170,16 @@ def edit_targets(subject):
 
 
 def all_targets():
-    targets = [f"{RESULTS}/table1.csv", f"{RESULTS}/table1.md", f"{RESULTS}/table1.html"]
+    targets = [
+        f"{RESULTS}/table1.csv",
+        f"{RESULTS}/table1.md",
+        f"{RESULTS}/table1.html",
+    ]
     for subject in SUBJECTS:
-        targets += expand(f"{RESULTS}/{subject}/grids/{{method}}.png", method=SAMPLE_METHODS)
+        targets += expand(
+            f"{RESULTS}/{subject}/grids/{{method}}.png", method=SAMPLE_METHODS
+        )
         targets.append(f"{RESULTS}/{subject}/loss_curves.png")
         if EDITS_ON:
             targets += edit_targets(subject)
     return targets
-

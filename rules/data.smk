@@ -1,4 +1,10 @@
 # Data: the demo's own tiny models and subject photos, prepared instance images, class-prior images.
+# Each rule's params carry the config its outputs depend on (s2s.config.depends_*): a change re-runs it.
+
+
+localrules:
+    build_tiny_models,
+    draw_synthetic_subject,
 
 
 rule build_tiny_models:
@@ -15,6 +21,8 @@ rule build_tiny_models:
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        depends=s2s_config.depends_tiny_models(config),
     script:
         "../workflow_scripts/build_tiny_models.py"
 
@@ -30,6 +38,8 @@ rule draw_synthetic_subject:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        depends=s2s_config.depends_synthetic_subject(config),
     script:
         "../workflow_scripts/draw_synthetic_subject.py"
 
@@ -47,6 +57,8 @@ rule prepare_instance:
     resources:
         mem_mb=4000,
         runtime=20,
+    params:
+        depends=s2s_config.depends_instance(config),
     script:
         "../workflow_scripts/prepare_instance.py"
 
@@ -56,10 +68,10 @@ rule class_priors:
         base_model_inputs(),
     output:
         directory(f"{RESULTS}/{{subject}}/class_images"),
-    params:
-        num_class_images=config["class_images"]["num_class_images"],
     log:
         f"{LOGS}/{{subject}}/class_priors.log",
+    benchmark:
+        f"{BENCHMARKS}/{{subject}}/class_priors.tsv"
     conda:
         "../envs/s2s.yaml"
     threads: 2
@@ -68,5 +80,9 @@ rule class_priors:
         runtime=120,
         gpu=1,
         gpu_jobs=1,
+    params:
+        depends=lambda wildcards: s2s_config.depends_class_priors(
+            config, wildcards.subject
+        ),
     script:
         "../workflow_scripts/class_priors.py"

@@ -1,6 +1,11 @@
-# Editing: a Prompt-to-Prompt edit batch per subject, driven by the manifest in config edits.manifest
+# Editing: one Prompt-to-Prompt edit per job, one job per row of the manifest in config edits.manifest
 # (replace / refine / reweight / local blend; real photos inverted; "subject" rows use the trained
-# subject model). One job per subject: each pipeline is loaded once for all its rows.
+# subject model). One row per job so that a changed row re-runs only its edit (its params carry the
+# row); each job loads its pipeline once.
+
+
+localrules:
+    draw_demo_edit_photo,
 
 
 rule draw_demo_edit_photo:
@@ -14,29 +19,33 @@ rule draw_demo_edit_photo:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        depends=s2s_config.depends_tiny_models(config),
     script:
         "../workflow_scripts/draw_demo_edit_photo.py"
 
 
-rule edit_batch:
+rule edit:
     input:
         unpack(edit_inputs),
     output:
-        records=expand(f"{RESULTS}/{{{{subject}}}}/edits/{{edit_id}}/edit.json", edit_id=EDIT_IDS),
-        pairs=report(
-            expand(f"{RESULTS}/{{{{subject}}}}/edits/{{edit_id}}/before_after.png", edit_id=EDIT_IDS),
+        record=f"{RESULTS}/{{subject}}/edits/{{edit_id}}/edit.json",
+        pair=report(
+            f"{RESULTS}/{{subject}}/edits/{{edit_id}}/before_after.png",
             caption="../report/edit.rst",
             category="Edits",
             subcategory="{subject}",
         ),
-        sheets=report(
-            expand(f"{RESULTS}/{{{{subject}}}}/edits/{{edit_id}}/attention.png", edit_id=EDIT_IDS),
+        sheet=report(
+            f"{RESULTS}/{{subject}}/edits/{{edit_id}}/attention.png",
             caption="../report/attention.rst",
             category="Edits",
             subcategory="{subject}",
         ),
     log:
-        f"{LOGS}/{{subject}}/edit_batch.log",
+        f"{LOGS}/{{subject}}/edit/{{edit_id}}.log",
+    benchmark:
+        f"{BENCHMARKS}/{{subject}}/edit/{{edit_id}}.tsv"
     conda:
         "../envs/s2s.yaml"
     threads: 2
@@ -45,5 +54,11 @@ rule edit_batch:
         runtime=120,
         gpu=1,
         gpu_jobs=1,
+    params:
+        row=lambda wildcards: EDIT_ROWS[wildcards.edit_id]["row"],
+        # The config this job depends on (s2s.config.depends_*): a change re-runs it.
+        depends=lambda wildcards: s2s_config.depends_edit(
+            config, EDIT_ROWS[wildcards.edit_id]["row"]
+        ),
     script:
         "../workflow_scripts/edit.py"

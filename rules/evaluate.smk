@@ -1,5 +1,10 @@
 # Evaluation: metrics per method (CLIP score, FID/KID/IS and the study's variants, DINO, CLIP-I,
-# CLIP-T, bootstrap CIs), an image grid per method, then Table 1 and the loss curves.
+# CLIP-T, bootstrap CIs), an image grid per method, then Table 1 and the loss curves (light: local).
+
+
+localrules:
+    table,
+    loss_curves,
 
 
 rule evaluate:
@@ -18,26 +23,39 @@ rule evaluate:
         ),
     log:
         f"{LOGS}/{{subject}}/evaluate_{{method}}.log",
+    benchmark:
+        f"{BENCHMARKS}/{{subject}}/evaluate_{{method}}.tsv"
     conda:
         "../envs/s2s.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=60,
+    params:
+        # The config this job depends on (s2s.config.depends_*): a change re-runs it.
+        depends=s2s_config.depends_evaluation(config),
     script:
         "../workflow_scripts/evaluate.py"
 
 
 rule table:
     input:
-        metrics=expand(f"{RESULTS}/{{subject}}/metrics/{{method}}.json", subject=SUBJECTS, method=SAMPLE_METHODS),
+        metrics=expand(
+            f"{RESULTS}/{{subject}}/metrics/{{method}}.json",
+            subject=SUBJECTS,
+            method=SAMPLE_METHODS,
+        ),
         summaries=expand(
-            f"{RESULTS}/{{subject}}/models/{{method}}/train_summary.json", subject=SUBJECTS, method=METHODS
+            f"{RESULTS}/{{subject}}/models/{{method}}/train_summary.json",
+            subject=SUBJECTS,
+            method=METHODS,
         ),
     output:
         csv=f"{RESULTS}/table1.csv",
         md=f"{RESULTS}/table1.md",
-        html=report(f"{RESULTS}/table1.html", caption="../report/table.rst", category="Table 1"),
+        html=report(
+            f"{RESULTS}/table1.html", caption="../report/table.rst", category="Table 1"
+        ),
         companion_csv=f"{RESULTS}/table1_companion.csv",
         companion_md=f"{RESULTS}/table1_companion.md",
         companion_html=f"{RESULTS}/table1_companion.html",
@@ -49,6 +67,10 @@ rule table:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        # Table 1 records the whole config's hash (provenance), so any config change re-makes it.
+        config_hash=s2s_config.config_hash(config),
+        compare_published=config["evaluation"]["compare_published"],
     script:
         "../workflow_scripts/table.py"
 
@@ -56,7 +78,8 @@ rule table:
 rule loss_curves:
     input:
         summaries=lambda wildcards: expand(
-            f"{RESULTS}/{wildcards.subject}/models/{{method}}/train_summary.json", method=METHODS
+            f"{RESULTS}/{wildcards.subject}/models/{{method}}/train_summary.json",
+            method=METHODS,
         ),
     output:
         report(

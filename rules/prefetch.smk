@@ -1,5 +1,6 @@
 # Prefetch: cache every model the config names, for compute nodes without internet.
 
+
 localrules:
     prefetch,
 
@@ -16,5 +17,8 @@ rule prefetch:
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        # The models it fetches: a changed model id re-runs it.
+        depends=s2s_config.depends_prefetch(config),
     script:
         "../workflow_scripts/prefetch.py"

@@ -1,7 +1,11 @@
 # Training: one rule per method. Checkpoints live outside the outputs (results/{subject}/checkpoints/)
-# so that Snakemake's clean-up of a failed job's outputs never deletes them; a re-run resumes.
+# so that Snakemake's clean-up of a failed job's outputs never deletes them; a re-run resumes only from
+# a checkpoint of the same training config (the loop compares the checkpoint's config hash), so a job
+# re-run for changed params, or by --forcerun, starts fresh.
 # training.num_processes > 1 runs the job under `accelerate launch` (one process per GPU) and requests
 # that many GPUs.
+# Not protected(): a changed training key must be able to replace the model (params rerun trigger);
+# Snakemake refuses to overwrite protected outputs, so every config change would need a chmod first.
 
 
 for _method in ("textual_inversion", "dreambooth", "lora"):
@@ -14,10 +18,10 @@ for _method in ("textual_inversion", "dreambooth", "lora"):
         output:
             model=trained_model_file("{subject}", _method),
             summary=f"{RESULTS}/{{subject}}/models/{_method}/train_summary.json",
-        params:
-            method=_method,
         log:
             f"{LOGS}/{{subject}}/train_{_method}.log",
+        benchmark:
+            f"{BENCHMARKS}/{{subject}}/train_{_method}.tsv"
         conda:
             train_env(_method)
         threads: 2
@@ -26,5 +30,9 @@ for _method in ("textual_inversion", "dreambooth", "lora"):
             runtime=480,
             gpu=train_gpus(_method),
             gpu_jobs=1,
+        params:
+            method=_method,
+            # The config this job depends on (s2s.config.depends_*): a change re-runs it.
+            depends=training_depends(_method),
         script:
             "../workflow_scripts/train.py"

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from s2s import plan
 from s2s.io import PICKLE_SUFFIXES, S2SError, check_safe_name
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
@@ -109,6 +110,12 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
                     f"config key subjects.{name}.images: folder {images} does not exist "
                     f"(relative paths are taken from {base_dir.resolve()})"
                 )
+            plan.check_photo_folder(
+                base_dir / images,
+                f"subjects.{name}.images",
+                config["data"]["min_photos"],
+                config["data"]["max_photos"],
+            )
         class_images = subject.get("class_images")
         if class_images and not (base_dir / class_images).is_dir():
             raise S2SError(f"config key subjects.{name}.class_images: folder {class_images} does not exist")
@@ -123,6 +130,17 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
         raise S2SError(
             f"config key model.name_or_path: {model} is a pickle weight file; only safetensors are loaded"
         )
+    if config["data"]["min_photos"] > config["data"]["max_photos"]:
+        raise S2SError(
+            f"config key data.min_photos: {config['data']['min_photos']} is above data.max_photos "
+            f"{config['data']['max_photos']}"
+        )
+    folders: dict[str, str] = {}
+    for prompt in config["sampling"]["prompts"]:
+        folder = plan.prompt_folder(prompt)
+        if folder in folders:
+            raise S2SError(f"config key sampling.prompts: {prompt!r} is listed twice")
+        folders[folder] = prompt
     manifest = config["edits"].get("manifest")
     if manifest and not (base_dir / manifest).is_file():
         # The shipped demo manifest is found from any working directory (e.g. snakemake --directory).
@@ -130,6 +148,13 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
             config["edits"]["manifest"] = str(SCHEMA_PATH.parent.parent / manifest)
         else:
             raise S2SError(f"config key edits.manifest: file {manifest} does not exist")
+    if config["edits"].get("manifest"):
+        plan.check_manifest(
+            config["edits"]["manifest"],
+            list(config["methods"]),
+            config["edits"].get("subject_model"),
+            str(results_dir(config)),
+        )
     return config
 
 
@@ -253,13 +278,13 @@ def metric_models(config: dict) -> dict[str, str | None]:
 
 
 def prompt_ids(config: dict) -> list[str]:
-    return [f"p{i:02d}" for i in range(len(config["sampling"]["prompts"]))]
+    """The prompts' sample folders, in config order (derived from each prompt's text)."""
+    return list(prompts_by_id(config))
 
 
-def prompt_chunks(config: dict) -> list[list[str]]:
-    ids = prompt_ids(config)
-    size = config["sampling"]["prompt_chunk_size"]
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+def prompts_by_id(config: dict) -> dict[str, str]:
+    """Sample folder -> prompt template ({} = the subject phrase)."""
+    return {plan.prompt_folder(p): p for p in config["sampling"]["prompts"]}
 
 
 def sample_methods(config: dict) -> list[str]:
@@ -268,3 +293,114 @@ def sample_methods(config: dict) -> list[str]:
 
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- what each rule depends on
+#
+# Each rule's params carry exactly the part of the config its outputs depend on (as one canonical JSON
+# string), so Snakemake's params rerun trigger re-runs the jobs a changed key affects and, through
+# their updated outputs, their descendants. Keys that change no output are left out on purpose: device
+# (the same model on another device), checkpointing and validation (logs and checkpoints, not the
+# model), batch sizes of inference (results equal up to float noise) and prompt_chunk_size.
+
+# Training keys that change no trained model.
+_NOT_MODEL_KEYS = ("checkpointing_steps", "checkpoints_total_limit", "validation_prompt", "validation_steps")
+
+
+def _precision(config: dict) -> str:
+    return config["training"].get("mixed_precision", "no")
+
+
+def _base(config: dict) -> dict:
+    return {"base_model": base_model(config), "resolution": config["model"]["resolution"]}
+
+
+def depends_tiny_models(config: dict) -> str:
+    return plan.stable({"seed": config["seed"], "resolution": config["model"]["resolution"]})
+
+
+def depends_synthetic_subject(config: dict) -> str:
+    return plan.stable(
+        {
+            "seed": config["seed"],
+            "count": config["data"]["synthetic_count"],
+            "resolution": config["model"]["resolution"],
+        }
+    )
+
+
+def depends_instance(config: dict) -> str:
+    data = config["data"]
+    return plan.stable({"resolution": config["model"]["resolution"], "small_images": data["small_images"]})
+
+
+def depends_class_priors(config: dict, subject_name: str) -> str:
+    who = subject(config, subject_name)
+    return plan.stable(
+        {
+            **_base(config),
+            "class_images": {k: v for k, v in config["class_images"].items() if k != "batch_size"},
+            "class_prompt": config["class_prompt"].replace("{class}", who.class_noun),
+            "folder": who.class_images,
+            "small_images": config["data"]["small_images"],
+            "seed": config["seed"],
+            "precision": _precision(config),
+        }
+    )
+
+
+def depends_training(config: dict, method: str, subject_name: str) -> str:
+    from dataclasses import asdict
+
+    who = subject(config, subject_name)
+    tcfg = {k: v for k, v in asdict(train_config(config, method)).items() if k not in _NOT_MODEL_KEYS}
+    return plan.stable(
+        {
+            **_base(config),
+            "training": tcfg,
+            "instance_prompt": config["instance_prompt"].replace("{}", who.phrase),
+            "class_prompt": config["class_prompt"].replace("{class}", who.class_noun),
+            "token": who.token,
+            "class": who.class_noun,
+        }
+    )
+
+
+def depends_sampling(config: dict, prompt: str, subject_name: str) -> str:
+    sampling = config["sampling"]
+    return plan.stable(
+        {
+            **_base(config),
+            "prompt": prompt.replace("{}", subject(config, subject_name).phrase),
+            **{k: sampling[k] for k in ("seeds", "num_inference_steps", "guidance_scale", "scheduler")},
+            "precision": _precision(config),
+        }
+    )
+
+
+def depends_evaluation(config: dict) -> str:
+    return plan.stable(
+        {
+            "evaluation": {k: v for k, v in config["evaluation"].items() if k != "compare_published"},
+            "metric_models": metric_models(config),
+            "seed": config["seed"],
+        }
+    )
+
+
+def depends_edit(config: dict, row: dict) -> str:
+    edits = config["edits"]
+    return plan.stable(
+        {
+            **_base(config),
+            "row": row,
+            "defaults": {k: v for k, v in edits.items() if k != "manifest"},
+            "clip_model": metric_models(config)["clip_model"],
+            "seed": config["seed"],
+            "precision": _precision(config),
+        }
+    )
+
+
+def depends_prefetch(config: dict) -> str:
+    return plan.stable({"base_model": base_model(config), **metric_models(config)})

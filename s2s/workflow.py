@@ -9,41 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from s2s import config as cfgmod
-from s2s.io import S2SError
+from s2s.job import class_prompt_for, instance_prompt_for, run_step, setup_job
 
 log = logging.getLogger("s2s")
 
 
-def _setup(smk) -> dict:
-    if smk.log:
-        handler = logging.FileHandler(smk.log[0], mode="a", encoding="utf-8")
-        stream = open(smk.log[0], "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives for the job
-        sys.stderr = stream  # tqdm and library warnings go to the rule's log too
-    else:
-        handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    import torch
-
-    torch.set_num_threads(max(1, int(smk.threads)))
-    # The workflow validated the config at parse time; validate again so a script run by hand is safe.
-    return cfgmod.check_config(dict(smk.config), base_dir=Path.cwd())
-
-
 def run(smk, step: str) -> None:
-    config = _setup(smk)
-    try:
-        STEPS[step](smk, config)
-    except S2SError as exc:
-        log.error("%s", exc)
-        print(f"s2s error: {exc}", file=sys.__stderr__)
-        sys.exit(1)
+    run_step(STEPS[step], smk, setup_job(smk))
 
 
 # ---------------------------------------------------------------- one function per rule
@@ -118,14 +93,6 @@ def class_priors(smk, config) -> None:
     )
 
 
-def class_prompt_for(config, subject) -> str:
-    return config["class_prompt"].replace("{class}", subject.class_noun)
-
-
-def instance_prompt_for(config, subject) -> str:
-    return config["instance_prompt"].replace("{}", subject.phrase)
-
-
 def train(smk, config) -> None:
     from s2s.train.launch import train_job
 
@@ -156,11 +123,8 @@ def sample(smk, config) -> None:
     subject = cfgmod.subject(config, smk.wildcards.subject)
     method = smk.wildcards.method
     sampling = config["sampling"]
-    all_ids = cfgmod.prompt_ids(config)
-    prompts = {
-        pid: fill_prompt(sampling["prompts"][all_ids.index(pid)], subject.phrase)
-        for pid in smk.params.prompt_ids
-    }
+    pid = smk.wildcards.prompt
+    prompts = {pid: fill_prompt(cfgmod.prompts_by_id(config)[pid], subject.phrase)}
     model_dir = None if method == "base" else cfgmod.results_dir(config) / subject.name / "models" / method
     sample_method(
         cfgmod.base_model(config),
@@ -294,7 +258,7 @@ def draw_demo_edit_photo(smk, config) -> None:
 def edit(smk, config) -> None:
     from PIL import Image
 
-    from s2s.edit.batch import manifest_rows, run_edit_batch
+    from s2s.edit.batch import run_edit_batch
     from s2s.io import save_png
     from s2s.models import pick_device, pick_dtype
 
@@ -311,8 +275,9 @@ def edit(smk, config) -> None:
         "subject_model": edits["subject_model"],
         "clip_model": cfgmod.metric_models(config)["clip_model"],
     }
+    # One edit per job (its manifest row, edit_id filled in): a changed row re-runs only its edit.
     records = run_edit_batch(
-        manifest_rows(edits["manifest"], str(cfgmod.results_dir(config))),
+        [smk.params.row],
         results / "edits",
         cfgmod.base_model(config),
         {m: results / "models" / m for m in config["methods"]},

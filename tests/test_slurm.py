@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "profiles" / "slurm"
 CLUSTER_SCRIPT = REPO / "scripts" / "slurm_local_cluster.sh"
 # Rules that declare gpu=1 (the sampling group job is named after its group, "sampling").
-GPU_RULE = re.compile(r"^(class_priors|train_\w+|sample_chunk\d+|sampling|edit\w*)$")
+GPU_RULE = re.compile(r"^(class_priors|train_\w+|sample|sampling|edit)$")
 # Slurm job names of this test: <prefix>_<Snakemake run id>.
 JOB_PREFIX = "s2stest"
 # What the local cluster's single partition is called (scripts/slurm_local_cluster.sh).
@@ -76,12 +76,19 @@ def paper_dry_run(tmp_path: Path, overlay: dict) -> subprocess.CompletedProcess:
     return proc
 
 
+def few_photos(folder: Path) -> Path:
+    """A subject folder that passes the parse-time check (5 files with a PNG header; never decoded)."""
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(24))
+    return folder
+
+
 def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
     """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml` (+ the demo's generated edits):
     the GPU stages carry gpu=1 and the GPU partition, the CPU stages neither; sampling goes out in groups."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    photos = tmp_path / "dog"  # the dry run only checks that the photo folder exists
-    photos.mkdir()
+    photos = few_photos(tmp_path / "dog")
     overlay = {"subjects": {"dog": {"images": str(photos), "class": "dog"}}}
     # The demo's edit manifest, its generated rows only (photo rows point into the demo's results).
     with open(REPO / "config" / "demo_edits.csv", newline="") as stream:
@@ -95,7 +102,7 @@ def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
     proc = paper_dry_run(tmp_path, overlay)
     jobs = job_resources(proc.stdout)
     rules = {rule for rule, _ in jobs}
-    assert {"class_priors", "train_textual_inversion", "train_dreambooth", "train_lora", "sample_chunk0",
+    assert {"class_priors", "train_textual_inversion", "train_dreambooth", "train_lora", "sample",
             "prepare_instance", "evaluate", "table"} <= rules, rules
     for rule, resources in jobs:
         if GPU_RULE.match(rule):
@@ -106,16 +113,15 @@ def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
                 rule, resources)
         assert "slurm_account=CHANGE_ME_ACCOUNT" in resources, (rule, resources)
     if rows:
-        assert "edit_batch" in rules, rules
-    # 16 sampling jobs (20 prompts / 5 per chunk x 4 methods) in groups of 4.
-    assert proc.stdout.count("Group job sampling") == 4
+        assert "edit" in rules, rules
+    # 80 sampling jobs (20 prompts x 4 methods) in groups of 5.
+    assert proc.stdout.count("Group job sampling") == 16
 
 
 def test_multi_process_training_requests_one_gpu_per_process(tmp_path):
     """training.dreambooth.num_processes: 4 -> that job asks for 4 GPUs; every other GPU job for 1."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    photos = tmp_path / "dog"
-    photos.mkdir()
+    photos = few_photos(tmp_path / "dog")
     overlay = {
         "subjects": {"dog": {"images": str(photos), "class": "dog"}},
         "training": {"dreambooth": {"num_processes": 4}},
@@ -184,7 +190,7 @@ def small_demo_config(path: Path) -> Path:
     config["training"] = {"checkpointing_steps": 2,
                           "lora": {"max_train_steps": 2, "learning_rate": 1.0e-3, "num_processes": 2}}
     config["sampling"] = {"prompts": ["a {} in the jungle", "a {} in the snow"], "seeds": [0, 1],
-                          "num_inference_steps": 2, "prompt_chunk_size": 2}
+                          "num_inference_steps": 2}
     config["evaluation"] = {"n_boot": 20, "compare_published": True}
     config.setdefault("edits", {})["manifest"] = None  # editing is a GPU stage too; checked in the dry run
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -262,7 +268,7 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
         # up to 32 GB, the tiny models need far less). --verbose logs every sbatch call.
         small_mem = [f"{rule}:mem_mb=2000" for rule in (
             "draw_synthetic_subject", "prepare_instance", "class_priors", "train_lora",
-            "sample_chunk0", "evaluate", "table", "loss_curves")]
+            "sample", "evaluate", "table", "loss_curves")]
         # 2 GPUs x 2 CPUs per GPU would not fit the node's 2 CPUs
         small_mem.append("train_lora:cpus_per_gpu=1")
         t_slurm = time.monotonic()
@@ -297,7 +303,7 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
                                 capture_output=True, text=True, check=True).stdout.split()
     assert sorted(on_cluster, key=int) == sorted(submitted, key=int)
     finished = re.findall(r"Finished jobid: \S+ \(Rule: (\w+)\)", log)
-    assert {"class_priors", "train_lora", "sample_chunk0", "evaluate", "table"} <= set(finished), finished
+    assert {"class_priors", "train_lora", "sample", "evaluate", "table"} <= set(finished), finished
 
     # (b) GPU stages asked for a GPU (sbatch --gpus=1, slurmctld TresPerJob=gres:gpu:1), the 2-process
     # training job for 2, CPU stages for none.
@@ -305,14 +311,16 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
     for jobid in submitted:
         job = scontrol_job(jobid)
         assert job["JobState"] == "COMPLETED", (jobid, job)
-        rule = re.match(r"rule_(.+?)(?:_wildcards_.*|_sample_chunk.*)?$", job["Comment"]).group(1)
+        rule = re.match(r"rule_(.+?)(?:_wildcards_.*)?$", job["Comment"]).group(1)
         gpus = re.search(r"gres:gpu:(\d+)", job.get("TresPerJob", ""))
         (gpu_jobs if gpus else cpu_jobs).append(rule)
         assert bool(gpus) == bool(GPU_RULE.match(rule)), (rule, job.get("TresPerJob"))
         if gpus:
             assert gpus.group(1) == ("2" if rule == "train_lora" else "1"), (rule, job.get("TresPerJob"))
     assert {"class_priors", "train_lora", "sampling"} <= set(gpu_jobs), gpu_jobs
-    assert {"draw_synthetic_subject", "prepare_instance", "evaluate", "table", "loss_curves"} <= set(cpu_jobs)
+    assert {"prepare_instance", "evaluate"} <= set(cpu_jobs), cpu_jobs
+    # Light rules (localrules: drawing, table, loss curves) run beside Snakemake, never through sbatch.
+    assert not {"draw_synthetic_subject", "table", "loss_curves"} & set(gpu_jobs + cpu_jobs)
     for call in sbatch_calls:
         gpu_rule = re.search(r"--comment '?rule_(class_priors|train_|sampling)", call)
         wanted = "--gpus=2" if "rule_train_lora" in call else "--gpus=1"

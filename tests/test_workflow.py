@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+
+from s2s.plan import prompt_folder
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_CONFIG = REPO / "tests" / "data" / "workflow_config.yaml"
@@ -61,7 +64,8 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
         "table",
     ):
         assert counts.get(rule, 0) >= 1, (rule, counts)
-    assert sum(v for k, v in counts.items() if k.startswith("sample_chunk")) == 4  # base + 3 methods
+    # One sampling job per method (base + 3) and prompt (4 in the demo config).
+    assert counts["sample"] == 4 * 4 and counts["edit"] == 2
 
 
 def test_paper_dry_run_shows_the_complete_dag(shared_data):
@@ -71,9 +75,11 @@ def test_paper_dry_run_shows_the_complete_dag(shared_data):
     assert counts["train_textual_inversion"] == counts["train_dreambooth"] == counts["train_lora"] == 1
     assert counts["evaluate"] == 4 and counts["table"] == 1
     assert "build_tiny_models" not in counts and "draw_synthetic_subject" not in counts
+    prompts = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["sampling"]["prompts"]
+    assert len(prompts) == 20
     for method in ("textual_inversion", "dreambooth", "lora"):
-        for pid in range(20):
-            assert f"results/dog/samples/{method}/p{pid:02d}/0.png" in out
+        for prompt in prompts:
+            assert f"results/paper/dog/samples/{method}/{prompt_folder(prompt)}/0.png" in out
     assert "num_class_images=200" in out or "200" in out
 
 
@@ -92,7 +98,9 @@ def test_demo_dag_runs_end_to_end(tmp_path):
         summary = json.loads((results / "toy" / "models" / method / "train_summary.json").read_text())
         assert summary["steps"] == 4
     # Prompts are data: quotes, ;, $(), backticks and newlines reach the model unchanged, no shell runs.
-    meta = json.loads((results / "toy" / "samples" / "lora" / "p01" / "prompt.json").read_text())
+    prompts = yaml.safe_load(TEST_CONFIG.read_text())["sampling"]["prompts"]
+    folder = results / "toy" / "samples" / "lora" / prompt_folder(prompts[1])
+    meta = json.loads((folder / "prompt.json").read_text())
     assert meta["prompt"] == (
         'a "quoted" sks toy; echo pwned > pwned.txt $(touch pwned2) `touch pwned3` it\'s\nnext line'
     )
@@ -114,11 +122,9 @@ def test_demo_dag_runs_end_to_end(tmp_path):
         "--directory",
         str(tmp_path),
         "--forcerun",
-        "sample_chunk0",
-        "sample_chunk1",
+        "sample",
         "--until",
-        "sample_chunk0",
-        "sample_chunk1",
+        "sample",
     )
     second = {p: p.read_bytes() for p in (results / "toy" / "samples").rglob("*.png")}
     assert first.keys() == second.keys() and len(first) == 4 * 2 * 2

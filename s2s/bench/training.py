@@ -103,7 +103,7 @@ def bench_training(
     """Run every (variant, caching) ``settings.runs`` times, each in a fresh process; summarize."""
     from s2s import config as cfgmod
     from s2s.bench.models import build_model_folder, remove
-    from s2s.workflow import class_prompt_for, instance_prompt_for
+    from s2s.job import class_prompt_for, instance_prompt_for
 
     work.mkdir(parents=True, exist_ok=True)
     subject_name = next(iter(config["subjects"]))

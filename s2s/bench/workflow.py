@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from s2s.bench.settings import bench_settings
-from s2s.io import S2SError
 
 log = logging.getLogger("s2s")
 
@@ -27,12 +25,6 @@ STEPS = {"bench_part": bench_part, "bench": bench}
 
 
 def run(smk) -> None:
-    from s2s.workflow import _setup
+    from s2s.job import run_step, setup_job
 
-    config = _setup(smk)
-    try:
-        STEPS[smk.rule](smk, config)
-    except S2SError as exc:
-        log.error("%s", exc)
-        print(f"s2s error: {exc}", file=sys.__stderr__)
-        sys.exit(1)
+    run_step(STEPS[smk.rule], smk, setup_job(smk))

@@ -18,16 +18,12 @@ reconstruction.png, edited.png, attention.png and edit.json.
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 from s2s.edit.controllers import DEFAULT_SPEC, EDITS, build_controller
@@ -37,11 +33,20 @@ from s2s.edit.p2p import generate_edit
 from s2s.edit.seq_aligner import EditSpecError
 from s2s.io import S2SError, atomic_dir, check_safe_name, load_safetensors, save_png, write_json
 from s2s.models import METHODS, SAMPLE_METHODS, load_method_pipeline, method_weights_path
+from s2s.plan import (  # noqa: F401 - manifest_rows, plan_manifest, read_manifest: this module's API too
+    COLUMNS,
+    REQUIRED,
+    Where,
+    clean_row,
+    edit_slug,
+    manifest_rows,
+    parse_params,
+    plan_manifest,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion")
-REQUIRED = ("source_prompt", "target_prompt", "edit")
 DEFAULTS = {
     "num_inference_steps": 50,
     "guidance_scale": 7.5,
@@ -67,74 +72,11 @@ class EditRow:
     spec: dict = field(default_factory=dict)  # controller spec: edit + P2P parameters, defaults applied
 
 
-class _Where:
-    """Names a manifest cell in error messages."""
-
-    def __init__(self, manifest: str):
-        self.manifest = manifest
-
-    def error(self, row: int, column: str, message: str) -> S2SError:
-        return S2SError(f"{self.manifest}, row {row}, column '{column}': {message}")
-
-
-def read_manifest(path: Path) -> list[dict]:
-    """The raw rows of a CSV or YAML manifest, as dicts of column -> value (empty cells dropped)."""
-    if not path.is_file():
-        raise S2SError(f"{path}: edit manifest not found")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = [dict(r) for r in reader]
-            header = reader.fieldnames or []
-        unknown = [c for c in header if c and c.strip() not in COLUMNS]
-        if unknown:
-            raise S2SError(f"{path}: unknown column(s) {unknown}; the columns are {', '.join(COLUMNS)}")
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise S2SError(f"{path}: not valid YAML ({exc})") from exc
-        rows = data.get("edits") if isinstance(data, dict) else data
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise S2SError(f"{path}: a YAML manifest is a list of mappings (or a mapping with key 'edits')")
-    else:
-        raise S2SError(f"{path}: edit manifest must be .csv, .yaml or .yml")
-    return [_clean(r) for r in rows]
-
-
-def _clean(raw: dict) -> dict:
-    cleaned = {}
-    for key, value in raw.items():
-        if key is None:  # csv puts surplus cells of a row under None
-            cleaned[None] = value
-            continue
-        value = value.strip() if isinstance(value, str) else value
-        if value not in (None, ""):
-            cleaned[str(key).strip()] = value
-    return cleaned
-
-
-def _slug(row: int, source: str, target: str) -> str:
-    """``{row:03d}_{words}``: the target's words that are not in the source, else the target's words."""
-    source_words = set(source.lower().split())
-    words = [w for w in target.lower().split() if w not in source_words] or target.lower().split()
-    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(words)).strip("-")[:40].strip("-")
-    return f"{row:03d}_{slug}" if slug else f"{row:03d}"
-
-
-def _parse_params(value, where: _Where, row: int) -> dict:
-    if isinstance(value, str):
-        try:
-            value = yaml.safe_load(value)  # JSON is YAML, so both spellings work
-        except yaml.YAMLError as exc:
-            raise where.error(row, "params", f"not valid JSON/YAML ({exc})") from exc
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise where.error(
-            row, "params", 'give a mapping, e.g. {"cross_replace_steps": 0.6, "blend_words": ["dog"]}'
-        )
-    return value
+# The manifest's reader lives in s2s.plan, which the Snakefile imports without torch.
+_Where = Where
+_clean = clean_row
+_slug = edit_slug
+_parse_params = parse_params
 
 
 def _check_image(path: Path, where: _Where, row: int) -> None:
@@ -508,31 +450,3 @@ def run_edit_batch(
             )
         del pipe
     return [records[r.row] for r in rows]
-
-
-def manifest_rows(path: Path | str, results_dir: str) -> list[dict]:
-    """A manifest's rows with image paths resolved: ``{results}`` stands for the workflow's results
-    folder (so a manifest can name an image the workflow draws); other relative paths are taken from
-    the manifest's folder."""
-    path = Path(path)
-    rows = read_manifest(path)
-    for raw in rows:
-        image = raw.get("image")
-        if image:
-            image = str(image).replace("{results}", results_dir)
-            if "{results}" not in str(raw["image"]) and not os.path.isabs(image):
-                image = os.path.normpath(path.parent / image)
-            raw["image"] = image
-    return rows
-
-
-def plan_manifest(path: Path | str, subject_model: str, results_dir: str = "results") -> list[dict]:
-    """What the workflow needs at DAG-building time, without loading models or reading images:
-    each row's edit_id, image path (or None) and model. Full checks happen in ``validate_manifest``."""
-    plan = []
-    for number, raw in enumerate(manifest_rows(path, results_dir), start=1):
-        source, target = raw.get("source_prompt", ""), raw.get("target_prompt", "")
-        edit_id = raw.get("edit_id") or _slug(number, source, target)
-        model = raw.get("model") or (subject_model if raw.get("edit") == "subject" else "base")
-        plan.append({"edit_id": edit_id, "image": raw.get("image"), "model": model})
-    return plan

@@ -1,0 +1,50 @@
+"""What every rule's job does first, shared by the workflow glue (s2s.workflow) and the benchmarks'
+(s2s.bench.workflow): logging into the rule's log, torch threads, the config checked again; and the
+prompts built from a subject, which the training rules and the training benchmark both use."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from s2s import config as cfgmod
+from s2s.io import S2SError
+
+log = logging.getLogger("s2s")
+
+
+def setup_job(smk) -> dict:
+    if smk.log:
+        handler = logging.FileHandler(smk.log[0], mode="a", encoding="utf-8")
+        stream = open(smk.log[0], "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives for the job
+        sys.stderr = stream  # tqdm and library warnings go to the rule's log too
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    import torch
+
+    torch.set_num_threads(max(1, int(smk.threads)))
+    # The workflow validated the config at parse time; validate again so a script run by hand is safe.
+    return cfgmod.check_config(dict(smk.config), base_dir=Path.cwd())
+
+
+def run_step(step, smk, config) -> None:
+    """Run one rule's function; a user-facing S2SError ends the job with its one line."""
+    try:
+        step(smk, config)
+    except S2SError as exc:
+        log.error("%s", exc)
+        print(f"s2s error: {exc}", file=sys.__stderr__)
+        sys.exit(1)
+
+
+def class_prompt_for(config, subject) -> str:
+    return config["class_prompt"].replace("{class}", subject.class_noun)
+
+
+def instance_prompt_for(config, subject) -> str:
+    return config["instance_prompt"].replace("{}", subject.phrase)

@@ -1,0 +1,217 @@
+"""Config changes re-run exactly what they change: one key of each kind changed on finished results,
+then the exact list of jobs `snakemake -n` plans.
+
+The finished state is made without running any job: every output of the demo DAG is created empty,
+then `snakemake --touch` marks the jobs done, which records in .snakemake/metadata the params, code
+and inputs each job ran with, as a real run does (the rerun triggers read only that record and the
+files' times). Each test works on its own copy of that state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from s2s.plan import prompt_folder
+
+REPO = Path(__file__).resolve().parent.parent
+# About two minutes: a dozen dry runs of the Snakefile.
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "run_name": "reruns",
+    # Real model ids, so that changing one means something; no job runs, so nothing is downloaded.
+    "tiny_models": False,
+    "device": "cpu",
+    "model": {"name_or_path": "example/base-model", "resolution": 64},
+    "subjects": {"toy": {"synthetic": True, "class": "toy"}},
+    "data": {"synthetic_count": 4},
+    "class_images": {"num_class_images": 4, "batch_size": 4, "num_inference_steps": 4},
+    "training": {
+        "textual_inversion": {"max_train_steps": 4},
+        "dreambooth": {"max_train_steps": 4},
+        "lora": {"max_train_steps": 4, "learning_rate": 1.0e-3},
+    },
+    "sampling": {
+        "prompts": ["a {} in the jungle", "a {} in the snow"],
+        "seeds": [0, 1],
+        "num_inference_steps": 4,
+    },
+    "evaluation": {"n_boot": 20, "clip_model": "example/clip", "dino_model": "example/dino"},
+    "edits": {"manifest": "edits.csv", "num_inference_steps": 4},
+}
+MANIFEST = (REPO / "config" / "demo_edits.csv").read_text()
+
+
+def snakemake(folder: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(folder),
+            "--configfile",
+            str(folder / "config.yaml"),
+            "--cores",
+            "1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc.stdout + proc.stderr
+
+
+def planned_jobs(folder: Path, *args: str) -> list[tuple[str, str]]:
+    """The jobs a dry run plans, as sorted (rule, wildcards) pairs; `all` left out."""
+    jobs, rule = [], None
+    for line in snakemake(folder, "-n", *args).splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line)
+        if match:
+            rule = match.group(1)
+            jobs.append((rule, ""))
+        elif rule and line.startswith("    wildcards: "):
+            jobs[-1] = (rule, line.split(": ", 1)[1])
+        elif not line.startswith(" "):
+            rule = None
+    return sorted(job for job in jobs if job[0] != "all")
+
+
+def write_config(folder: Path, config: dict) -> None:
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("finished")
+    write_config(folder, CONFIG)
+    (folder / "edits.csv").write_text(MANIFEST)
+    out = snakemake(folder, "-n")
+    outputs = [
+        o for line in out.splitlines() if line.startswith("    output: ") for o in line[12:].split(", ")
+    ]
+    for name in outputs:
+        path = folder / name
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:  # directory() outputs: photos, instance, class_images
+            path.mkdir(parents=True, exist_ok=True)
+    # --forceall: with no metadata yet every job counts as done, so a plain --touch would record nothing.
+    snakemake(folder, "--touch", "--forceall")
+    return folder
+
+
+@pytest.fixture
+def results(finished, tmp_path) -> Path:
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder, symlinks=True)
+    # copytree keeps the times, so the copy is as finished as the original.
+    return folder
+
+
+def changed(folder: Path, edit) -> list[tuple[str, str]]:
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    edit(config)
+    write_config(folder, config)
+    return planned_jobs(folder)
+
+
+def sample_jobs(prompt_folder: str, methods=("base", "textual_inversion", "dreambooth", "lora")):
+    return [("sample", f"subject=toy, method={m}, prompt={prompt_folder}") for m in methods]
+
+
+def evaluate_jobs(methods=("base", "textual_inversion", "dreambooth", "lora")):
+    return [("evaluate", f"subject=toy, method={m}") for m in methods]
+
+
+def test_finished_state_plans_nothing(finished):
+    assert planned_jobs(finished) == []
+
+
+def test_training_key_reruns_that_method_and_its_descendants(results):
+    jobs = changed(results, lambda c: c["training"]["lora"].update(learning_rate=1.0e-2))
+    expected = sorted(
+        [("train_lora", "subject=toy"), ("loss_curves", "subject=toy"), ("table", "")]
+        + [job for p in CONFIG["sampling"]["prompts"] for job in sample_jobs(prompt_folder(p), ["lora"])]
+        + evaluate_jobs(["lora"])
+        + [("edit", "subject=toy, edit_id=photo_subject")]  # its row edits with the LoRA
+    )
+    assert jobs == expected
+
+
+def test_prompt_change_reruns_that_prompt_only_and_lists_only_current_prompts(results):
+    jobs = changed(results, lambda c: c["sampling"]["prompts"].__setitem__(1, "a {} in the desert"))
+    expected = sorted(sample_jobs(prompt_folder("a {} in the desert")) + evaluate_jobs() + [("table", "")])
+    assert jobs == expected
+    plan = snakemake(results, "-n")
+    assert prompt_folder("a {} in the snow") not in plan  # the old prompt's images feed nothing
+    assert prompt_folder("a {} in the jungle") in plan  # the unchanged prompt's samples still do
+
+
+def test_sampling_key_reruns_every_sample_and_what_follows(results):
+    jobs = changed(results, lambda c: c["sampling"].update(num_inference_steps=5))
+    samples = [job for p in CONFIG["sampling"]["prompts"] for job in sample_jobs(prompt_folder(p))]
+    assert jobs == sorted(samples + evaluate_jobs() + [("table", "")])
+
+
+def test_evaluation_key_reruns_evaluation_and_table_only(results):
+    jobs = changed(results, lambda c: c["evaluation"].update(n_boot=30))
+    assert jobs == sorted(evaluate_jobs() + [("table", "")])
+
+
+def test_base_model_id_reruns_everything_that_uses_the_model(results):
+    everything = planned_jobs(results, "--forceall")
+    jobs = changed(results, lambda c: c["model"].update(name_or_path="example/other-model"))
+    photos_only = {"draw_synthetic_subject", "prepare_instance", "draw_demo_edit_photo"}
+    assert jobs == [job for job in everything if job[0] not in photos_only]
+    assert {"class_priors", "train_lora", "sample", "evaluate", "edit"} <= {rule for rule, _ in jobs}
+
+
+def test_metric_model_id_reruns_evaluation_edits_and_table(results):
+    jobs = changed(results, lambda c: c["evaluation"].update(clip_model="example/other-clip"))
+    edits = [
+        ("edit", "subject=toy, edit_id=generated_replace"),
+        ("edit", "subject=toy, edit_id=photo_subject"),
+    ]
+    assert jobs == sorted(evaluate_jobs() + edits + [("table", "")])
+
+
+def test_edit_row_reruns_that_edit_only(results):
+    manifest = results / "edits.csv"
+    manifest.write_text(manifest.read_text().replace("a cat on the beach", "a fox on the beach"))
+    assert planned_jobs(results) == [("edit", "subject=toy, edit_id=generated_replace")]
+
+
+def test_forcerun_of_training_plans_it_and_its_descendants(results):
+    jobs = planned_jobs(results, "--forcerun", "train_lora")
+    assert ("train_lora", "subject=toy") in jobs
+    assert {rule for rule, _ in jobs} == {"train_lora", "sample", "evaluate", "edit", "loss_curves", "table"}
+
+
+def test_gpu_rules_of_the_slurm_profile_are_the_rules_that_request_a_gpu(finished):
+    out = snakemake(finished, "-n", "--forceall")
+    gpu_rules, rule = set(), None
+    for line in out.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line)
+        rule = match.group(1) if match else rule
+        if line.startswith("    resources: ") and re.search(r"\bgpu=[1-9]", line):
+            gpu_rules.add(rule)
+    profile = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    listed = re.search(r"GPU_RULES = (\[.*\])", profile).group(1)
+    assert set(yaml.safe_load(listed)) == gpu_rules
