@@ -18,5 +18,7 @@ rule build_rehearsal_models:
     resources:
         mem_mb=12000,
         runtime=20,
+    params:
+        depends=s2s_config.depends_tiny_models(config),
     script:
         "../workflow_scripts/build_rehearsal_models.py"
