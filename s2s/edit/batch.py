@@ -37,6 +37,7 @@ from s2s.edit.p2p import generate_edit
 from s2s.edit.seq_aligner import EditSpecError
 from s2s.io import S2SError, atomic_dir, check_safe_name, load_safetensors, save_png, write_json
 from s2s.models import METHODS, SAMPLE_METHODS, load_method_pipeline, method_weights_path
+from s2s.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -496,6 +497,7 @@ def run_edit_batch(
     )
     clip = ClipScorer(defaults["clip_model"], device) if defaults["clip_model"] else None
     records: dict[int, dict] = {}
+    progress = Progress("edits", len(rows), log)
     for model in models:
         start = time.perf_counter()
         pipe = load_method_pipeline(base_model, model, model_dirs.get(model), device, dtype)
@@ -506,6 +508,7 @@ def run_edit_batch(
             records[row.row] = _edit_row(
                 pipe, row, out_root, defaults, seed, clip, load_s, manifest, model_dirs.get(model)
             )
+            progress.update()
         del pipe
     return [records[r.row] for r in rows]
 

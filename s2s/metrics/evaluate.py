@@ -29,6 +29,7 @@ from s2s.metrics.image_metrics import (
     study_fid_from_logits,
     study_is_from_logits,
 )
+from s2s.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,8 @@ def evaluate_method(
         n_boot,
     )
 
+    # Two parts of different cost (networks, then the bootstrap): a line after each.
+    progress = Progress(f"evaluating {method}", 2, log, every_s=0.0, unit="parts")
     extractor = load_feature_extractor(feature_extractor)
     feats_gen = extract_features(extractor, generated)
     feats_real = extract_features(extractor, fid_real)
@@ -229,6 +232,7 @@ def evaluate_method(
     per_image = {"clip_score": clip_score(generated, prompts, clip)}
     fidelity = subject_fidelity(generated, real, prompts, clip, dino)
     per_image.update({k: fidelity[k] for k in ("clip_i", "clip_t", "dino")})
+    progress.update()
 
     boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
     with single_threaded_torch():
@@ -236,6 +240,7 @@ def evaluate_method(
             **_per_image_metrics(per_image, boot),
             **_set_level_metrics(feats_real, feats_gen, boot),
         }
+    progress.update()
 
     for what, dim in (
         ("FID", feats_gen["pool"].shape[1]),
