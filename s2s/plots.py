@@ -154,38 +154,38 @@ def image_grid(
 def side_by_side(
     prompt: str, columns: dict[str, list[tuple[int, Path]]], out: Path | str, title: str | None = None
 ) -> None:
-    """One prompt, every method on the same seeds: a row per method (base first), a column per seed."""
+    """One prompt, every method on the same seeds: a column per method (base first), a row per seed."""
     methods = ordered(columns)
     if not methods:
         _empty(out, "no samples")
         return
-    n_cols = max(len(columns[m]) for m in methods)
-    label_in = 1.6
-    head = 0.85
-    fig_w, fig_h = label_in + n_cols * CELL_IN, len(methods) * CELL_IN + head
-    fig, axes = plt.subplots(len(methods), n_cols, figsize=(fig_w, fig_h), squeeze=False)
+    n_rows = max(len(columns[m]) for m in methods)
+    label_in, head = 0.8, 0.95
+    fig_w, fig_h = label_in + len(methods) * CELL_IN + 0.1, n_rows * CELL_IN + head
+    fig, axes = plt.subplots(n_rows, len(methods), figsize=(fig_w, fig_h), squeeze=False)
     fig.subplots_adjust(
-        left=label_in / fig_w, right=0.995, bottom=0.005, top=1 - head / fig_h, wspace=0.04, hspace=0.04
+        left=label_in / fig_w,
+        right=1 - 0.1 / fig_w,
+        bottom=0.005,
+        top=1 - head / fig_h,
+        wspace=0.04,
+        hspace=0.04,
     )
-    for r, method in enumerate(methods):
-        for c in range(n_cols):
+    for c, method in enumerate(methods):
+        for r in range(n_rows):
             ax = axes[r][c]
-            if c >= len(columns[method]):
+            if r >= len(columns[method]):
                 ax.axis("off")
                 continue
-            seed, path = columns[method][c]
-            _show(ax, _read_rgb(path), f"seed {seed}" if r == 0 else None)
-        axes[r][0].set_ylabel(
-            method_label(method),
-            rotation=0,
-            ha="right",
-            va="center",
-            fontsize=10,
-            color=METHOD_COLOURS.get(method, "black"),
-            labelpad=6,
+            seed, path = columns[method][r]
+            _show(ax, _read_rgb(path))
+            if c == 0:
+                ax.set_ylabel(f"seed {seed}", fontsize=9, rotation=0, ha="right", va="center", labelpad=4)
+        axes[0][c].set_title(
+            wrap(method_label(method), 14), fontsize=10, color=METHOD_COLOURS.get(method, "black")
         )
     heading = title or f"\u201c{prompt}\u201d"
-    fig.suptitle(wrap(heading, int(fig_w * 11)), fontsize=11, y=1 - 0.08 / fig_h, va="top")
+    fig.suptitle(wrap(heading, int(fig_w * 11)), fontsize=10.5, y=1 - 0.06 / fig_h, va="top")
     _save(fig, out)
 
 
@@ -410,7 +410,8 @@ def per_prompt_stats(per_image: list[dict], key: str, confidence: float = 0.95) 
 
     The interval is over seeds of one prompt, so it shows how much a prompt's score depends on the
     noise; it is not the table's bootstrap interval over prompts and seeds."""
-    from scipy import stats
+    # scipy.special's t quantile: scipy.stats would add seconds of import for one function.
+    from scipy.special import stdtrit
 
     by_prompt: dict[str, list[float]] = {}
     for row in per_image:
@@ -421,7 +422,7 @@ def per_prompt_stats(per_image: list[dict], key: str, confidence: float = 0.95) 
         arr = np.asarray(values)
         mean, low, high = float(arr.mean()), None, None
         if arr.size > 1:
-            half = stats.t.ppf(0.5 + confidence / 2, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size)
+            half = stdtrit(arr.size - 1, 0.5 + confidence / 2) * arr.std(ddof=1) / math.sqrt(arr.size)
             low, high = mean - half, mean + half
         out[prompt] = {"mean": mean, "low": low, "high": high, "n": int(arr.size)}
     return out
@@ -521,13 +522,13 @@ def _token_row(
 
 def attention_figure(
     image: Image.Image | np.ndarray,
-    rows: list[tuple[str, object, list[str]]],
+    rows: list[tuple],
     title: str | None = None,
     changed: set[str] | None = None,
 ):
     """Cross-attention maps per token for one or more prompts (``rows``: heading, maps
-    ``[tokens, H, W]``, tokens) over the generated image, each normalised to its token's maximum, with a
-    colour scale. Tokens in ``changed`` (the edited words) are marked in red. Returns the figure."""
+    ``[tokens, H, W]``, tokens, and optionally the row's own image) over the image, each normalised
+    to its token's maximum, with a colour scale. Tokens in ``changed`` (the edited words) are marked in red. Returns the figure."""
     from matplotlib import colors, gridspec
 
     image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
@@ -552,8 +553,9 @@ def attention_figure(
     )
     norm = colors.Normalize(0, 1)
     mappable = None
-    for r, (heading, maps, tokens) in enumerate(rows):
-        axes, mappable = _token_row(fig, spec, r, image, maps, tokens, heading, n_cols, norm)
+    for r, (heading, maps, tokens, *own) in enumerate(rows):
+        under = np.asarray(own[0].convert("RGB")) if own and own[0] is not None else image
+        axes, mappable = _token_row(fig, spec, r, under, maps, tokens, heading, n_cols, norm)
         for ax, token in zip(axes, tokens):
             if changed and token in changed:
                 ax.title.set_color("#d62728")
@@ -586,9 +588,11 @@ def attention_sheet(
     target_tokens: list[str] | None = None,
     source_prompt: str | None = None,
     target_prompt: str | None = None,
+    target_image: Image.Image | None = None,
 ) -> Image.Image:
-    """The edit's ``attention.png``: the source prompt's token maps, and the target's where they were
-    stored, the target's new words marked, with a colour scale."""
+    """The edit's ``attention.png``: the source prompt's token maps over ``image``, and the target's
+    (over ``target_image``, the edited image, when given) where they were stored, the target's new
+    words marked, with a colour scale."""
     changed = set(target_tokens or []) - set(tokens)
     rows = [(wrap(f"source: {source_prompt}" if source_prompt else "source prompt", 24), maps, tokens)]
     if target_maps is not None and target_tokens:
@@ -597,6 +601,7 @@ def attention_sheet(
                 wrap(f"target: {target_prompt}" if target_prompt else "target prompt", 24),
                 target_maps,
                 target_tokens,
+                target_image,
             )
         )
     return figure_to_image(attention_figure(image, rows, changed=changed))
@@ -625,9 +630,9 @@ def before_after(record: dict, folder: Path | str, out: Path | str) -> None:
     panels.append((f"edited:\n{record['target_prompt']}", folder / "edited.png"))
     panel_in = 2.4
     fig_w = max(len(panels) * panel_in, 6.4)
-    fig_h = panel_in + 1.5
+    fig_h = panel_in + 1.25
     fig, axes = plt.subplots(1, len(panels), figsize=(fig_w, fig_h), squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.55 / fig_h, bottom=0.85 / fig_h, wspace=0.08)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.55 / fig_h, bottom=0.6 / fig_h, wspace=0.08)
     for ax, (caption, path) in zip(axes[0], panels):
         _show(ax, _read_rgb(path))
         ax.set_xlabel(wrap(caption, 30), fontsize=8.5)

@@ -448,6 +448,7 @@ def _edit_row(
             target_tokens,
             row.source_prompt,
             row.target_prompt,
+            result.edited_image,
         )
         save_png(sheet, tmp / "attention.png")
         before_after(record, tmp, tmp / "before_after.png")
