@@ -160,7 +160,7 @@ def side_by_side(
         _empty(out, "no samples")
         return
     n_rows = max(len(columns[m]) for m in methods)
-    label_in, head = 0.8, 0.95
+    label_in, head = 0.8, 0.8
     fig_w, fig_h = label_in + len(methods) * CELL_IN + 0.1, n_rows * CELL_IN + head
     fig, axes = plt.subplots(n_rows, len(methods), figsize=(fig_w, fig_h), squeeze=False)
     fig.subplots_adjust(
