@@ -528,7 +528,8 @@ def attention_figure(
 ):
     """Cross-attention maps per token for one or more prompts (``rows``: heading, maps
     ``[tokens, H, W]``, tokens, and optionally the row's own image) over the image, each normalised
-    to its token's maximum, with a colour scale. Tokens in ``changed`` (the edited words) are marked in red. Returns the figure."""
+    to its token's maximum, with a colour scale. Tokens in ``changed`` (the edited words) are marked in
+    red. Returns the figure."""
     from matplotlib import colors, gridspec
 
     image = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)

@@ -125,8 +125,8 @@ def edits_page(subject: str, edits: list[Figure], out: Path, note: str | None = 
             body.append(
                 f'<figure class="attention">{img(attention, "cross-attention per token")}<figcaption>'
                 "Cross-attention of each token (averaged over steps, heads and layers of one resolution), "
-                "the source prompt's over the source image, the target's over the edited image, its new words "
-                "in red. Each map is scaled to its own "
+                "the source prompt's over the source image, the target's over the edited image, its new "
+                "words in red. Each map is scaled to its own "
                 "maximum (colour scale on the right).</figcaption></figure>"
             )
         body.append("</div>")
