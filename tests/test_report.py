@@ -192,8 +192,8 @@ def test_samples_page_has_a_side_by_side_figure_per_prompt_with_every_method(rep
     assert html.count('src="data:image/png;base64,') == len(PROMPTS) + len(METHODS) + 2
     assert "Class-prior images" in html and "Subject photos" in html
     with Image.open(figures / "side_by_side_000.png") as side, Image.open(figures / "grid_base.png") as grid:
-        # A side-by-side figure has one row per method; a grid one row per prompt: more rows, taller.
-        assert side.height > grid.height
+        # A side-by-side figure has a column per method (4), a grid a column per seed (2): wider.
+        assert side.width > grid.width
 
 
 def test_edits_page_names_the_edit(report_pages):
