@@ -17,6 +17,7 @@ include: "rules/evaluate.smk"
 include: "rules/edit.smk"
 include: "rules/bench.smk"
 include: "rules/prefetch.smk"
+include: "rules/report.smk"
 
 
 report: "report/workflow.rst"

@@ -70,6 +70,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# Snakemake marks directory outputs (photos/, instance/, class_images/) with this file.
+WORKFLOW_MARKERS = frozenset({".snakemake_timestamp"})
+
+
 def scan_folder(folder: Path, resolution: int, small_images: str = "upscale") -> FolderReport:
     """Check every file of a subject folder; collect problems instead of stopping at the first."""
     folder = Path(folder)
@@ -78,6 +82,8 @@ def scan_folder(folder: Path, resolution: int, small_images: str = "upscale") ->
     report = FolderReport([], [], [], [])
     for path in sorted(folder.iterdir()):
         name = path.name
+        if name in WORKFLOW_MARKERS:  # the workflow's own bookkeeping, not the user's: not worth a line
+            continue
         if name.startswith(".") or path.is_dir():
             report.skipped.append(f"{name}: hidden file or folder, skipped")
             continue

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from s2s.io import PICKLE_SUFFIXES, S2SError
+from s2s.progress import quiet_libraries, without_log_records
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,19 @@ def load_base_pipeline(
     name_or_path: str, device: torch.device, dtype: torch.dtype, key: str = "model.name_or_path"
 ):
     """Load a StableDiffusionPipeline with no safety checker, from a hub id or a local folder."""
+    quiet_libraries()
     from diffusers import StableDiffusionPipeline
 
     check_model_source(name_or_path, key)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             name_or_path,
-            torch_dtype=dtype,
+            dtype=dtype,
             use_safetensors=True,
             safety_checker=None,
+            # Used only by the safety checker; not loading it also avoids transformers' "requires
+            # torchvision" fallback warning for the CLIPImageProcessor named in model_index.json.
+            feature_extractor=None,
             requires_safety_checker=False,
         )
     except (OSError, ValueError) as exc:
@@ -112,7 +117,12 @@ def load_method_pipeline(
         return load_base_pipeline(str(model_dir), device, dtype, key=f"trained model {model_dir}")
     pipe = load_base_pipeline(base_model, device, dtype)
     if method == "lora":
-        pipe.load_lora_weights(str(model_dir), weight_name=weights.name)
+        # Our LoRA adapts the UNet only; diffusers warns that the text encoder got no LoRA keys.
+        with without_log_records("diffusers.loaders", "No LoRA keys associated to CLIPTextModel"):
+            pipe.load_lora_weights(str(model_dir), weight_name=weights.name)
     else:
-        pipe.load_textual_inversion(str(weights))
+        # transformers announces how it initialises the new token's embedding row; diffusers then
+        # overwrites that row with the learned embedding, so the initialisation never matters.
+        with without_log_records("transformers.modeling_utils", "The new embeddings will be initialized"):
+            pipe.load_textual_inversion(str(weights))
     return pipe

@@ -15,6 +15,7 @@ import torch
 
 from s2s.io import S2SError, check_safe_name, save_png, write_json
 from s2s.models import load_method_pipeline, pick_device, pick_dtype
+from s2s.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,14 @@ def seed_generators(seeds: list[int]) -> list[torch.Generator]:
 
 @torch.no_grad()
 def generate(
-    pipe, prompt: str, seeds: list[int], steps: int, guidance: float, resolution: int, batch_size: int
+    pipe,
+    prompt: str,
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    resolution: int,
+    batch_size: int,
+    progress: Progress | None = None,
 ):
     images = []
     for start in range(0, len(seeds), batch_size):
@@ -61,6 +69,8 @@ def generate(
             width=resolution,
         )
         images.extend(out.images)
+        if progress is not None:
+            progress.update(len(chunk))
     return images
 
 
@@ -85,10 +95,13 @@ def sample_method(
     set_scheduler(pipe, scheduler)
     written = []
     started = time.perf_counter()
+    progress = Progress(f"sampling {method}", len(prompts) * len(seeds), log, unit="images")
     for prompt_id, prompt in prompts.items():
         check_safe_name(prompt_id, "prompt id")
         folder = Path(out_root) / prompt_id
-        images = generate(pipe, prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size)
+        images = generate(
+            pipe, prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size, progress
+        )
         for seed, image in zip(seeds, images):
             save_png(image, folder / f"{seed}.png")
             written.append(folder / f"{seed}.png")
@@ -122,8 +135,9 @@ def generate_class_images(
     seeds = [seed * 100_000 + i for i in range(count)]
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
+        progress = Progress("class-prior images", count, log, unit="images")
         images = generate(
-            pipe, class_prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size
+            pipe, class_prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size, progress
         )
         for i, image in enumerate(images):
             save_png(image, tmp / f"class_{i:04d}.png")

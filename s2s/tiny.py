@@ -219,7 +219,7 @@ def build_tiny_clip(folder: Path | str, seed: int = 0, image_size: int = 32) -> 
     """Build and save a tiny CLIPModel + CLIPProcessor (for CLIP score, CLIP-I, CLIP-T)."""
     from transformers import (
         CLIPConfig,
-        CLIPImageProcessor,
+        CLIPImageProcessorPil,
         CLIPModel,
         CLIPProcessor,
         CLIPTokenizer,
@@ -255,7 +255,7 @@ def build_tiny_clip(folder: Path | str, seed: int = 0, image_size: int = 32) -> 
             model.visual_projection.weight.copy_(model.text_projection.weight)
             model.vision_model.post_layernorm.bias.fill_(1.0)
             model.text_model.final_layer_norm.bias.fill_(1.0)
-        image_processor = CLIPImageProcessor(
+        image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
         )
@@ -268,7 +268,7 @@ def build_tiny_clip(folder: Path | str, seed: int = 0, image_size: int = 32) -> 
 
 def build_tiny_dino(folder: Path | str, seed: int = 0, image_size: int = 32) -> Path:
     """Build and save a tiny ViT (the architecture of DINO ViT-S/16) with its image processor."""
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
@@ -282,7 +282,7 @@ def build_tiny_dino(folder: Path | str, seed: int = 0, image_size: int = 32) -> 
         )
         torch.manual_seed(seed)
         ViTModel(config, add_pooling_layer=False).save_pretrained(tmp, safe_serialization=True)
-        ViTImageProcessor(
+        ViTImageProcessorPil(
             size={"height": image_size, "width": image_size},
             image_mean=[0.485, 0.456, 0.406],
             image_std=[0.229, 0.224, 0.225],

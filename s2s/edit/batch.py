@@ -13,7 +13,8 @@ Manifest (CSV with a header, or YAML: a list of mappings or ``{edits: [...]}``),
 - ``inversion``: negative_prompt (default) | null_text | ddim | direct.
 
 Outputs per edit, in ``out_root/{edit_id}/`` (the folder appears complete or not at all): source.png,
-reconstruction.png, edited.png, attention.png and edit.json.
+reconstruction.png, edited.png, attention.png (both prompts' cross-attention per token), before_after.png
+(labelled) and edit.json.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from s2s.edit.controllers import DEFAULT_SPEC, EDITS, build_controller
 from s2s.edit.inversion import INVERSIONS, invert, load_image, model_resolution
 from s2s.edit.metrics import ClipScorer, edit_metrics
-from s2s.edit.p2p import generate_edit
+from s2s.edit.p2p import _token_labels, convert_prompt, generate_edit
 from s2s.edit.seq_aligner import EditSpecError
 from s2s.io import S2SError, atomic_dir, check_safe_name, load_safetensors, save_png, write_json
 from s2s.models import METHODS, SAMPLE_METHODS, load_method_pipeline, method_weights_path
@@ -44,6 +45,8 @@ from s2s.plan import (  # noqa: F401 - manifest_rows, plan_manifest, read_manife
     plan_manifest,
     read_manifest,
 )
+from s2s.plots import attention_sheet, before_after
+from s2s.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,14 @@ DEFAULTS = {
     "subject_model": None,  # method used by `subject` rows without a model; the only trained one if unset
     "clip_model": None,  # CLIP folder or hub id for CLIP-T and directional similarity; None skips them
 }
-OUTPUT_FILES = ("source.png", "reconstruction.png", "edited.png", "attention.png", "edit.json")
+OUTPUT_FILES = (
+    "source.png",
+    "reconstruction.png",
+    "edited.png",
+    "attention.png",
+    "before_after.png",
+    "edit.json",
+)
 
 
 @dataclass
@@ -257,31 +267,6 @@ def check_defaults(defaults: dict | None) -> dict:
     return merged
 
 
-def attention_sheet(maps: torch.Tensor, tokens: list[str], image: Image.Image, cell: int = 96) -> Image.Image:
-    """One tile per token: its cross-attention map (normalised to its maximum) over the dimmed image,
-    labelled with the token when PIL's default font is available."""
-    try:
-        font = ImageFont.load_default()
-    except OSError:
-        font = None
-    label_h = 14 if font is not None else 0
-    sheet = Image.new("RGB", (cell * max(len(tokens), 1), cell + label_h), "white")
-    base = image.convert("L").resize((cell, cell), Image.Resampling.BICUBIC).convert("RGB")
-    draw = ImageDraw.Draw(sheet)
-    for i, token in enumerate(tokens):
-        heat = maps[i] / maps[i].max().clamp_min(1e-12)
-        heat = Image.fromarray((heat.numpy() * 255).astype("uint8"), "L").resize(
-            (cell, cell), Image.Resampling.BICUBIC
-        )
-        tile = Image.blend(
-            base, Image.merge("RGB", (heat, heat.point(lambda v: v // 3), Image.new("L", heat.size))), 0.7
-        )
-        sheet.paste(tile, (i * cell, 0))
-        if font is not None:
-            draw.text((i * cell + 2, cell + 1), token[:14], fill="black", font=font)
-    return sheet
-
-
 def _ensure_ddim(pipe) -> None:
     from diffusers import DDIMScheduler
 
@@ -305,6 +290,13 @@ def _edit_row(
     start = time.perf_counter()
     steps, guidance = int(defaults["num_inference_steps"]), float(defaults["guidance_scale"])
     inversion = None
+    target = convert_prompt(pipe, row.target_prompt)
+    controller = build_controller(
+        pipe.tokenizer, convert_prompt(pipe, row.source_prompt), target, row.spec, steps
+    )
+    # The attention sheet shows the target prompt's maps too (its edited words); an edit controller
+    # stores them only for a local blend. Storing them changes no image.
+    controller.store_prompts = (0, 1)
     if row.image is not None:
         photo = load_image(row.image, model_resolution(pipe))
         inversion = invert(
@@ -320,7 +312,7 @@ def _edit_row(
             pipe,
             row.source_prompt,
             row.target_prompt,
-            row.spec,
+            controller,
             inversion=inversion,
             num_inference_steps=steps,
             guidance_scale=guidance,
@@ -333,7 +325,7 @@ def _edit_row(
             pipe,
             row.source_prompt,
             row.target_prompt,
-            row.spec,
+            controller,
             generator=generator,
             num_inference_steps=steps,
             guidance_scale=guidance,
@@ -351,6 +343,8 @@ def _edit_row(
         clip=clip,
     )
     metrics_s = time.perf_counter() - metrics_start
+    target_tokens = _token_labels(pipe, target)
+    target_maps = controller.average_maps(1)[..., 1 : 1 + len(target_tokens)].permute(2, 0, 1).cpu()
     inversion_calls = inversion.unet_calls if inversion is not None else 0
     record = {
         "edit_id": row.edit_id,
@@ -368,6 +362,7 @@ def _edit_row(
         "guidance_scale": guidance,
         "seed": seed if row.image is None else None,
         "tokens": result.tokens,
+        "target_tokens": target_tokens,
         "timings_s": {
             "model_load": load_s,  # once per model and batch, shared by its rows
             "inversion": inversion.seconds if inversion is not None else 0.0,
@@ -387,9 +382,18 @@ def _edit_row(
         save_png(source, tmp / "source.png")
         save_png(reconstruction, tmp / "reconstruction.png")
         save_png(result.edited_image, tmp / "edited.png")
-        save_png(
-            attention_sheet(result.attention_maps, result.tokens, result.source_image), tmp / "attention.png"
+        sheet = attention_sheet(
+            result.attention_maps,
+            result.tokens,
+            result.source_image,
+            target_maps,
+            target_tokens,
+            row.source_prompt,
+            row.target_prompt,
+            result.edited_image,
         )
+        save_png(sheet, tmp / "attention.png")
+        before_after(record, tmp, tmp / "before_after.png")
         record["timings_s"]["total"] = time.perf_counter() - start
         write_json(tmp / "edit.json", record)
     log.info(
@@ -438,6 +442,7 @@ def run_edit_batch(
     )
     clip = ClipScorer(defaults["clip_model"], device) if defaults["clip_model"] else None
     records: dict[int, dict] = {}
+    progress = Progress("edits", len(rows), log)
     for model in models:
         start = time.perf_counter()
         pipe = load_method_pipeline(base_model, model, model_dirs.get(model), device, dtype)
@@ -448,5 +453,6 @@ def run_edit_batch(
             records[row.row] = _edit_row(
                 pipe, row, out_root, defaults, seed, clip, load_s, manifest, model_dirs.get(model)
             )
+            progress.update()
         del pipe
     return [records[r.row] for r in rows]

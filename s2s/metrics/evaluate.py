@@ -35,6 +35,7 @@ from s2s.metrics.image_metrics import (
     study_fid_from_logits,
     study_is_from_logits,
 )
+from s2s.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,8 @@ def evaluate_method(
         n_boot,
     )
 
+    # Two parts of different cost (networks, then the bootstrap): a line after each.
+    progress = Progress(f"evaluating {method}", 2, log, every_s=0.0, unit="parts")
     extractor = load_feature_extractor(feature_extractor)
     feats_gen = extract_features(extractor, generated)
     feats_real = extract_features(extractor, fid_real)
@@ -280,6 +283,7 @@ def evaluate_method(
     per_image = {"clip_score": clip_score(generated, prompts, clip)}
     fidelity = subject_fidelity(generated, real, prompts, clip, dino)
     per_image.update({k: fidelity[k] for k in ("clip_i", "clip_t", "dino")})
+    progress.update()
 
     clusters = [s.get("prompt_id", s["prompt"]) for s in samples]
     boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
@@ -289,6 +293,7 @@ def evaluate_method(
             **_set_level_metrics(feats_real, feats_gen, boot, clusters),
             **_study_metrics(study_real, study_gen, boot, [clusters[i] for i in study_idx]),
         }
+    progress.update()
 
     for what, n_r, n_g, dim in (
         ("FID", n_fid_real, n_gen, feats_gen["pool"].shape[1]),

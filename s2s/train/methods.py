@@ -128,7 +128,7 @@ class DreamBooth(Method):
             use_safetensors=True,
             safety_checker=None,
             requires_safety_checker=False,
-            torch_dtype=torch.float32,
+            dtype=torch.float32,
         )
         pipe.save_pretrained(out_dir, safe_serialization=True)
 

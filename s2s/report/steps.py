@@ -1,0 +1,45 @@
+"""The report rules' steps (rules/report.smk), in the shape of ``s2s.workflow``'s: ``step(smk, config)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from s2s import config as cfgmod
+from s2s.report import TINY_NOTE, build_subject_pages, build_tables_page
+
+
+def _note(config) -> str | None:
+    return TINY_NOTE if config.get("tiny_models") else None
+
+
+def report_subject(smk, config) -> None:
+    subject = smk.wildcards.subject
+    validation = [cfgmod.train_config(config, m).validation_prompt for m in config["methods"]]
+    build_subject_pages(
+        cfgmod.results_dir(config) / subject,
+        cfgmod.sample_methods(config),
+        config["sampling"]["seeds"],
+        smk.output.figures,
+        smk.output.samples,
+        smk.output.training,
+        smk.output.get("edits"),
+        validation_prompt=next((v for v in validation if v), "").replace(
+            "{}", cfgmod.subject(config, subject).phrase
+        ),
+        note=_note(config),
+    )
+
+
+def report_tables(smk, config) -> None:
+    companions = [(Path(p).stem.replace("_", " "), p) for p in smk.input.get("companions", [])]
+    build_tables_page(
+        smk.input.table1,
+        smk.output[0],
+        smk.input.summaries,
+        companions,
+        note=_note(config),
+        run_name=config["run_name"],
+    )
+
+
+STEPS = {"report_subject": report_subject, "report_tables": report_tables}
