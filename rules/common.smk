@@ -25,7 +25,9 @@ validate(config, schema="../config/schema.yaml")
 # Optional dependencies and offline models, before any job (torch-free).
 try:
     s2s_preflight.check_optional_dependencies(
-        config, DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method, workflow.basedir
+        config,
+        DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method,
+        workflow.basedir,
     )
     s2s_preflight.check_offline_models(
         {"model.name_or_path": s2s_config.base_model(config)}
@@ -75,9 +77,15 @@ def base_model_inputs():
 
 def metric_model_inputs():
     if TINY:
-        return [f"{RESULTS}/tiny_models/inception_like.safetensors", f"{RESULTS}/tiny_models/clip/config.json"]
+        return [
+            f"{RESULTS}/tiny_models/inception_like.safetensors",
+            f"{RESULTS}/tiny_models/clip/config.json",
+        ]
     if REHEARSAL:
-        return [rehearsal_file(k) for k in ("clip", "dino", "fid_inception", "imagenet_inception")]
+        return [
+            rehearsal_file(k)
+            for k in ("clip", "dino", "fid_inception", "imagenet_inception")
+        ]
     return []
 
 
@@ -182,4 +190,73 @@ def all_targets():
         targets.append(f"{RESULTS}/{subject}/loss_curves.png")
         if EDITS_ON:
             targets += edit_targets(subject)
+    return targets + report_targets()
+
+
+# ---------------------------------------------------------------- report pages (rules/report.smk)
+
+
+def report_subject_inputs(wildcards):
+    subject = wildcards.subject
+    files = {
+        "samples": [f for m in SAMPLE_METHODS for f in sample_files(subject, m)],
+        "metrics": expand(
+            f"{RESULTS}/{subject}/metrics/{{method}}.json", method=SAMPLE_METHODS
+        ),
+        "summaries": expand(
+            f"{RESULTS}/{subject}/models/{{method}}/train_summary.json", method=METHODS
+        ),
+        "instance": f"{RESULTS}/{subject}/instance",
+    }
+    if any(uses_prior(m) for m in METHODS):
+        files["class_images"] = f"{RESULTS}/{subject}/class_images"
+    if EDITS_ON:
+        files["edits"] = edit_targets(subject)
+    return files
+
+
+def report_subject_outputs():
+    pages = {
+        "samples": report(
+            f"{RESULTS}/{{subject}}/report/samples.html",
+            caption="../report/samples.rst",
+            category="Samples",
+            subcategory="{subject}",
+            labels={
+                "subject": "{subject}",
+                "page": "samples side by side, grids, photos",
+            },
+        ),
+        "training": report(
+            f"{RESULTS}/{{subject}}/report/training.html",
+            caption="../report/training.rst",
+            category="Training and metrics",
+            subcategory="{subject}",
+            labels={
+                "subject": "{subject}",
+                "page": "loss, cost, validation, metrics per prompt",
+            },
+        ),
+        "figures": directory(f"{RESULTS}/{{subject}}/report/figures"),
+    }
+    if EDITS_ON:
+        pages["edits"] = report(
+            f"{RESULTS}/{{subject}}/report/edits.html",
+            caption="../report/edits.rst",
+            category="Edits",
+            subcategory="{subject}",
+            labels={"subject": "{subject}", "page": "Prompt-to-Prompt edits"},
+        )
+    return pages
+
+
+def report_targets():
+    targets = [f"{RESULTS}/report/tables.html"]
+    for subject in SUBJECTS:
+        targets += [
+            f"{RESULTS}/{subject}/report/samples.html",
+            f"{RESULTS}/{subject}/report/training.html",
+        ]
+        if EDITS_ON:
+            targets.append(f"{RESULTS}/{subject}/report/edits.html")
     return targets

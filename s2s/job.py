@@ -25,6 +25,9 @@ def setup_job(smk) -> dict:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
+    from s2s.progress import quiet_libraries
+
+    quiet_libraries()  # before torch and the libraries are imported: their notices go too
     import torch
 
     torch.set_num_threads(max(1, int(smk.threads)))

@@ -151,14 +151,12 @@ def _human(size: int) -> str:
     return f"{size:.2f} GiB"
 
 
-def inception_specs(extractor: str | None) -> list[str]:
-    """The Inception networks the evaluation loads: the configured one, and with the FID network the
-    ImageNet one too (the study-compatible FID/IS columns are computed beside the standard ones)."""
-    from s2s.metrics.inception import FID_SPEC, IMAGENET_SPEC
+def inception_specs(*extractors: str | None) -> list[str]:
+    """The Inception networks the evaluation loads by name (evaluation.feature_extractor and
+    evaluation.study_feature_extractor); files and the tiny extractor need no fetching."""
+    from s2s.metrics.inception import ARCHITECTURES
 
-    if extractor == FID_SPEC:
-        return [FID_SPEC, IMAGENET_SPEC]
-    return [extractor] if extractor == IMAGENET_SPEC else []
+    return list(dict.fromkeys(e for e in extractors if e in ARCHITECTURES))
 
 
 def prefetch(base_model: str, metric_models: dict[str, str | None], record: Path | str) -> dict:
@@ -171,7 +169,9 @@ def prefetch(base_model: str, metric_models: dict[str, str | None], record: Path
             fetched[key] = {"name": name, "local": True}
             continue
         fetched[key] = fetch_repo(name, key)
-    for spec in inception_specs(metric_models.get("feature_extractor")):
+    for spec in inception_specs(
+        metric_models.get("feature_extractor"), metric_models.get("study_feature_extractor")
+    ):
         entry = fetch_inception(spec)
         check_safetensors(entry["path"], spec)
         size = Path(entry["path"]).stat().st_size

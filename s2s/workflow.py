@@ -256,10 +256,7 @@ def draw_demo_edit_photo(smk, config) -> None:
 
 
 def edit(smk, config) -> None:
-    from PIL import Image
-
     from s2s.edit.batch import run_edit_batch
-    from s2s.io import save_png
     from s2s.models import pick_device, pick_dtype
 
     subject = smk.wildcards.subject
@@ -276,7 +273,7 @@ def edit(smk, config) -> None:
         "clip_model": cfgmod.metric_models(config)["clip_model"],
     }
     # One edit per job (its manifest row, edit_id filled in): a changed row re-runs only its edit.
-    records = run_edit_batch(
+    run_edit_batch(
         [smk.params.row],
         results / "edits",
         cfgmod.base_model(config),
@@ -286,14 +283,6 @@ def edit(smk, config) -> None:
         defaults,
         seed=config["seed"],
     )
-    for record in records:
-        folder = results / "edits" / record["edit_id"]
-        before = folder / ("reconstruction.png" if (folder / "reconstruction.png").exists() else "source.png")
-        with Image.open(before) as a, Image.open(folder / "edited.png") as b:
-            pair = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), "white")
-            pair.paste(a.convert("RGB"), (0, 0))
-            pair.paste(b.convert("RGB"), (a.width, 0))
-        save_png(pair, folder / "before_after.png")
 
 
 STEPS["draw_demo_edit_photo"] = draw_demo_edit_photo

@@ -139,11 +139,6 @@ def test_tiny_extractor_is_deterministic_and_safetensors_only(models, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch_fidelity") is not None, reason="torch-fidelity installed")
-def test_inception_without_torch_fidelity_says_what_to_install():
-    with pytest.raises(S2SError, match="pip install torch-fidelity torchvision"):
-        load_feature_extractor("inception-v3-compat")
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torchmetrics' memory / one-split std notices
 def test_feature_view_is_a_torchmetrics_feature_module(models):
     from torchmetrics.image.fid import FrechetInceptionDistance
