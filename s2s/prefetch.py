@@ -7,9 +7,10 @@ missing fails with one line naming it and this command.
 What is fetched is what the loaders read, no more:
 
 - the diffusers base model: ``model_index.json`` and, for each component that
-  ``StableDiffusionPipeline.from_pretrained(..., use_safetensors=True, safety_checker=None)`` loads,
-  its configs, tokenizer files and its one safetensors weight file (no ``safety_checker/``, no fp16 /
-  ema / non-ema variants, no pickled ``.bin`` / ``.ckpt``);
+  ``StableDiffusionPipeline.from_pretrained(..., use_safetensors=True, safety_checker=None,
+  feature_extractor=None)`` loads, its configs, tokenizer files and its one safetensors weight file (no
+  ``safety_checker/`` or ``feature_extractor/``, no fp16 / ema / non-ema variants, no pickled ``.bin`` /
+  ``.ckpt``);
 - CLIP and DINO (transformers models): their config, processor and tokenizer files and ``model.safetensors``;
 - the Inception-v3 networks: their published weights, converted to safetensors (``s2s.metrics.inception``).
 
@@ -35,13 +36,14 @@ WEIGHTS = re.compile(r"^(diffusion_pytorch_model|model)(-\d{5}-of-\d{5})?\.safet
 WEIGHTS_INDEX = re.compile(r"^(diffusion_pytorch_model|model)\.safetensors\.index\.json$")
 VARIANT_INDEX = re.compile(r"\.safetensors\.index\.[^/]+\.json$")
 # Passed as None by s2s.models.load_base_pipeline, so from_pretrained neither downloads nor loads it.
-SKIPPED_COMPONENTS = {"safety_checker"}
+# The loaders pass safety_checker=None and feature_extractor=None: neither is read.
+SKIPPED_COMPONENTS = {"safety_checker", "feature_extractor"}
 
 
 def models_to_fetch(base_model: str, metric_models: dict[str, str | None]) -> dict[str, str]:
     wanted = {"model.name_or_path": base_model}
     for key, value in metric_models.items():
-        if value and key != "feature_extractor":
+        if value and key not in ("feature_extractor", "study_feature_extractor"):
             wanted[f"evaluation.{key}"] = value
     return wanted
 

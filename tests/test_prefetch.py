@@ -17,11 +17,11 @@ from s2s.prefetch import prefetch
 SD_ID = "CompVis/stable-diffusion-v1-4"
 CLIP_ID = "openai/clip-vit-large-patch14"
 
-# What StableDiffusionPipeline.from_pretrained(..., use_safetensors=True, safety_checker=None) reads
+# What StableDiffusionPipeline.from_pretrained(..., use_safetensors=True, safety_checker=None,
+# feature_extractor=None) reads
 # from SD v1.4's repository, written out by hand from its layout.
 SD_FILES = {
     "model_index.json",
-    "feature_extractor/preprocessor_config.json",
     "scheduler/scheduler_config.json",
     "text_encoder/config.json",
     "text_encoder/model.safetensors",
@@ -149,7 +149,7 @@ def test_the_fetched_files_are_enough_to_load_the_pipeline(fake_hub, tmp_path):
         (local / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / SD_ID / name, local / name)
     pipe = load_base_pipeline(str(local), torch.device("cpu"), torch.float32)
-    assert pipe.safety_checker is None and pipe.feature_extractor is not None
+    assert pipe.safety_checker is None and pipe.feature_extractor is None
 
 
 def test_a_damaged_safetensors_file_gives_one_line(fake_hub, tmp_path):
@@ -175,7 +175,8 @@ def test_prefetch_converts_the_inception_networks_the_evaluation_loads(fake_hub,
         return {"name": spec, "path": str(path)}
 
     monkeypatch.setattr(inception, "fetch_inception", fetch)
-    record = prefetch(SD_ID, {"feature_extractor": "inception-v3-compat"}, tmp_path / "a.json")
+    both = {"feature_extractor": "inception-v3-compat", "study_feature_extractor": "inception-v3-imagenet"}
+    record = prefetch(SD_ID, both, tmp_path / "a.json")
     assert converted == ["inception-v3-compat", "inception-v3-imagenet"]
     assert record["evaluation.feature_extractor:inception-v3-compat"]["bytes"] > 0
     converted.clear()
