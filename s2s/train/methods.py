@@ -170,7 +170,14 @@ class LoRA(Method):
         from peft.utils import get_peft_model_state_dict
 
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=layers, safe_serialization=True)
+        # Without the adapter's config, load_lora_weights rebuilds it with lora_alpha = rank, so any
+        # alpha != rank would reload at another scale than the one trained.
+        StableDiffusionPipeline.save_lora_weights(
+            out_dir,
+            unet_lora_layers=layers,
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            safe_serialization=True,
+        )
 
 
 METHOD_CLASSES = {cls.name: cls for cls in (TextualInversion, DreamBooth, LoRA)}
