@@ -191,6 +191,8 @@ class TrainConfig:
     # method-specific
     num_vectors: int = 1
     initializer_token: str | None = None
+    prompt_templates: str | None = None
+    random_flip: bool = False
     train_text_encoder: bool = False
     rank: int = 4
     alpha: float = 4.0

@@ -37,12 +37,18 @@ def _train(tmp, tiny_sd, instance, class_dir, **training):
     )
 
 
+@pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_two_processes_with_batch_1_train_like_one_with_batch_2(
-    tmp_path, tiny_sd, toy_instance, toy_class_images
+    tmp_path, tiny_sd, toy_instance, toy_class_images, train_text_encoder
 ):
     # adam_epsilon 1e-5: with the default 1e-8, AdamW turns the all-reduce's float rounding of
     # near-zero gradients (|g| ~ 1e-8) into whole-step differences in a few thousand weights.
-    opts = {"dreambooth": {"max_train_steps": 3, "learning_rate": 1e-3, "adam_epsilon": 1e-5}, "seed": 3}
+    # scale_lr: batch x processes is 2 in both set-ups, so both train at 2 x 5e-4.
+    dreambooth = {
+        "max_train_steps": 3, "learning_rate": 5e-4, "adam_epsilon": 1e-5, "scale_lr": True,
+        "train_text_encoder": train_text_encoder,
+    }
+    opts = {"dreambooth": dreambooth, "seed": 3}
     _train(tmp_path / "one", tiny_sd, toy_instance, toy_class_images, train_batch_size=2, **opts)
     assert _train(
         tmp_path / "two", tiny_sd, toy_instance, toy_class_images, train_batch_size=1, num_processes=2, **opts
@@ -50,13 +56,22 @@ def test_two_processes_with_batch_1_train_like_one_with_batch_2(
 
     two = json.loads((tmp_path / "two" / "model" / "train_summary.json").read_text())
     assert two["num_processes"] == 2 and two["steps"] == 3
-    start = load_file(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors")
-    one_w = load_file(tmp_path / "one" / "model" / "unet" / "diffusion_pytorch_model.safetensors")
-    two_w = load_file(tmp_path / "two" / "model" / "unet" / "diffusion_pytorch_model.safetensors")
-    moved = max((one_w[k] - start[k]).abs().max() for k in start)
-    apart = max((one_w[k] - two_w[k]).abs().max() for k in start)
-    assert moved > 1e-3  # it trained (lr 1e-3 per step)
-    assert apart < 1e-5, float(apart)  # the same weights up to float rounding (measured: 8e-7)
+    assert two["learning_rate"] == pytest.approx(5e-4 * 1 * 1 * 2)  # lr x batch x accumulation x processes
+    parts = ["unet/diffusion_pytorch_model.safetensors"]
+    if train_text_encoder:
+        # Both processes must train one text encoder: DDP all-reduces its gradients too.
+        parts.append("text_encoder/model.safetensors")
+    for part in parts:
+        start = load_file(tiny_sd / part)
+        one_w = load_file(tmp_path / "one" / "model" / part)
+        two_w = load_file(tmp_path / "two" / "model" / part)
+        moved = max((one_w[k] - start[k]).abs().max() for k in start)
+        apart = max((one_w[k] - two_w[k]).abs().max() for k in start)
+        assert moved > 1e-3, (part, float(moved))  # it trained (lr 1e-3 per step)
+        # The same weights up to float rounding (measured: UNet 8.8e-7, text encoder 2.9e-7 apart, each
+        # moved 3e-3; with the text encoder outside DDP each process trained its own copy and even the
+        # UNets ended 3.0e-3 apart).
+        assert apart < 1e-5, (part, float(apart))
     # The logged loss is the whole batch's (mean over processes), so the curves agree too.
     one_loss = (tmp_path / "one" / "model" / "loss.csv").read_text().splitlines()[1:]
     two_loss = (tmp_path / "two" / "model" / "loss.csv").read_text().splitlines()[1:]

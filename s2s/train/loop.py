@@ -54,7 +54,7 @@ def encode_latent_distributions(
     return torch.cat(means), torch.cat(stds)
 
 
-def encode_prompt(tokenizer, text_encoder, prompt: str, device) -> torch.Tensor:
+def encode_prompt(tokenizer, text_encoder, prompt: str | list[str], device) -> torch.Tensor:
     ids = tokenizer(
         prompt,
         padding="max_length",
@@ -92,6 +92,23 @@ def _batch_draws(
         noise.append(torch.randn(shape, generator=gen))
         timesteps.append(torch.randint(0, num_timesteps, (1,), generator=gen))
     return torch.stack(eps), torch.stack(noise), torch.cat(timesteps)
+
+
+def _augment_draws(
+    seed: int, micro_index: int, batch_size: int, num_prompts: int
+) -> tuple[list[int], torch.Tensor]:
+    """Per sample of one micro-batch: which training prompt, and whether to flip the image.
+
+    Like ``_batch_draws`` a pure function of the sample's position, from a generator of its own (salt 2)
+    so that turning templates or flips on leaves the latent, noise and timestep draws unchanged.
+    """
+    prompt_idx, flips = [], []
+    start = micro_index * batch_size
+    for pos in range(start, start + batch_size):
+        gen = torch.Generator().manual_seed(seed * 2**40 + pos * 4 + 2)
+        prompt_idx.append(int(torch.randint(0, num_prompts, (1,), generator=gen)))
+        flips.append(bool(torch.rand(1, generator=gen) < 0.5))
+    return prompt_idx, torch.tensor(flips)
 
 
 def _place(module, device, dtype) -> None:
@@ -220,8 +237,12 @@ def train(
                 f"in {class_dir}; generate them (class_priors rule) or set with_prior_preservation: false"
             )
         class_paths = list_images(class_dir)
-    prompt = method.expand_prompt(instance_prompt)
+    train_prompts = method.training_prompts(instance_prompt)
     instance_pixels = _pixels(instance_paths, resolution)
+    if cfg.random_flip:
+        # Image i flipped is image i + n: the VAE is not flip-equivariant, so each orientation gets its
+        # own (cached) posterior and flipping keeps latent caching.
+        instance_pixels = torch.cat([instance_pixels, instance_pixels.flip(-1)])
     class_pixels = _pixels(class_paths, resolution) if use_prior else None
     if cfg.cache_latents:
         inst_mean, inst_std = encode_latent_distributions(vae, instance_pixels)
@@ -230,11 +251,8 @@ def train(
     text_cache: dict[str, torch.Tensor] = {}
     if not method.trains_text:
         with torch.no_grad():
-            text_cache[prompt] = encode_prompt(tokenizer, text_encoder, prompt, accelerator.device)
-            if use_prior:
-                text_cache[class_prompt] = encode_prompt(
-                    tokenizer, text_encoder, class_prompt, accelerator.device
-                )
+            for p in dict.fromkeys(train_prompts + ([class_prompt] if use_prior else [])):
+                text_cache[p] = encode_prompt(tokenizer, text_encoder, p, accelerator.device)
 
     # ---- optimizer, schedule, accelerate
     trainable = method.trainable()
@@ -250,12 +268,16 @@ def train(
         num_training_steps=cfg.max_train_steps,
     )
     unet_dtype = unet.dtype  # read before accelerate wraps it (DDP has no .dtype)
-    trained_module = text_encoder if cfg.method == "textual_inversion" else unet
-    trained_module, optimizer = accelerator.prepare(trained_module, optimizer)
+    # Every module with trained weights goes through accelerate, so that DDP all-reduces its gradients.
     if cfg.method == "textual_inversion":
-        text_encoder = trained_module
+        text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
+        trained_modules = [text_encoder]
+    elif method.trains_text:
+        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+        trained_modules = [unet, text_encoder]
     else:
-        unet = trained_module
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        trained_modules = [unet]
 
     # ---- resume
     start_step = 0
@@ -305,12 +327,17 @@ def train(
             dist = vae.encode(pixels[indices].to(accelerator.device, weight_dtype)).latent_dist
             return (dist.mean + dist.std * eps.to(dist.mean)).float()
 
-    def text_for(p: str, n: int) -> torch.Tensor:
-        if p in text_cache:
-            return text_cache[p].expand(n, -1, -1)
-        return encode_prompt(tokenizer, text_encoder, p, accelerator.device).expand(n, -1, -1)
+    def texts_for(prompts: list[str]) -> torch.Tensor:
+        if all(p in text_cache for p in prompts):
+            return torch.cat([text_cache[p] for p in prompts])
+        # One text-encoder call per micro-batch (DDP expects one forward per backward).
+        unique = list(dict.fromkeys(prompts))
+        encoded = encode_prompt(tokenizer, text_encoder, unique, accelerator.device)
+        return encoded[[unique.index(p) for p in prompts]]
 
-    trained_module.train()
+    # Train mode also for a trained text encoder: transformers' gradient checkpointing acts only then.
+    for module in trained_modules:
+        module.train()
     progress = tqdm(
         range(start_step, cfg.max_train_steps),
         initial=start_step,
@@ -330,10 +357,13 @@ def train(
             # 1. pick images; draw latents from their (cached) posterior
             idx = _batch_indices(cfg.seed, micro_index, bs, len(instance_paths))
             eps, noise, timesteps = _batch_draws(cfg.seed, micro_index, bs, latent_shape, num_timesteps)
+            prompt_idx, flips = _augment_draws(cfg.seed, micro_index, bs, len(train_prompts))
+            if cfg.random_flip:
+                idx = idx + len(instance_paths) * flips
             latents = latents_for(
                 idx, eps, *(inst_mean, inst_std) if cfg.cache_latents else (None, None), instance_pixels
             )
-            texts = text_for(prompt, bs)
+            prompts = [train_prompts[i] for i in prompt_idx]
             if use_prior:
                 cidx = _batch_indices(cfg.seed, micro_index, bs, len(class_paths), salt=1)
                 c_eps, c_noise, c_timesteps = _batch_draws(
@@ -345,7 +375,8 @@ def train(
                 latents = torch.cat([latents, c_lat])
                 noise = torch.cat([noise, c_noise])
                 timesteps = torch.cat([timesteps, c_timesteps])
-                texts = torch.cat([texts, text_for(class_prompt, bs)])
+                prompts += [class_prompt] * bs
+            texts = texts_for(prompts)
             latents = latents * scaling
             # 2. noise at random timesteps
             noise = noise.to(latents)
@@ -384,7 +415,10 @@ def train(
                 )
             step_loss += _mean_over_processes(accelerator, loss) / cfg.gradient_accumulation_steps
             last_micro = micro == cfg.gradient_accumulation_steps - 1
-            with accelerator.no_sync(trained_module) if not last_micro else contextlib.nullcontext():
+            with contextlib.ExitStack() as no_sync:
+                if not last_micro:
+                    for module in trained_modules:
+                        no_sync.enter_context(accelerator.no_sync(module))
                 accelerator.backward(loss / cfg.gradient_accumulation_steps)
         # 5. one optimizer step per accumulated batch
         accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)

@@ -16,6 +16,40 @@ from s2s.io import S2SError, save_safetensors
 
 log = logging.getLogger(__name__)
 
+#: The study's code trained Textual Inversion with the diffusers textual_inversion example, whose dataset
+#: draws one of these prompts per sample (``imagenet_templates_small``, learnable_property "object"),
+#: filled with the placeholder token alone.
+OBJECT_TEMPLATES = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
+)
+PROMPT_TEMPLATES = {"object": OBJECT_TEMPLATES}
+
 
 class Method:
     name = ""
@@ -35,6 +69,10 @@ class Method:
 
     def expand_prompt(self, prompt: str) -> str:
         return prompt
+
+    def training_prompts(self, instance_prompt: str) -> list[str]:
+        """The instance prompts the loop draws from, one per sample (a single one unless templated)."""
+        return [self.expand_prompt(instance_prompt)]
 
     def after_optimizer_step(self) -> None:
         pass
@@ -83,6 +121,13 @@ class TextualInversion(Method):
 
     def expand_prompt(self, prompt: str) -> str:
         return prompt.replace(self.subject.token, " ".join(self.tokens), 1)
+
+    def training_prompts(self, instance_prompt: str) -> list[str]:
+        if self.cfg.prompt_templates is None:
+            return super().training_prompts(instance_prompt)
+        # As the diffusers example: the placeholder alone, without the class noun.
+        templates = PROMPT_TEMPLATES[self.cfg.prompt_templates]
+        return [self.expand_prompt(t.format(self.subject.token)) for t in templates]
 
     def after_optimizer_step(self) -> None:
         # AdamW's weight decay touches every row; put the untouched rows back exactly.
@@ -170,7 +215,14 @@ class LoRA(Method):
         from peft.utils import get_peft_model_state_dict
 
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        StableDiffusionPipeline.save_lora_weights(out_dir, unet_lora_layers=layers, safe_serialization=True)
+        # Without the adapter's config, load_lora_weights rebuilds it with lora_alpha = rank, so any
+        # alpha != rank would reload at another scale than the one trained.
+        StableDiffusionPipeline.save_lora_weights(
+            out_dir,
+            unet_lora_layers=layers,
+            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            safe_serialization=True,
+        )
 
 
 METHOD_CLASSES = {cls.name: cls for cls in (TextualInversion, DreamBooth, LoRA)}
