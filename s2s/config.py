@@ -57,7 +57,7 @@ def _schema_error_line(error) -> str:
             "(it becomes a folder under results/)"
         )
     if error.validator == "enum":
-        allowed = ", ".join(map(str, error.validator_value))
+        allowed = ", ".join("null" if v is None else str(v) for v in error.validator_value)
         return f"config key {key}: {error.instance!r} is not one of: {allowed}"
     if error.validator == "pattern" and error.validator_value == "\\{\\}":
         return f"config key {key}: {error.instance!r} must contain the subject placeholder {{}}"
