@@ -116,3 +116,35 @@ def test_inversion_needs_matching_steps(pipe, photo):
     inversion = invert(pipe, photo, PROMPT, "ddim", STEPS, 7.5)
     with pytest.raises(ValueError, match="same num_inference_steps"):
         generate_edit(pipe, PROMPT, PROMPT, None, inversion=inversion, num_inference_steps=STEPS + 1)
+
+
+def test_null_text_is_optimised_in_fp32_in_a_bf16_pipeline(pipe, photo):
+    """A bf16 pipeline optimises its first null embedding exactly as an fp32 pipeline with the same
+    (bf16-rounded) weights and inputs does, and gives its UNet back unchanged. In bf16, gradients of ~1e-6
+    carry 8 bits: Adam's first steps follow their signs, which rounding flips."""
+    import copy
+
+    from s2s.edit.inversion import ddim_invert, encode_image, optimise_null_text
+
+    half = copy.deepcopy(pipe.unet).to(torch.bfloat16)
+    full = copy.deepcopy(half).float()  # the same weights, in fp32
+    cond, uncond = (e.to(torch.bfloat16) for e in pipe.encode_prompt(PROMPT, "cpu", 1, True))
+    with torch.no_grad():
+        trajectory = ddim_invert(pipe, encode_image(pipe, photo), cond.float(), 3)
+    trajectory = [x.to(torch.bfloat16) for x in trajectory]
+    before = {name: t.clone() for name, t in half.state_dict().items()}
+    inputs = {
+        torch.bfloat16: (half, trajectory, cond, uncond),
+        torch.float32: (full, [x.float() for x in trajectory], cond.float(), uncond.float()),
+    }
+    nulls = {}
+    for dtype, (unet, traj, c, u) in inputs.items():
+        view = copy.copy(pipe)  # the same pipeline with another UNet
+        view.unet = unet
+        nulls[dtype] = optimise_null_text(view, traj, c, u, 7.5, inner_steps=3)
+    got, ref = nulls[torch.bfloat16][0], nulls[torch.float32][0]
+    assert got.dtype == torch.bfloat16 and (ref - uncond.float()).abs().max() > 1e-2  # it did move
+    differ = got.ne(ref.to(torch.bfloat16)).float().mean().item()
+    assert differ < 0.01, f"{differ:.1%} of the first null embedding differs from the fp32 optimisation"
+    assert half.dtype == torch.bfloat16
+    assert all(torch.equal(before[name], t) for name, t in half.state_dict().items())
