@@ -57,19 +57,19 @@ def _store_with(maps: torch.Tensor) -> AttentionStore:
 
 def test_local_blend_mask_by_hand():
     # 4x4 attention maps on an 8x8 latent. Source words at tokens 2 and 3 (one word of two tokens): their
-    # attention adds up to 1.0 at cell (0, 0). Target word at token 5: 0.5 at (3, 3), 0.1 at (0, 3).
+    # attention adds up to 1.0 at cell (0, 0). Target word at token 5: 0.25 at (3, 3), 0.05 at (0, 3).
     maps = torch.zeros(2, 16, 8)
     maps[0, 0, 2], maps[0, 0, 3] = 0.6, 0.4
-    maps[1, 15, 5], maps[1, 3, 5] = 0.5, 0.1
+    maps[1, 15, 5], maps[1, 3, 5] = 0.25, 0.05
     maps[:, :, 7] = 1.0  # another token, not blended: must not count
     blend = LocalBlend([2, 3], [5], threshold=0.3, start_step=1)
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     store = _store_with(maps)
     assert torch.equal(blend(store, 0, latents), latents) and blend.mask is None  # before start_step
 
-    # By hand: max-pooling 3x3 spreads each hot cell to its 8 neighbours; normalised by each prompt's
-    # maximum, the source keeps cells within one of (0, 0), the target those within one of (3, 3) (0.1 /
-    # 0.5 = 0.2 < 0.3 drops (0, 3)); each 4x4 cell covers 2x2 latent pixels.
+    # By hand: max-pooling 3x3 spreads each hot cell to its 8 neighbours; normalised by each prompt's own
+    # maximum, the source keeps cells within one of (0, 0), the target those within one of (3, 3) (0.05 /
+    # 0.25 = 0.2 < 0.3 drops (0, 3)); each 4x4 cell covers 2x2 latent pixels.
     def kept(cell_y, cell_x):
         near = lambda y, x: max(abs(cell_y - y), abs(cell_x - x)) <= 1  # noqa: E731
         return near(0, 0) or near(3, 3)
