@@ -3,7 +3,8 @@
 - ``ddim``: DDIM inversion with the source prompt at guidance 1 (diffusers' ``DDIMInverseScheduler``).
   Regenerating at guidance 7.5 with an empty unconditional prompt drifts away from the photo.
 - ``null_text``: Mokady et al.'s null-text inversion: after DDIM inversion, optimise one unconditional
-  ("null") embedding per step so that guided sampling follows the inversion trajectory.
+  ("null") embedding per step so that guided sampling follows the inversion trajectory; optimised in fp32
+  whatever the pipeline's precision.
 - ``negative_prompt``: Miyake et al.'s negative-prompt inversion: no optimisation; sampling uses the
   source prompt's embedding as the unconditional one, so one inversion plus one generation in all.
 - ``direct``: Ju et al.'s direct inversion: the source branch is put back on the inversion trajectory
