@@ -2,9 +2,13 @@
 
 Mutations are listed in ``tests/mutations/*.yaml``: each entry names a file, an exact text that occurs once
 in it, its replacement, and the pytest node ids that must fail with the mutation in place. The tree is
-copied once into a temporary folder (the files git tracks or would track), the listed tests are run there
-unmutated first (they must pass, or the check means nothing), then each mutation is applied, its tests
-run, and the file restored.
+copied into a temporary folder per worker (the files git tracks or would track), the listed tests are run
+there unmutated first (they must pass, or the check means nothing), then each mutation is applied, its
+tests run, and the file restored.
+
+Speed: each mutation's tests run in a process forked from one that has already imported torch, diffusers,
+transformers and the other heavy libraries (but not ``s2s``, which the child imports from the mutated
+tree), so a mutation costs its tests' time rather than ~5 s of imports; two workers run side by side.
 
     python scripts/mutation_check.py            # all mutations; exit 1 if any survives or errs
     python scripts/mutation_check.py --only ID  # one mutation (repeatable)
@@ -69,17 +73,46 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
+HEAVY = ("torch", "diffusers", "transformers", "accelerate", "peft", "torchmetrics", "scipy.stats", "pandas",
+         "matplotlib.pyplot", "safetensors.torch", "pytest")  # fmt: skip
+
+
+def preload() -> None:
+    """Import the heavy libraries once, in the parent (no torch op runs here: forking after OpenMP has
+    started its threads can hang the child)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import importlib
+
+    for name in HEAVY:
+        importlib.import_module(name)
+
+
+def start_tests(root: Path, tests: list[str], log: Path) -> int:
+    """Fork a child that runs ``tests`` in ``root`` with pytest; return its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:  # the child: output to ``log``, the tree's package first on the path
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.chdir(root)
+        sys.path.insert(0, str(root))
+        import pytest
+
+        code = pytest.main(["-q", "-x", "-p", "no:cacheprovider", "--no-header", *tests])
+    except BaseException:  # noqa: BLE001 - the child must never return into the parent's code
+        code = 3
+    os._exit(int(code))
+
+
 def run_tests(root: Path, tests: list[str]) -> tuple[int, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", *tests],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    return proc.returncode, proc.stdout[-2000:] + proc.stderr[-1000:]
+    log = root / ".mutation-log"
+    _, status = os.waitpid(start_tests(root, tests, log), 0)
+    return os.waitstatus_to_exitcode(status), log.read_text()[-3000:]
 
 
 def markdown(entries: list[dict]) -> str:
@@ -96,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", action="append", default=[], help="run only this mutation id")
     parser.add_argument("--list", action="store_true", help="print the mutations as a Markdown table")
+    parser.add_argument("--workers", type=int, default=2, help="mutations tested side by side (default 2)")
     args = parser.parse_args(argv)
     entries = load_mutations()
     if args.only:
@@ -112,31 +146,40 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutation {ident}: cannot be applied: {why}")
         return 1
     started = time.perf_counter()
+    preload()
     failures = []
     with tempfile.TemporaryDirectory(prefix="s2s-mutants-") as tmp:
-        root = Path(tmp)
-        copy_tree(root)
+        roots = [Path(tmp) / f"worker{i}" for i in range(args.workers)]
+        for root in roots:
+            copy_tree(root)
         baseline = sorted({t for e in entries for t in e["tests"]})
-        code, output = run_tests(root, baseline)
+        code, output = run_tests(roots[0], baseline)
         if code != 0:
             print(output)
             print(f"the {len(baseline)} tests fail without any mutation: fix them first")
             return 1
         print(f"baseline: {len(baseline)} tests pass unmutated ({time.perf_counter() - started:.0f} s)")
-        for entry in entries:
-            path = root / entry["file"]
-            original = path.read_text()
-            path.write_text(original.replace(entry["find"], entry["replace"], 1))
-            t0 = time.perf_counter()
-            try:
-                code, output = run_tests(root, entry["tests"])
-            finally:
-                path.write_text(original)
+        pending = list(entries)
+        running: dict[int, tuple[dict, Path, str, float]] = {}  # pid -> entry, root, original text, start
+        free = list(roots)
+        while pending or running:
+            while pending and free:
+                entry, root = pending.pop(0), free.pop()
+                path = root / entry["file"]
+                original = path.read_text()
+                path.write_text(original.replace(entry["find"], entry["replace"], 1))
+                pid = start_tests(root, entry["tests"], root / ".mutation-log")
+                running[pid] = (entry, root, original, time.perf_counter())
+            pid, status = os.wait()
+            entry, root, original, t0 = running.pop(pid)
+            (root / entry["file"]).write_text(original)
+            free.append(root)
+            code = os.waitstatus_to_exitcode(status)
             verdict = {0: "SURVIVED", 1: "caught"}.get(code, f"ERROR (pytest exit {code})")
             print(f"{verdict:>24}  {entry['id']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
             if code != 1:
                 failures.append(entry["id"])
-                print(output)
+                print((root / ".mutation-log").read_text()[-3000:])
     total = len(entries)
     print(f"{total - len(failures)} of {total} mutations caught in {time.perf_counter() - started:.0f} s")
     return 1 if failures else 0

@@ -160,7 +160,7 @@ BAD_ROWS = [
     ({"model": "dreambooth"}, "model"),  # no trained dreambooth model given
     ({"image": "missing.png"}, "image"),
     ({"image": "broken.png"}, "image"),
-    ({"target_prompt": "a sks on the beach"}, "target_prompt"),  # replace with 1 vs 3 tokens
+    ({"target_prompt": "a sks dog on the beach"}, "target_prompt"),  # replace with 5 vs 6 words
     ({"params": "{not: valid"}, "params"),
     ({"params": '{"blend_word": ["dog"]}'}, "params"),
     ({"params": '{"equalizer": {"cat": 2}}', "edit": "reweight"}, "params"),

@@ -21,6 +21,12 @@ from s2s.edit.seq_aligner import (
 
 STEPS = 6
 SOURCE, TARGET = "a dog on the beach", "a horse on the beach"
+# Rows of one batch need not be bit-equal: kernels may split a batch differently per row (seen with 4
+# threads: two identical prompts in one plain generation differ by up to 2.0e-5 on latents of size ~20;
+# batch 1 vs batch 2 by up to 3.2e-5; 1e-4 reported under load). Edits that must change nothing are
+# compared with 1e-3, 30x the largest noise measured and 250x below the smallest real edit compared here
+# (reweight x4: 0.27); test_batch_row_noise_is_below_the_tolerance checks the noise on every run.
+ROW_TOL = 1e-3
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,9 +68,9 @@ def test_replacement_mapper_swaps_the_changed_word(tokenizer):
     assert torch.equal(two.sum(0)[:5], torch.ones(5))
 
 
-def test_replacement_mapper_rejects_different_token_counts(tokenizer):
-    with pytest.raises(EditSpecError, match="same number of words and tokens") as info:
-        replacement_mapper(tokenizer, SOURCE, "a sks on the beach")
+def test_replacement_mapper_rejects_different_word_counts(tokenizer):
+    with pytest.raises(EditSpecError, match="same number of words") as info:
+        replacement_mapper(tokenizer, SOURCE, "a sks dog on the beach")
     assert info.value.key == "target_prompt"
 
 
@@ -181,12 +187,38 @@ def test_self_replace_uses_source_map_in_window_and_small_layers_only():
 # ---- edits on the tiny model --------------------------------------------------------------------------
 
 
-def test_same_prompt_edit_reproduces_source_exactly(pipe, noise):
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def _pixel_diff(a, b) -> int:
+    return max(abs(x - y) for p, q in zip(a.getdata(), b.getdata(), strict=True) for x, y in zip(p, q))
+
+
+def test_batch_row_noise_is_below_the_tolerance(pipe, noise):
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 4):  # thread counts split the batch differently (4: rows differ, 1: they do not)
+            torch.set_num_threads(n)
+            plain = pipe(
+                [SOURCE, SOURCE],
+                latents=noise.expand(2, -1, -1, -1),
+                num_inference_steps=STEPS,
+                output_type="latent",
+            ).images
+            single = pipe(SOURCE, latents=noise, num_inference_steps=STEPS, output_type="latent").images
+            assert _max_diff(plain[0], plain[1]) < ROW_TOL / 10
+            assert _max_diff(plain[0], single[0]) < ROW_TOL / 10
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_same_prompt_edit_reproduces_source(pipe, noise):
     result = generate_edit(
         pipe, SOURCE, SOURCE, {"edit": "replace"}, latents=noise, num_inference_steps=STEPS
     )
-    assert torch.equal(result.latents[0], result.latents[1])
-    assert list(result.source_image.getdata()) == list(result.edited_image.getdata())
+    assert _max_diff(result.latents[0], result.latents[1]) < ROW_TOL
+    assert _pixel_diff(result.source_image, result.edited_image) <= 1  # one rounding step of 8-bit pixels
     assert result.unet_calls == STEPS
 
 
@@ -212,10 +244,8 @@ def test_reweight_by_one_changes_nothing(pipe, noise):
         pipe, SOURCE, TARGET, {"edit": "replace"}, latents=noise, num_inference_steps=STEPS
     )
     same = {"edit": "reweight", "equalizer": {"horse": 1.0}}
-    assert torch.equal(
-        generate_edit(pipe, SOURCE, TARGET, same, latents=noise, num_inference_steps=STEPS).latents,
-        replace.latents,
-    )
+    reweighted = generate_edit(pipe, SOURCE, TARGET, same, latents=noise, num_inference_steps=STEPS)
+    assert _max_diff(reweighted.latents, replace.latents) < ROW_TOL
     alone = generate_edit(
         pipe,
         SOURCE,
@@ -224,10 +254,10 @@ def test_reweight_by_one_changes_nothing(pipe, noise):
         latents=noise,
         num_inference_steps=STEPS,
     )
-    assert torch.equal(alone.latents[0], alone.latents[1])
+    assert _max_diff(alone.latents[0], alone.latents[1]) < ROW_TOL
     louder = {"edit": "reweight", "equalizer": {"horse": 4.0}}
     changed = generate_edit(pipe, SOURCE, TARGET, louder, latents=noise, num_inference_steps=STEPS)
-    assert (changed.latents[1] - replace.latents[1]).abs().max() > 1e-3
+    assert _max_diff(changed.latents[1], replace.latents[1]) > 30 * ROW_TOL
 
 
 def test_local_blend_keeps_source_latents_outside_mask(pipe, noise):

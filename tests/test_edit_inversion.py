@@ -70,6 +70,39 @@ def test_null_text_reconstructs_better_than_ddim(pipe, photo):
     assert all(p.requires_grad for p in pipe.unet.parameters())  # the weights' flags are restored
 
 
+def test_null_text_step_aims_at_the_next_inversion_latent(pipe, photo, monkeypatch):
+    """Mokady et al.'s Alg. 1: at step i the loss is || guided DDIM step from z_t - z*_{t-1} ||^2, with
+    z*_{t-1} the inversion's latent one step less noisy. On the tiny random model the reconstruction barely
+    tells the right target from its neighbour, so the loss's arguments are observed (its value unchanged)."""
+    from diffusers import DDIMScheduler
+
+    import s2s.edit.inversion as inversion_module
+
+    calls, mse = [], F.mse_loss
+
+    def observed(prediction, target, *args, **kwargs):
+        calls.append((prediction.detach().clone(), target.detach().clone()))
+        return mse(prediction, target, *args, **kwargs)
+
+    monkeypatch.setattr(inversion_module.F, "mse_loss", observed)
+    steps, inner = 3, 2
+    null = invert(pipe, photo, PROMPT, "null_text", steps, 7.5, inner_steps=inner)
+    monkeypatch.undo()
+    assert len(calls) == steps * inner  # no early stop at these losses
+    for i in range(steps):
+        assert torch.equal(calls[i * inner][1], null.trajectory[steps - i - 1]), i
+    # the first prediction by hand: the guided DDIM step from the noise with the prompt's own null
+    cond, uncond = pipe.encode_prompt(PROMPT, "cpu", 1, True)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    t = scheduler.timesteps[0]
+    with torch.no_grad():
+        eps_u = pipe.unet(null.noise, t, uncond).sample
+        eps_c = pipe.unet(null.noise, t, cond).sample
+    expected = scheduler.step(eps_u + 7.5 * (eps_c - eps_u), t, null.noise).prev_sample
+    assert torch.allclose(calls[0][0], expected, atol=1e-5)
+
+
 def test_null_text_embeddings_change_every_step(pipe, photo):
     """The edit's source branch is the guided DDIM loop with null embedding i at step i."""
     null = invert(pipe, photo, PROMPT, "null_text", STEPS, 7.5, inner_steps=2)
@@ -116,3 +149,37 @@ def test_inversion_needs_matching_steps(pipe, photo):
     inversion = invert(pipe, photo, PROMPT, "ddim", STEPS, 7.5)
     with pytest.raises(ValueError, match="same num_inference_steps"):
         generate_edit(pipe, PROMPT, PROMPT, None, inversion=inversion, num_inference_steps=STEPS + 1)
+
+
+def test_null_text_is_optimised_in_fp32_in_a_bf16_pipeline(pipe, photo):
+    """A bf16 pipeline, even under bf16 autocast, optimises its first null embedding exactly as an fp32
+    pipeline with the same (bf16-rounded) weights and inputs does, and gives its UNet back unchanged. In
+    bf16, gradients of ~1e-6 carry 8 bits: Adam's first steps follow their signs, which rounding flips."""
+    import copy
+
+    from s2s.edit.inversion import ddim_invert, encode_image, optimise_null_text
+
+    half = copy.deepcopy(pipe.unet).to(torch.bfloat16)
+    full = copy.deepcopy(half).float()  # the same weights, in fp32
+    cond, uncond = (e.to(torch.bfloat16) for e in pipe.encode_prompt(PROMPT, "cpu", 1, True))
+    with torch.no_grad():
+        trajectory = ddim_invert(pipe, encode_image(pipe, photo), cond.float(), 3)
+    trajectory = [x.to(torch.bfloat16) for x in trajectory]
+    before = {name: t.clone() for name, t in half.state_dict().items()}
+    inputs = {
+        torch.bfloat16: (half, trajectory, cond, uncond),
+        torch.float32: (full, [x.float() for x in trajectory], cond.float(), uncond.float()),
+    }
+    nulls = {}
+    for dtype, (unet, traj, c, u) in inputs.items():
+        view = copy.copy(pipe)  # the same pipeline with another UNet
+        view.unet = unet
+        # the bf16 run under autocast, as a run in emulated mixed precision would call it
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            nulls[dtype] = optimise_null_text(view, traj, c, u, 7.5, inner_steps=3)
+    got, ref = nulls[torch.bfloat16][0], nulls[torch.float32][0]
+    assert got.dtype == torch.bfloat16 and (ref - uncond.float()).abs().max() > 1e-2  # it did move
+    differ = got.ne(ref.to(torch.bfloat16)).float().mean().item()
+    assert differ < 0.01, f"{differ:.1%} of the first null embedding differs from the fp32 optimisation"
+    assert half.dtype == torch.bfloat16
+    assert all(torch.equal(before[name], t) for name, t in half.state_dict().items())

@@ -368,7 +368,8 @@ def build_controller(
     """The controller of an edit spec: ``edit`` (replace | refine | reweight | subject) and P2P's
     parameters (see ``SPEC_KEYS``; ``DEFAULT_SPEC`` for defaults). Prompts are as the tokenizer sees them
     (after textual-inversion token expansion). ``subject`` edits align like ``refine``; ``reweight``
-    chains onto ``replace`` (same token count) or ``refine`` when the prompts differ."""
+    of two different prompts chains onto ``replace`` when they have as many words (whatever their token
+    counts), else onto ``refine``."""
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise EditSpecError(
@@ -406,13 +407,13 @@ def build_controller(
         )
     prev = None
     if source != target:
-        same_length = len(tokenizer(source).input_ids) == len(tokenizer(target).input_ids)
+        # P2P's word swap needs equal word counts only: multi-token words swap too (cat -> teddybear).
         same_words = len(source.split()) == len(target.split())
         prev = build_controller(
             tokenizer,
             source,
             target,
-            {"edit": "replace" if same_length and same_words else "refine"},
+            {"edit": "replace" if same_words else "refine"},
             num_steps,
             max_len,
         )

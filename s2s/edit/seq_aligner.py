@@ -64,15 +64,21 @@ def _check_length(tokenizer, prompt: str, max_len: int) -> int:
 def replacement_mapper(tokenizer, source: str, target: str, max_len: int = 77) -> torch.Tensor:
     """Word-swap mapper ``M[max_len, max_len]``: target token j takes ``sum_k P_src[:, k] * M[k, j]``.
 
-    The prompts must have the same number of words and of tokens (P2P's word swap); swapped words of
-    different token lengths share the source word's attention evenly, as in P2P.
+    P2P's word swap (``get_replacement_mapper_``): the prompts need the same number of *words*, not
+    tokens. Unchanged words map token to token; a swapped word of as many tokens maps token to token too,
+    otherwise each of its target tokens takes the source word's summed attention divided by the target
+    word's token count (cat -> teddy + bear: half of "cat" each; two tokens -> one: their sum), so the
+    word's total attention is kept. Tokens after the swaps (end token, padding) follow with the shift;
+    P2P maps them ``j -> j`` there, which puts every word after a swap of unequal length onto the wrong
+    source token ("a cat on the beach" -> "a teddybear on the beach": "on" would take "the").
     """
-    n_src, n_tgt = _check_length(tokenizer, source, max_len), _check_length(tokenizer, target, max_len)
+    _check_length(tokenizer, source, max_len)
+    _check_length(tokenizer, target, max_len)
     src_words, tgt_words = word_spans(tokenizer, source), word_spans(tokenizer, target)
-    if len(src_words) != len(tgt_words) or n_src != n_tgt:
+    if len(src_words) != len(tgt_words):
         raise EditSpecError(
-            f"replace edit needs prompts with the same number of words and tokens, but {source!r} has "
-            f"{len(src_words)} words / {n_src} tokens and {target!r} has {len(tgt_words)} / {n_tgt}; "
+            f"replace edit needs prompts with the same number of words, but {source!r} has "
+            f"{len(src_words)} and {target!r} has {len(tgt_words)}; "
             "use edit 'refine' for prompts that add or remove words",
             "target_prompt",
         )
@@ -84,8 +90,12 @@ def replacement_mapper(tokenizer, source: str, target: str, max_len: int = 77) -
         else:
             for t in t_span:
                 mapper[s_span, t] = 1.0 / len(t_span)
-    tail = torch.arange(n_src - 1, max_len)  # end token and padding map to themselves
-    mapper[tail, tail] = 1.0
+    # End token and padding, shifted by the difference in length; when the source is the longer prompt
+    # the last target padding tokens take the source's last padding token (all padding embeds the end).
+    i = src_words[-1][1][-1] + 1 if src_words else 1
+    for j in range(tgt_words[-1][1][-1] + 1 if tgt_words else 1, max_len):
+        mapper[min(i, max_len - 1), j] = 1.0
+        i += 1
     return mapper
 
 
@@ -162,9 +172,18 @@ def _window(value, key: str) -> tuple[float, float]:
 
 
 def step_window(value, num_steps: int, key: str) -> tuple[int, int]:
-    """Window in step indices [start, end) of a fraction or ``[start, end]`` pair (P2P rounds down)."""
+    """Window in step indices [start, end) of a fraction or ``[start, end]`` pair: ``int(start * n)``,
+    ``int(end * n)``, as P2P computes ``self_replace_steps`` and ``start_blend``."""
     start, end = _window(value, key)
     return int(start * num_steps), int(end * num_steps)
+
+
+def cross_step_window(value, num_steps: int, key: str = "cross_replace_steps") -> tuple[int, int]:
+    """P2P's ``cross_replace_steps`` window: its time table has ``num_steps + 1`` rows, so the bounds are
+    ``int(start * (n + 1))``, ``int(end * (n + 1))`` (f = 0.7 of 25 steps: steps 0..17, not 0..16), and a
+    window ending at 1 covers every step."""
+    start, end = _window(value, key)
+    return min(int(start * (num_steps + 1)), num_steps), min(int(end * (num_steps + 1)), num_steps)
 
 
 def cross_replace_alphas(
@@ -177,7 +196,7 @@ def cross_replace_alphas(
     """
     spec = cross_replace_steps if isinstance(cross_replace_steps, dict) else {"default_": cross_replace_steps}
     alphas = torch.zeros(num_steps, max_len)
-    start, end = step_window(spec.get("default_", 1.0), num_steps, "cross_replace_steps")
+    start, end = cross_step_window(spec.get("default_", 1.0), num_steps)
     alphas[start:end] = 1.0
     for word, value in spec.items():
         if word == "default_":
@@ -188,7 +207,7 @@ def cross_replace_alphas(
                 f"cross_replace_steps word {word!r} is not in the target prompt {target!r}",
                 "cross_replace_steps",
             )
-        start, end = step_window(value, num_steps, "cross_replace_steps")
+        start, end = cross_step_window(value, num_steps)
         alphas[:, positions] = 0.0
         alphas[start:end, positions] = 1.0
     return alphas

@@ -218,7 +218,7 @@ def text_encoder_of(clip):
     from transformers import CLIPTextModel
 
     text_encoder = CLIPTextModel(clip.config.text_config)
-    text_encoder.text_model.load_state_dict(clip.text_model.state_dict())
+    text_encoder.load_state_dict(clip.text_model.state_dict())
     return text_encoder.eval().requires_grad_(False)
 
 
