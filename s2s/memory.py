@@ -132,3 +132,31 @@ def check_fits(est: MemoryEstimate, available: float, device_name: str) -> None:
         f"training {est.shape.method}: estimated peak memory {est.describe()} exceeds {device_name}'s "
         f"{available / GIB:.1f} GiB; options: {options} (or method lora)"
     )
+
+
+def training_shape(
+    cfg, unet, vae, text_encoder, trainable_params: int, trains_text: bool, resolution: int, uses_prior: bool,
+    device_type: str,
+) -> TrainingShape:  # fmt: skip
+    """The shape of a training job from its loaded modules (parameter counts read off them)."""
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return TrainingShape(
+        method=cfg.method,
+        unet_params=count(unet),
+        vae_params=count(vae),
+        text_params=count(text_encoder),
+        trainable_params=trainable_params,
+        trains_unet=cfg.method == "dreambooth",
+        trains_text=trains_text,
+        unet_base_channels=int(unet.config.block_out_channels[0]),
+        latent_area=(resolution // factor) ** 2,
+        samples=cfg.train_batch_size * (2 if uses_prior else 1),
+        mixed_precision=cfg.mixed_precision,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_8bit_adam=cfg.use_8bit_adam,
+        device_type=device_type,
+    )

@@ -66,6 +66,7 @@ def paper_dry_run(tmp_path: Path, overlay: dict) -> subprocess.CompletedProcess:
     """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml OVERLAY` (placeholders unset)."""
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_SLURM_")}
+    env["HF_HUB_OFFLINE"] = "0"  # a dry run downloads nothing; offline, the preflight wants SD v1.4 cached
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--profile", str(PROFILE),
          "--configfile", str(REPO / "config" / "paper.yaml"), str(tmp_path / "overlay.yaml"),

@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_CONFIG = REPO / "tests" / "data" / "workflow_config.yaml"
 
 
-def snakemake(*args, cwd=REPO, check=True):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def snakemake(*args, cwd=REPO, check=True, offline=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1" if offline else "0"}
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args],
         cwd=cwd,
@@ -69,7 +69,8 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
 
 
 def test_paper_dry_run_shows_the_complete_dag(shared_data):
-    out = snakemake("-n", "--cores", "1", "--configfile", "config/paper.yaml").stdout
+    # Online: a dry run downloads nothing (offline, the preflight wants the models cached: next test).
+    out = snakemake("-n", "--cores", "1", "--configfile", "config/paper.yaml", offline=False).stdout
     counts = job_counts(out)
     assert counts["prepare_instance"] == 1 and counts["class_priors"] == 1
     assert counts["train_textual_inversion"] == counts["train_dreambooth"] == counts["train_lora"] == 1
@@ -81,6 +82,21 @@ def test_paper_dry_run_shows_the_complete_dag(shared_data):
         for prompt in prompts:
             assert f"results/paper/dog/samples/{method}/{prompt_folder(prompt)}/0.png" in out
     assert "num_class_images=200" in out or "200" in out
+
+
+def test_offline_paper_run_stops_before_any_job_naming_the_uncached_model(shared_data, tmp_path):
+    env_home = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    os.environ.update(env_home)
+    try:
+        proc = snakemake("-n", "--cores", "1", "--configfile", "config/paper.yaml", check=False)
+    finally:
+        for key in env_home:
+            os.environ.pop(key)
+    assert proc.returncode != 0
+    assert "config key model.name_or_path: CompVis/stable-diffusion-v1-4 is not in the local model cache" in (
+        proc.stdout + proc.stderr
+    )
+    assert "snakemake prefetch" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

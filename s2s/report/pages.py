@@ -139,7 +139,7 @@ def edits_page(subject: str, edits: list[Figure], out: Path, note: str | None = 
 TABLE_GROUPS = (
     (
         "Table 1: the study's metrics",
-        ("clip_score", "fid", "inception_score", "study_fid_softmax", "study_is"),
+        ("clip_score", "fid", "inception_score", "study_fid", "study_is"),
     ),
     ("Subject fidelity and KID", ("dino", "clip_i", "clip_t", "kid")),
 )
@@ -189,7 +189,9 @@ def table1_html(csv_path: Path) -> str:
             f"<h2>{E(title)}</h2><table><thead><tr>{''.join(head)}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>"
         )
-    parts.append("<p>Cells: value, and below it the 95% bootstrap interval over prompts and seeds.</p>")
+    parts.append(
+        "<p>Cells: value, and below it the 95% bootstrap interval over prompts (seeds of a prompt together).</p>"
+    )
     return "\n".join(parts)
 
 
