@@ -133,7 +133,8 @@ def test_batch_writes_every_output(models, tmp_path):
         assert record["timings_s"]["total"] >= record["timings_s"]["edit"] > 0
 
     generated, subject, refined = records
-    assert "horse" in generated["target_tokens"]  # the edited word is on the sheet    assert generated["image"] is None and generated["inversion"] is None and generated["seed"] == 3
+    assert "horse" in generated["target_tokens"]  # the edited word is on the sheet
+    assert generated["image"] is None and generated["inversion"] is None and generated["seed"] == 3
     assert generated["unet_calls"] == {"inversion": 0, "edit": STEPS, "total": STEPS}
     assert (out / "001_horse" / "source.png").read_bytes() == (
         out / "001_horse" / "reconstruction.png"

@@ -190,7 +190,8 @@ def table1_html(csv_path: Path) -> str:
             f"<tbody>{''.join(body)}</tbody></table>"
         )
     parts.append(
-        "<p>Cells: value, and below it the 95% bootstrap interval over prompts (seeds of a prompt together).</p>"
+        "<p>Cells: value, and below it the 95% bootstrap interval over prompts "
+        "(the seeds of a prompt resampled together).</p>"
     )
     return "\n".join(parts)
 
