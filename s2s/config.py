@@ -154,6 +154,7 @@ class TrainConfig:
     validation_steps: int
     seed: int
     num_processes: int = 1
+    keep_checkpoints: bool = False
     # method-specific
     num_vectors: int = 1
     initializer_token: str | None = None
