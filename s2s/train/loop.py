@@ -402,7 +402,8 @@ def train(
     losses: list[tuple[int, float, float]] = []
     checkpoint, stale, why = resumable(checkpoint_dir, settings)
     if stale:
-        log.info("%s: starting fresh; deleting %d stale checkpoint(s)", why, len(stale))
+        instead = "starting fresh" if checkpoint is None else f"resuming {checkpoint.name} instead"
+        log.info("%s: %s; deleting %d stale checkpoint(s)", why, instead, len(stale))
         accelerator.wait_for_everyone()  # every process has read them before they go
         if accelerator.is_main_process:
             delete_checkpoints(stale)
