@@ -29,6 +29,7 @@ try:
         DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method,
         workflow.basedir,
     )
+    s2s_preflight.check_precision(config)
     s2s_preflight.check_offline_models(
         {"model.name_or_path": s2s_config.base_model(config)}
         | {f"evaluation.{k}": v for k, v in s2s_config.metric_models(config).items()}

@@ -188,6 +188,7 @@ class TrainConfig:
     validation_steps: int
     seed: int
     num_processes: int = 1
+    keep_checkpoints: bool = False
     # method-specific
     num_vectors: int = 1
     initializer_token: str | None = None
@@ -306,7 +307,17 @@ def config_hash(config: dict) -> str:
 # model), batch sizes of inference (results equal up to float noise) and prompt_chunk_size.
 
 # Training keys that change no trained model.
-_NOT_MODEL_KEYS = ("checkpointing_steps", "checkpoints_total_limit", "validation_prompt", "validation_steps")
+# gradient_checkpointing and cache_latents do the same computation another way (as the loop's checkpoint
+# settings hash also says).
+_NOT_MODEL_KEYS = (
+    "checkpointing_steps",
+    "checkpoints_total_limit",
+    "keep_checkpoints",
+    "validation_prompt",
+    "validation_steps",
+    "gradient_checkpointing",
+    "cache_latents",
+)
 
 
 def _precision(config: dict) -> str:

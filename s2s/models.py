@@ -31,8 +31,9 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Inference dtype: half precision only where the device supports it (fp32 on CPU)."""
-    if device.type == "cpu" or precision == "no":
+    """Inference dtype: the training's half precision where the device has it (bf16 also on CPU, where the
+    rehearsal runs the half-precision paths with it; fp16 only on CUDA)."""
+    if precision == "no" or (precision == "fp16" and device.type == "cpu"):
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16

@@ -52,6 +52,20 @@ def check_optional_dependencies(config: dict, use_conda: bool, workflow_dir: Pat
         )
 
 
+def check_precision(config: dict) -> None:
+    """fp16 mixed precision needs CUDA: on a run pinned to the CPU it is refused before any job (bf16
+    autocast works on CPU)."""
+    if config.get("device") != "cpu":
+        return
+    training = config.get("training", {})
+    for method in config.get("methods", METHODS):
+        if training.get(method, {}).get("mixed_precision", training.get("mixed_precision")) == "fp16":
+            raise S2SError(
+                f"config key training.{method}.mixed_precision: fp16 needs a CUDA GPU and device is cpu; "
+                "use bf16 (autocast works on CPU) or no"
+            )
+
+
 def is_hub_id(name: str) -> bool:
     return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
 

@@ -47,3 +47,20 @@ def test_offline_mode_names_an_uncached_hub_model_and_the_prefetch_command(monke
     ):
         preflight.check_offline_models(models)
     preflight.check_offline_models({"model.name_or_path": str(tmp_path)})  # a local folder is not fetched
+
+
+def test_fp16_on_a_cpu_run_is_refused_before_any_job():
+    config = {"device": "cpu", "methods": ["lora", "dreambooth"], "training": {"mixed_precision": "fp16"}}
+    with pytest.raises(S2SError, match=r"training\.lora\.mixed_precision: fp16 needs a CUDA GPU"):
+        preflight.check_precision(config)
+    preflight.check_precision(
+        {
+            **config,
+            "training": {
+                "mixed_precision": "fp16",
+                "lora": {"mixed_precision": "bf16"},
+                "dreambooth": {"mixed_precision": "no"},
+            },
+        }
+    )
+    preflight.check_precision({**config, "device": "auto"})  # the GPU node decides

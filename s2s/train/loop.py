@@ -13,21 +13,32 @@ It reads top to bottom like the diffusers training examples (encode, noise, UNet
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
 import math
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from s2s.config import Subject, TrainConfig
 from s2s.data import list_images, load_prepared
 from s2s.io import S2SError, atomic_dir, save_png, write_json, write_text
-from s2s.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from s2s.memory import check_fits, training_shape
+from s2s.memory import estimate as estimate_memory
+from s2s.train.checkpoint import (
+    delete_checkpoints,
+    human_bytes,
+    list_checkpoints,
+    load_checkpoint,
+    resumable,
+    save_checkpoint,
+)
 from s2s.train.methods import make_method
 
 log = logging.getLogger(__name__)
@@ -147,6 +158,127 @@ def _mean_over_processes(accelerator, loss: torch.Tensor) -> float:
     return accelerator.reduce(loss.detach().float(), reduction="mean").item()
 
 
+def _check_precision(requested: str, device: torch.device) -> str:
+    if requested == "fp16" and device.type != "cuda":
+        raise S2SError(
+            f"training.mixed_precision: fp16 needs a CUDA GPU (this job trains on {device.type}); "
+            "use bf16 (autocast works on CPU) or no"
+        )
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise S2SError("training.mixed_precision: bf16 is not supported by this GPU; use fp16")
+    return requested
+
+
+def _make_accelerator(mixed_precision: str, device: torch.device):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one precision per process and refuses another; a launched process trains once,
+    # but a second run in one process (tests, notebooks) must be free to choose its own. The process
+    # group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+
+
+# TrainConfig fields that only decide when something is saved or shown, or how the same computation is
+# carried out (gradient checkpointing recomputes the same activations; cached latents are the same
+# posterior draws); changing them keeps a checkpoint valid. Every other field, and any field added
+# later, is part of a checkpoint's settings.
+NOT_TRAINING_SETTINGS = frozenset(
+    {
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "keep_checkpoints",
+        "validation_prompt",
+        "validation_steps",
+        "gradient_checkpointing",
+        "cache_latents",
+    }
+)
+
+
+def files_digest(paths: list[Path]) -> str:
+    """A hash of the names (they set the data order) and bytes of a list of image files."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def training_settings(
+    cfg: TrainConfig,
+    subject: Subject,
+    base_model: str,
+    resolution: int,
+    instance_prompt: str,
+    class_prompt: str | None,
+    instance_paths: list[Path],
+    class_paths: list[Path],
+) -> dict:
+    """Everything that determines what a run learns: a checkpoint is resumed only by the same."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAINING_SETTINGS}
+    settings.update(
+        base_model=str(base_model),
+        resolution=resolution,
+        instance_prompt=instance_prompt,
+        subject_token=subject.token,
+        subject_class=subject.class_noun,
+        instance_images=files_digest(instance_paths),
+        class_prompt=class_prompt if class_paths else None,
+        class_images=files_digest(class_paths) if class_paths else None,
+    )
+    return settings
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class _ProgressLog:
+    """Progress as plain log lines (a redrawn bar fills log files with carriage returns): about every
+    10% of the run, at least every ``every_s`` seconds, and at the last step."""
+
+    def __init__(self, name: str, start: int, total: int, every_s: float = 300.0):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.interval = max(1, total // 10)
+        self.last_step, self.last_time = start, time.perf_counter()
+
+    def step(self, step: int, loss: float, lr: float, step_times: list[float]) -> None:
+        due = step - self.last_step >= self.interval or step == self.total
+        if not due and time.perf_counter() - self.last_time < self.every_s:
+            return
+        per_step = sum(step_times) / len(step_times)
+        log.info(
+            "%s: step %d/%d (%d%%), loss %.4f, lr %.2e, %.3f s/step, ETA %s",
+            self.name,
+            step,
+            self.total,
+            100 * step // self.total,
+            loss,
+            lr,
+            per_step,
+            _duration(per_step * (self.total - step)),
+        )
+        self.last_step, self.last_time = step, time.perf_counter()
+
+
+def _weight_dtypes(trainable: dict, **modules) -> dict[str, list[str]]:
+    """The dtypes the weights are stored in: trained ones, and the frozen ones of each module."""
+    trained = {id(p) for p in trainable.values()}
+
+    def names(params) -> list[str]:
+        return sorted({str(p.dtype).removeprefix("torch.") for p in params})
+
+    out = {"trained": names(trainable.values())}
+    for name, module in modules.items():
+        out[f"frozen_{name}"] = names(p for p in module.parameters() if id(p) not in trained)
+    return out
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -175,7 +307,6 @@ def train(
     ``stop_after_steps`` ends the run early without saving the model (tests use it to simulate an
     interruption after a checkpoint).
     """
-    from accelerate import Accelerator
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.optimization import get_scheduler
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -185,13 +316,10 @@ def train(
     started = time.perf_counter()
     out_dir, checkpoint_dir, instance_dir = Path(out_dir), Path(checkpoint_dir), Path(instance_dir)
     dev = pick_device(device)
-    mixed_precision = cfg.mixed_precision if dev.type == "cuda" else "no"
-    if mixed_precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise S2SError("training.mixed_precision: bf16 is not supported by this GPU; use fp16")
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision,
-        cpu=dev.type == "cpu",
-    )
+    # Mixed precision runs wherever autocast does: bf16 on CPU too (the same half-precision code paths
+    # as on a GPU), fp16 only on CUDA.
+    mixed_precision = _check_precision(cfg.mixed_precision, dev)
+    accelerator = _make_accelerator(mixed_precision, dev)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     torch.manual_seed(cfg.seed)
 
@@ -214,10 +342,25 @@ def train(
         unet.enable_gradient_checkpointing()
         if method.trains_text:
             text_encoder.gradient_checkpointing_enable()
+    # ---- memory: estimated before any weight moves to the device, and on a GPU checked against the card
+    memory = estimate_memory(
+        replace(
+            training_shape(
+                cfg, unet, vae, text_encoder, sum(p.numel() for p in method.trainable().values()),
+                method.trains_text, resolution, method.uses_prior, dev.type,
+            ),
+            mixed_precision=mixed_precision,
+        )
+    )  # fmt: skip
+    log.info("estimated peak memory (s2s.memory): %s", memory.describe())
+    if dev.type == "cuda":
+        card = accelerator.device
+        name = f"{card} ({torch.cuda.get_device_name(card)})"
+        check_fits(memory, torch.cuda.get_device_properties(card).total_memory, name)
     vae.requires_grad_(False)
     # Frozen parts run in the mixed-precision dtype; trained parts stay fp32 (their optimizer state too).
     _place(vae, accelerator.device, weight_dtype)
-    _place(unet, accelerator.device, torch.float32 if cfg.method != "textual_inversion" else weight_dtype)
+    _place(unet, accelerator.device, torch.float32 if cfg.method == "dreambooth" else weight_dtype)
     _place(text_encoder, accelerator.device, torch.float32 if method.trains_text else weight_dtype)
     if cfg.method == "lora":
         for p in unet.parameters():
@@ -257,6 +400,18 @@ def train(
     # ---- optimizer, schedule, accelerate
     trainable = method.trainable()
     n_trainable = sum(p.numel() for p in trainable.values())
+    weight_dtypes = _weight_dtypes(trainable, unet=unet, text_encoder=text_encoder, vae=vae)
+    stored = ", ".join(f"{k} {'/'.join(v)}" for k, v in weight_dtypes.items() if v)
+    if mixed_precision != "no":
+        log.info(
+            "mixed precision %s: autocast on (%s on %s); weights stored as: %s",
+            mixed_precision,
+            weight_dtype,
+            accelerator.device.type,
+            stored,
+        )
+    else:
+        log.info("mixed precision off: autocast off; weights stored as: %s", stored)
     lr = cfg.learning_rate
     if cfg.scale_lr:
         lr *= cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
@@ -279,14 +434,23 @@ def train(
         unet, optimizer = accelerator.prepare(unet, optimizer)
         trained_modules = [unet]
 
-    # ---- resume
+    # ---- resume, only from a checkpoint of these very settings
+    settings = training_settings(
+        cfg, subject, base_model, resolution, instance_prompt, class_prompt, instance_paths, class_paths
+    )
     start_step = 0
-    checkpoints = list_checkpoints(checkpoint_dir)
-    if checkpoints:
-        start_step = load_checkpoint(checkpoints[-1], trainable, optimizer, lr_scheduler)
-        log.info(
-            "resuming from checkpoint %s (step %d of %d)", checkpoints[-1], start_step, cfg.max_train_steps
-        )
+    losses: list[tuple[int, float, float]] = []
+    checkpoint, stale, why = resumable(checkpoint_dir, settings)
+    if stale:
+        instead = "starting fresh" if checkpoint is None else f"resuming {checkpoint.name} instead"
+        log.info("%s: %s; deleting %d stale checkpoint(s)", why, instead, len(stale))
+        accelerator.wait_for_everyone()  # every process has read them before they go
+        if accelerator.is_main_process:
+            delete_checkpoints(stale)
+    if checkpoint is not None:
+        restored = load_checkpoint(checkpoint, trainable, optimizer, lr_scheduler, accelerator.scaler)
+        start_step, losses = restored.step, restored.losses
+        log.info("resuming from checkpoint %s (step %d of %d)", checkpoint, start_step, cfg.max_train_steps)
     else:
         log.info("starting %s training from scratch (%d steps)", cfg.method, cfg.max_train_steps)
     log.info(
@@ -308,7 +472,6 @@ def train(
     prediction_type = noise_scheduler.config.prediction_type
     scaling = vae.config.scaling_factor
     num_timesteps = noise_scheduler.config.num_train_timesteps
-    losses: list[tuple[int, float, float]] = []
     step_times: list[float] = []
     bs = cfg.train_batch_size
     world = accelerator.num_processes
@@ -338,16 +501,8 @@ def train(
     # Train mode also for a trained text encoder: transformers' gradient checkpointing acts only then.
     for module in trained_modules:
         module.train()
-    progress = tqdm(
-        range(start_step, cfg.max_train_steps),
-        initial=start_step,
-        total=cfg.max_train_steps,
-        desc=cfg.method,
-        disable=not accelerator.is_local_main_process,
-        mininterval=2.0,
-    )
-    step = start_step
-    for step in progress:
+    progress = _ProgressLog(cfg.method, start_step, cfg.max_train_steps)
+    for step in range(start_step, cfg.max_train_steps):
         t0 = time.perf_counter()
         step_loss = step_prior = 0.0
         for micro in range(cfg.gradient_accumulation_steps):
@@ -429,9 +584,11 @@ def train(
         global_step = step + 1
         step_times.append(time.perf_counter() - t0)
         losses.append((global_step, step_loss, step_prior))
-        progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
         if accelerator.is_main_process:
-            if global_step % cfg.checkpointing_steps == 0 and global_step < cfg.max_train_steps:
+            progress.step(global_step, step_loss, lr_scheduler.get_last_lr()[0], step_times)
+            # The last step is checkpointed too, before validation and saving: a failure in either
+            # resumes at the end instead of training again (or forever).
+            if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
                 save_checkpoint(
                     checkpoint_dir,
                     global_step,
@@ -439,9 +596,13 @@ def train(
                     optimizer,
                     lr_scheduler,
                     cfg.checkpoints_total_limit,
+                    settings=settings,
+                    losses=losses,
+                    scaler=accelerator.scaler,
                 )
             if cfg.validation_prompt and global_step % cfg.validation_steps == 0:
                 _validation_image(
+                    accelerator,
                     cfg,
                     subject,
                     method,
@@ -457,7 +618,6 @@ def train(
         if stop_after_steps is not None and global_step >= stop_after_steps:
             log.info("stopping early after step %d (stop_after_steps)", global_step)
             return {"stopped_at": global_step}
-    progress.close()
     accelerator.wait_for_everyone()
 
     summary = {
@@ -473,11 +633,13 @@ def train(
         "median_step_s": sorted(step_times)[len(step_times) // 2] if step_times else None,
         "steps_per_s": len(step_times) / sum(step_times) if step_times else None,
         "peak_memory_mb": _peak_memory_mb(accelerator.device),
+        "memory_estimate_mb": round(memory.total / 2**20),
         "trainable_params": n_trainable,
         "learning_rate": lr,
         "with_prior_preservation": use_prior,
         "cache_latents": cfg.cache_latents,
         "mixed_precision": mixed_precision,
+        "weight_dtypes": weight_dtypes,
         "num_processes": world,
         "device": str(accelerator.device),
         "versions": versions(),
@@ -485,6 +647,12 @@ def train(
     if accelerator.is_main_process:
         unwrapped_unet = accelerator.unwrap_model(unet)
         unwrapped_text = accelerator.unwrap_model(text_encoder)
+        if cfg.method == "dreambooth" and not method.trains_text and weight_dtype != torch.float32:
+            # The frozen text encoder ran in half precision; the saved model gets the base model's own
+            # fp32 weights (upcasting would keep the rounding).
+            unwrapped_text = CLIPTextModel.from_pretrained(
+                base_model, subfolder="text_encoder", use_safetensors=True
+            )
         with atomic_dir(out_dir) as tmp:
             method.save(tmp, base_model, unwrapped_unet, unwrapped_text, tokenizer)
             write_json(tmp / "train_summary.json", summary)
@@ -499,13 +667,42 @@ def train(
             summary["final_loss"] or math.nan,
             summary["median_step_s"] or 0,
         )
+        if not cfg.keep_checkpoints:
+            _delete_checkpoints_after_save(checkpoint_dir)
     return summary
+
+
+def _delete_checkpoints_after_save(checkpoint_dir: Path) -> None:
+    # Folders of a save killed half-way (atomic_dir's temporaries) go too.
+    done = list_checkpoints(checkpoint_dir) + sorted(checkpoint_dir.glob(".checkpoint-*.tmp"))
+    if done:
+        size = delete_checkpoints(done)
+        log.info(
+            "deleted %d checkpoint(s) (%s) from %s: the model is written (training.keep_checkpoints: false)",
+            len(done),
+            human_bytes(size),
+            checkpoint_dir,
+        )
 
 
 @torch.no_grad()
 def _validation_image(
-    cfg, subject, method, base_model, unet, text_encoder, tokenizer, vae, folder, step, resolution
+    accelerator,
+    cfg,
+    subject,
+    method,
+    base_model,
+    unet,
+    text_encoder,
+    tokenizer,
+    vae,
+    folder,
+    step,
+    resolution,
 ):
+    """One image of the validation prompt. Under mixed precision its parts are in different dtypes
+    (frozen ones in half precision, trained ones in fp32): it runs under the training's autocast, as the
+    diffusers examples do."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler")
@@ -523,13 +720,14 @@ def _validation_image(
     prompt = method.expand_prompt(cfg.validation_prompt.replace("{}", subject.phrase))
     was_training = unet.training
     unet.eval()
-    image = pipe(
-        prompt,
-        num_inference_steps=25,
-        generator=torch.Generator().manual_seed(0),
-        height=resolution,
-        width=resolution,
-    ).images[0]
+    with accelerator.autocast():
+        image = pipe(
+            prompt,
+            num_inference_steps=25,
+            generator=torch.Generator().manual_seed(0),
+            height=resolution,
+            width=resolution,
+        ).images[0]
     if was_training:
         unet.train()
     save_png(image, Path(folder) / f"step-{step:06d}.png")
