@@ -183,6 +183,10 @@ def test_published_value_only_beside_a_column_computed_the_same_way(tmp_path):
     )
     assert pub.loc["dreambooth", "published_clip_score"] == 30.1439
     assert pub.loc["dreambooth", "published_study_fid"] == 0.030
+    # The DreamBooth paper's CLIP-I / CLIP-T: its CLIP variant is not stated, so never beside ours.
+    assert pd.isna(pub.loc["dreambooth", "published_clip_i"]) and pd.isna(
+        pub.loc["dreambooth", "published_clip_t"]
+    )
     md = (tmp_path / "t.md").read_text()
     assert "lora: the published clip_score is not placed beside ours" in md
     assert "models.study_feature_extractor is 'results/tiny_models/inception_like.safetensors'" in md
