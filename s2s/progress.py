@@ -114,6 +114,9 @@ class without_log_records:  # noqa: N801 - used as a context manager, like conte
 
 
 _TORCHVISION_FALLBACK = _DropMessages("requires torchvision (not installed); falling back to")
+# SD v1.x's scheduler config is PNDM's; the DDIM (inverse) schedulers made from it for sampling, editing
+# and inversion are told that PNDM's own keys (skip_prk_steps) are ignored, which is exactly what we want.
+_PNDM_KEYS_IGNORED = _DropMessages("were passed to DDIM")
 
 
 def quiet_libraries() -> None:
@@ -127,6 +130,7 @@ def quiet_libraries() -> None:
     """
     # transformers' loggers are standard loggers: a filter set before its import applies once it logs.
     logging.getLogger("transformers.utils.import_utils").addFilter(_TORCHVISION_FALLBACK)
+    logging.getLogger("diffusers.configuration_utils").addFilter(_PNDM_KEYS_IGNORED)
     import diffusers
     import huggingface_hub
     import transformers

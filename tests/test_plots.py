@@ -237,3 +237,19 @@ def test_loading_models_logs_no_warning_of_our_own_calls(tiny_sd, tmp_path, capl
         messages
     )
     assert "\r" not in err and "No LoRA keys" not in err, err[-2000:]
+
+
+def test_ddim_from_sd14s_pndm_config_logs_nothing(capfd):
+    """SD v1.x ships a PNDM config; the DDIM schedulers made from it ignore PNDM's keys, which diffusers
+    would report in every sampling, editing and inversion job."""
+    from diffusers import DDIMInverseScheduler, PNDMScheduler
+
+    from s2s.progress import quiet_libraries
+    from s2s.rehearsal import SD14_SCHEDULER
+
+    quiet_libraries()
+    pndm = PNDMScheduler(**SD14_SCHEDULER)
+    capfd.readouterr()
+    DDIMInverseScheduler.from_config(pndm.config)  # diffusers logs to stderr through its own handler
+    out, err = capfd.readouterr()
+    assert "were passed to" not in out + err
