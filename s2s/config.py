@@ -187,6 +187,7 @@ class TrainConfig:
     validation_prompt: str | None
     validation_steps: int
     seed: int
+    validation_inference_steps: int = 25
     num_processes: int = 1
     keep_checkpoints: bool = False
     # method-specific
@@ -315,6 +316,7 @@ _NOT_MODEL_KEYS = (
     "keep_checkpoints",
     "validation_prompt",
     "validation_steps",
+    "validation_inference_steps",
     "gradient_checkpointing",
     "cache_latents",
 )

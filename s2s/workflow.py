@@ -269,6 +269,7 @@ def edit(smk, config) -> None:
         "cross_replace_steps": edits["cross_replace_steps"],
         "self_replace_steps": edits["self_replace_steps"],
         "inversion": edits["inversion"],
+        "null_text_inner_steps": edits["null_text_inner_steps"],
         "subject_model": edits["subject_model"],
         "clip_model": cfgmod.metric_models(config)["clip_model"],
     }

@@ -191,6 +191,7 @@ NOT_TRAINING_SETTINGS = frozenset(
         "keep_checkpoints",
         "validation_prompt",
         "validation_steps",
+        "validation_inference_steps",
         "gradient_checkpointing",
         "cache_latents",
     }
@@ -723,7 +724,7 @@ def _validation_image(
     with accelerator.autocast():
         image = pipe(
             prompt,
-            num_inference_steps=25,
+            num_inference_steps=cfg.validation_inference_steps,
             generator=torch.Generator().manual_seed(0),
             height=resolution,
             width=resolution,
