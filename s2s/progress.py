@@ -117,6 +117,9 @@ _TORCHVISION_FALLBACK = _DropMessages("requires torchvision (not installed); fal
 # SD v1.x's scheduler config is PNDM's; the DDIM (inverse) schedulers made from it for sampling, editing
 # and inversion are told that PNDM's own keys (skip_prk_steps) are ignored, which is exactly what we want.
 _PNDM_KEYS_IGNORED = _DropMessages("were passed to DDIM")
+# The training loop casts frozen modules to the mixed-precision dtype with .to(); diffusers warns on any
+# such cast, naming the modules that must stay fp32. With none named ("[]") nothing is affected.
+_NO_FP32_MODULES = _DropMessages("should be kept in float32: []")
 
 
 def quiet_libraries() -> None:
@@ -131,6 +134,7 @@ def quiet_libraries() -> None:
     # transformers' loggers are standard loggers: a filter set before its import applies once it logs.
     logging.getLogger("transformers.utils.import_utils").addFilter(_TORCHVISION_FALLBACK)
     logging.getLogger("diffusers.configuration_utils").addFilter(_PNDM_KEYS_IGNORED)
+    logging.getLogger("diffusers.models.modeling_utils").addFilter(_NO_FP32_MODULES)
     import diffusers
     import huggingface_hub
     import transformers

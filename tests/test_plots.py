@@ -253,3 +253,19 @@ def test_ddim_from_sd14s_pndm_config_logs_nothing(capfd):
     DDIMInverseScheduler.from_config(pndm.config)  # diffusers logs to stderr through its own handler
     out, err = capfd.readouterr()
     assert "were passed to" not in out + err
+
+
+def test_casting_a_frozen_module_to_half_precision_logs_nothing(capfd):
+    """The training loop casts frozen modules with .to(dtype); diffusers warns on every such cast even when
+    no module needs fp32 ("[]")."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from s2s.progress import quiet_libraries
+
+    quiet_libraries()
+    vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=8)
+    capfd.readouterr()
+    vae.to(torch.bfloat16)
+    out, err = capfd.readouterr()
+    assert "should be kept in float32" not in out + err
