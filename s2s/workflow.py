@@ -233,7 +233,7 @@ def table(smk, config) -> None:
         smk.output.html,
         published=PUBLISHED if config["evaluation"]["compare_published"] else None,
         provenance=provenance,
-        tiny_models=bool(config["tiny_models"]),
+        tiny_models=bool(config["tiny_models"] or config["rehearsal_models"]),
         companion=(smk.output.companion_csv, smk.output.companion_md, smk.output.companion_html)
         if hasattr(smk.output, "companion_csv")
         else None,

@@ -130,7 +130,7 @@ def test_table_rows_columns_and_published_values(tmp_path, jsons):
 
     html = (out / "t.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("<table") == 2
-    assert "10.00 [9.00, 11.50]" in html and "abc123" in html and "tiny, randomly initialised" in html
+    assert "10.00 [9.00, 11.50]" in html and "abc123" in html and "randomly initialised models" in html
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
 
 

@@ -130,8 +130,8 @@ PUBLISHED_FORMAT = "{:g}"
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "torchmetrics")
 
 TINY_STATEMENT = (
-    "These numbers come from tiny, randomly initialised models (tiny_models: true). They show that the "
-    "pipeline runs end to end; they mean nothing about image quality or subject fidelity."
+    "These numbers come from randomly initialised models (tiny_models or rehearsal_models: true). They show "
+    "that the pipeline runs end to end; they mean nothing about image quality or subject fidelity."
 )
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from s2s import config as cfgmod
-from s2s.report import TINY_NOTE, build_subject_pages, build_tables_page
+from s2s.report import REHEARSAL_NOTE, TINY_NOTE, build_subject_pages, build_tables_page
 
 
 def _note(config) -> str | None:
-    return TINY_NOTE if config.get("tiny_models") else None
+    if config.get("tiny_models"):
+        return TINY_NOTE
+    return REHEARSAL_NOTE if config.get("rehearsal_models") else None
 
 
 def report_subject(smk, config) -> None:
