@@ -142,6 +142,11 @@ def evaluate_jobs(methods=("base", "textual_inversion", "dreambooth", "lora")):
     return [("evaluate", f"subject=toy, method={m}") for m in methods]
 
 
+# The report pages come after everything: the subject's page shows samples, metrics and edits, the tables
+# page Table 1.
+REPORTS = [("report_subject", "subject=toy"), ("report_tables", "")]
+
+
 def test_finished_state_plans_nothing(finished):
     assert planned_jobs(finished) == []
 
@@ -153,13 +158,16 @@ def test_training_key_reruns_that_method_and_its_descendants(results):
         + [job for p in CONFIG["sampling"]["prompts"] for job in sample_jobs(prompt_folder(p), ["lora"])]
         + evaluate_jobs(["lora"])
         + [("edit", "subject=toy, edit_id=photo_subject")]  # its row edits with the LoRA
+        + REPORTS
     )
     assert jobs == expected
 
 
 def test_prompt_change_reruns_that_prompt_only_and_lists_only_current_prompts(results):
     jobs = changed(results, lambda c: c["sampling"]["prompts"].__setitem__(1, "a {} in the desert"))
-    expected = sorted(sample_jobs(prompt_folder("a {} in the desert")) + evaluate_jobs() + [("table", "")])
+    expected = sorted(
+        sample_jobs(prompt_folder("a {} in the desert")) + evaluate_jobs() + [("table", "")] + REPORTS
+    )
     assert jobs == expected
     plan = snakemake(results, "-n")
     assert prompt_folder("a {} in the snow") not in plan  # the old prompt's images feed nothing
@@ -169,12 +177,12 @@ def test_prompt_change_reruns_that_prompt_only_and_lists_only_current_prompts(re
 def test_sampling_key_reruns_every_sample_and_what_follows(results):
     jobs = changed(results, lambda c: c["sampling"].update(num_inference_steps=5))
     samples = [job for p in CONFIG["sampling"]["prompts"] for job in sample_jobs(prompt_folder(p))]
-    assert jobs == sorted(samples + evaluate_jobs() + [("table", "")])
+    assert jobs == sorted(samples + evaluate_jobs() + [("table", "")] + REPORTS)
 
 
 def test_evaluation_key_reruns_evaluation_and_table_only(results):
     jobs = changed(results, lambda c: c["evaluation"].update(n_boot=30))
-    assert jobs == sorted(evaluate_jobs() + [("table", "")])
+    assert jobs == sorted(evaluate_jobs() + [("table", "")] + REPORTS)
 
 
 def test_base_model_id_reruns_everything_that_uses_the_model(results):
@@ -191,19 +199,21 @@ def test_metric_model_id_reruns_evaluation_edits_and_table(results):
         ("edit", "subject=toy, edit_id=generated_replace"),
         ("edit", "subject=toy, edit_id=photo_subject"),
     ]
-    assert jobs == sorted(evaluate_jobs() + edits + [("table", "")])
+    assert jobs == sorted(evaluate_jobs() + edits + [("table", "")] + REPORTS)
 
 
 def test_edit_row_reruns_that_edit_only(results):
     manifest = results / "edits.csv"
     manifest.write_text(manifest.read_text().replace("a cat on the beach", "a fox on the beach"))
-    assert planned_jobs(results) == [("edit", "subject=toy, edit_id=generated_replace")]
+    assert planned_jobs(results) == [("edit", "subject=toy, edit_id=generated_replace"), REPORTS[0]]
 
 
 def test_forcerun_of_training_plans_it_and_its_descendants(results):
     jobs = planned_jobs(results, "--forcerun", "train_lora")
     assert ("train_lora", "subject=toy") in jobs
-    assert {rule for rule, _ in jobs} == {"train_lora", "sample", "evaluate", "edit", "loss_curves", "table"}
+    assert {rule for rule, _ in jobs} == {
+        "train_lora", "sample", "evaluate", "edit", "loss_curves", "table", "report_subject", "report_tables"
+    }  # fmt: skip
 
 
 def test_gpu_rules_of_the_slurm_profile_are_the_rules_that_request_a_gpu(finished):
