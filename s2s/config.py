@@ -307,18 +307,21 @@ def config_hash(config: dict) -> str:
 # (the same model on another device), checkpointing and validation (logs and checkpoints, not the
 # model), batch sizes of inference (results equal up to float noise) and prompt_chunk_size.
 
-# Training keys that change no trained model.
-# gradient_checkpointing and cache_latents do the same computation another way (as the loop's checkpoint
-# settings hash also says).
-_NOT_MODEL_KEYS = (
-    "checkpointing_steps",
-    "checkpoints_total_limit",
-    "keep_checkpoints",
-    "validation_prompt",
-    "validation_steps",
-    "validation_inference_steps",
-    "gradient_checkpointing",
-    "cache_latents",
+# TrainConfig fields that only decide when something is saved or shown, or how the same computation is
+# carried out (gradient checkpointing recomputes the same activations; cached latents are the same
+# posterior draws). A change re-runs no training job (params) and keeps a checkpoint valid (the loop's
+# settings hash); every other field, and any field added later, counts.
+NOT_TRAINING_SETTINGS = frozenset(
+    {
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "keep_checkpoints",
+        "validation_prompt",
+        "validation_steps",
+        "validation_inference_steps",
+        "gradient_checkpointing",
+        "cache_latents",
+    }
 )
 
 
@@ -368,7 +371,7 @@ def depends_training(config: dict, method: str, subject_name: str) -> str:
     from dataclasses import asdict
 
     who = subject(config, subject_name)
-    tcfg = {k: v for k, v in asdict(train_config(config, method)).items() if k not in _NOT_MODEL_KEYS}
+    tcfg = {k: v for k, v in asdict(train_config(config, method)).items() if k not in NOT_TRAINING_SETTINGS}
     return plan.stable(
         {
             **_base(config),

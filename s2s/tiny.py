@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from s2s.clip_tokenizer import bytes_to_unicode
 from s2s.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -41,20 +42,6 @@ TINY_VOCAB_WORDS = sorted(
 
 TINY_TEXT_DIM = 32
 TINY_LATENT_CHANNELS = 4
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # CLIP's byte-level alphabet: every byte maps to a printable unicode character.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _trained_merges(words: list[str]) -> list[str]:
@@ -94,7 +81,7 @@ def write_tiny_clip_tokenizer(folder: Path, words: list[str] = TINY_VOCAB_WORDS)
     ``CLIPTokenizer(vocab_file=...)`` directly silently builds a 2-token vocabulary in transformers 5.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     vocab_tokens: list[str] = alphabet + [c + "</w>" for c in alphabet]
     merges = _trained_merges(words)
     for merge in merges:

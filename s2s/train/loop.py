@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from s2s.config import Subject, TrainConfig
+from s2s.config import NOT_TRAINING_SETTINGS, Subject, TrainConfig
 from s2s.data import list_images, load_prepared
 from s2s.io import S2SError, atomic_dir, save_png, write_json, write_text
 from s2s.memory import check_fits, training_shape
@@ -178,24 +178,6 @@ def _make_accelerator(mixed_precision: str, device: torch.device):
     # group (PartialState) is kept.
     AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
-
-
-# TrainConfig fields that only decide when something is saved or shown, or how the same computation is
-# carried out (gradient checkpointing recomputes the same activations; cached latents are the same
-# posterior draws); changing them keeps a checkpoint valid. Every other field, and any field added
-# later, is part of a checkpoint's settings.
-NOT_TRAINING_SETTINGS = frozenset(
-    {
-        "checkpointing_steps",
-        "checkpoints_total_limit",
-        "keep_checkpoints",
-        "validation_prompt",
-        "validation_steps",
-        "validation_inference_steps",
-        "gradient_checkpointing",
-        "cache_latents",
-    }
-)
 
 
 def files_digest(paths: list[Path]) -> str:
