@@ -25,7 +25,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
 
 clean-demo:
-	rm -rf results/toy results/tiny_models results/table1.* results/logs results/report.html .snakemake
+	rm -rf results/toy results/tiny_models results/table1* results/logs results/report* results/benchmarks \
+		results/demo_edit_photos .snakemake
