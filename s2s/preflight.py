@@ -70,17 +70,30 @@ def is_hub_id(name: str) -> bool:
     return not Path(name).exists() and name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
+def hub_cache() -> Path:
+    """The Hugging Face hub cache folder, as huggingface_hub finds it (HF_HUB_CACHE, else HF_HOME/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def is_cached(repo_id: str, filename: str) -> bool:
+    """Whether a snapshot of ``repo_id`` in the hub cache holds ``filename``. Read from the cache's folder
+    layout (models--ORG--NAME/snapshots/REV/...): the Snakefile is read without huggingface_hub too."""
+    snapshots = hub_cache() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    return snapshots.is_dir() and any((rev / filename).is_file() for rev in snapshots.iterdir())
+
+
 def check_offline_models(models: dict[str, str | None]) -> None:
     """In offline mode, every hub id among ``models`` (config key -> name) must be in the local cache."""
     if not offline():
         return
-    from huggingface_hub import try_to_load_from_cache
-
     for key, name in models.items():
         if not name or not is_hub_id(name):
             continue
         probe = "model_index.json" if key == "model.name_or_path" else "config.json"
-        if not isinstance(try_to_load_from_cache(name, probe), str):
+        if not is_cached(name, probe):
             raise S2SError(
                 f"config key {key}: {name} is not in the local model cache and HF_HUB_OFFLINE is set; run "
                 "`snakemake prefetch --cores 1` with the same --configfile on a machine with internet first"

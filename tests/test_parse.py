@@ -283,6 +283,7 @@ def test_paper_dry_run_in_an_environment_with_snakemake_alone(tmp_path):
     work.mkdir()
     shutil.copytree(REPO / "config", work / "config")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["HF_HUB_OFFLINE"] = "0"  # a dry run downloads nothing; offline, the preflight wants SD v1.4 cached
     for extra in ([], ["--profile", str(REPO / "profiles" / "slurm")]):
         started = time.perf_counter()
         proc = subprocess.run(

@@ -47,6 +47,11 @@ def test_offline_mode_names_an_uncached_hub_model_and_the_prefetch_command(monke
     ):
         preflight.check_offline_models(models)
     preflight.check_offline_models({"model.name_or_path": str(tmp_path)})  # a local folder is not fetched
+    # A cached snapshot (the hub cache's layout) passes.
+    snapshot = tmp_path / "hf" / "hub" / "models--CompVis--stable-diffusion-v1-4" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    preflight.check_offline_models(models)
 
 
 def test_fp16_on_a_cpu_run_is_refused_before_any_job():

@@ -54,7 +54,7 @@ def test_textual_inversion_changes_exactly_the_new_rows(tmp_path, tiny_sd, toy_i
     # decay moves every row each step, so the old rows stay bit-identical only if they are put back.
     run(
         tmp_path, "textual_inversion", tiny_sd, toy_instance, num_vectors=2, learning_rate=5e-2,
-        max_train_steps=4, checkpointing_steps=3,
+        max_train_steps=4, checkpointing_steps=3, keep_checkpoints=True,
     )
     trained = load_file(tmp_path / "ckpt" / "checkpoint-3" / "trainable.safetensors")["token_embedding"]
     base = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
@@ -87,6 +87,7 @@ def test_lora_keeps_base_weights_and_loads_with_load_lora_weights(
     run(
         tmp_path, "lora", tiny_sd, toy_instance, class_dir=toy_class_images, learning_rate=1e-2, rank=2,
         validation_prompt="a {} on the beach", validation_steps=2, checkpointing_steps=3,
+        keep_checkpoints=True,
     )
     weights = tmp_path / "model" / "pytorch_lora_weights.safetensors"
     state = load_file(weights)
@@ -380,7 +381,7 @@ def _accumulation_run(tmp, tiny_sd, instance, class_dir, batch, accumulation):
     return run(
         tmp, "lora", tiny_sd, instance, class_dir=class_dir, max_train_steps=3, checkpointing_steps=2,
         train_batch_size=batch, gradient_accumulation_steps=accumulation, scale_lr=True, learning_rate=5.0,
-        adam_epsilon=1.0, max_grad_norm=1e9,
+        adam_epsilon=1.0, max_grad_norm=1e9, keep_checkpoints=True,
     )
 
 
