@@ -140,6 +140,13 @@ def test_lora_alpha_survives_save_and_load(tmp_path, tiny_sd, one_torch_thread):
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
         trained = model.unet(*_unet_inputs()).sample
     method.save(tmp_path, str(tiny_sd), model.unet, model.text_encoder, model.tokenizer)
+    # The metadata is written in a stable order (peft's target_modules is a set, ordered by the hash seed).
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "pytorch_lora_weights.safetensors"), "pt") as handle:
+        adapter = json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert adapter["unet.target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]
+    assert adapter["unet.lora_alpha"] == 8
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
     with torch.no_grad():

@@ -220,7 +220,11 @@ class LoRA(Method):
         StableDiffusionPipeline.save_lora_weights(
             out_dir,
             unet_lora_layers=layers,
-            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            # peft keeps target_modules as a set, whose JSON order changes with the process's hash seed:
+            # sorted, the same training writes the same bytes in every process.
+            unet_lora_adapter_metadata={
+                k: sorted(v) if isinstance(v, set) else v for k, v in unet.peft_config["default"].to_dict().items()
+            },
             safe_serialization=True,
         )
 
