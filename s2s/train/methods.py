@@ -217,13 +217,14 @@ class LoRA(Method):
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         # Without the adapter's config, load_lora_weights rebuilds it with lora_alpha = rank, so any
         # alpha != rank would reload at another scale than the one trained.
+        adapter_config = unet.peft_config["default"].to_dict()
         StableDiffusionPipeline.save_lora_weights(
             out_dir,
             unet_lora_layers=layers,
             # peft keeps target_modules as a set, whose JSON order changes with the process's hash seed:
             # sorted, the same training writes the same bytes in every process.
             unet_lora_adapter_metadata={
-                k: sorted(v) if isinstance(v, set) else v for k, v in unet.peft_config["default"].to_dict().items()
+                k: sorted(v) if isinstance(v, set) else v for k, v in adapter_config.items()
             },
             safe_serialization=True,
         )
