@@ -206,14 +206,32 @@ def profile_set_resources() -> list[str]:
         return list(ProfileConfigFileParser().parse(stream)["set-resources"])
 
 
+def safetensors_digest(path: Path) -> str:
+    """sha256 of a safetensors file's metadata and tensors (names, dtypes, bytes). Not of the file: the
+    library writes a header's metadata keys in the order of a Rust hash map, seeded per process."""
+    import torch
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(path), "pt") as handle:
+        digest.update(json.dumps(handle.metadata() or {}, sort_keys=True).encode())
+        for name in sorted(handle.keys()):
+            tensor = handle.get_tensor(name).contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def digests(results: Path) -> dict[str, str]:
     """sha256 of what the pipeline computes: images, model weights, class priors, samples. Not the report's
     figures: they show wall times and memory, which differ from run to run."""
     out = {}
     for path in sorted(results.rglob("*")):
         skipped = {"logs", "report"} & set(path.parts)
-        if path.is_file() and path.suffix in {".png", ".safetensors"} and not skipped:
+        if path.is_file() and path.suffix == ".png" and not skipped:
             out[str(path.relative_to(results))] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.is_file() and path.suffix == ".safetensors" and not skipped:
+            out[str(path.relative_to(results))] = safetensors_digest(path)
     return out
 
 
