@@ -443,11 +443,6 @@ def test_dreambooth_trains_the_text_encoder_when_asked(tmp_path, tiny_sd, toy_in
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="CPU training runs in fp32 whatever mixed_precision says; bf16 autocast on CPU is the work of "
-    "branch train-precision",
-)
 def test_bf16_training_runs_in_reduced_precision_with_fp32_adapters(tmp_path, tiny_sd, toy_instance):
     opts = {"max_train_steps": 2, "learning_rate": 1e-2, "with_prior_preservation": False}
     fp32 = run(tmp_path / "fp32", "lora", tiny_sd, toy_instance, **opts)
