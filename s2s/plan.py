@@ -125,6 +125,19 @@ def manifest_rows(path: Path | str, results_dir: str) -> list[dict]:
     return rows
 
 
+def check_row_columns(raw: dict, row: int, where: Where) -> None:
+    """A manifest row's cells: no surplus cells, only known columns, the required ones present."""
+    if None in raw:
+        surplus = raw[None]
+        raise where.error(row, "-", f"more cells than columns ({surplus!r}); quote cells that contain commas")
+    unknown = [c for c in raw if c not in COLUMNS]
+    if unknown:
+        raise where.error(row, unknown[0], f"unknown column; the columns are {', '.join(COLUMNS)}")
+    for column in REQUIRED:
+        if not isinstance(raw.get(column), str):
+            raise where.error(row, column, "missing; every row needs source_prompt, target_prompt and edit")
+
+
 def plan_manifest(path: Path | str, subject_model: str | None, results_dir: str = "results") -> list[dict]:
     """What the workflow needs at DAG-building time, without loading models or reading images: each
     row's edit_id, image path (or None), model, and the row itself (the edit job's params)."""
@@ -239,18 +252,7 @@ def check_manifest(
         raise S2SError(f"{path}: no edits listed")
     seen: dict[str, int] = {}
     for number, (raw, planned) in enumerate(zip(raws, plan), start=1):
-        if None in raw:
-            raise where.error(
-                number, "-", f"more cells than columns ({raw[None]!r}); quote cells that contain commas"
-            )
-        unknown = [c for c in raw if c not in COLUMNS]
-        if unknown:
-            raise where.error(number, unknown[0], f"unknown column; the columns are {', '.join(COLUMNS)}")
-        for column in REQUIRED:
-            if not isinstance(raw.get(column), str):
-                raise where.error(
-                    number, column, "missing; every row needs source_prompt, target_prompt and edit"
-                )
+        check_row_columns(raw, number, where)
         edit = raw["edit"]
         if edit not in EDIT_TYPES:
             raise where.error(number, "edit", f"unknown edit {edit!r}; use one of {', '.join(EDIT_TYPES)}")

@@ -38,6 +38,7 @@ from s2s.plan import (  # noqa: F401 - manifest_rows, plan_manifest, read_manife
     COLUMNS,
     REQUIRED,
     Where,
+    check_row_columns,
     clean_row,
     edit_slug,
     manifest_rows,
@@ -110,16 +111,7 @@ def parse_row(
     raw: dict, row: int, where: _Where, base_dir: Path, defaults: dict, model_dirs: dict
 ) -> EditRow:
     """One manifest row checked for everything that needs no model: columns, enums, files, params."""
-    if None in raw:
-        raise where.error(
-            row, "-", f"more cells than columns ({raw[None]!r}); quote cells that contain commas"
-        )
-    unknown = [c for c in raw if c not in COLUMNS]
-    if unknown:
-        raise where.error(row, unknown[0], f"unknown column; the columns are {', '.join(COLUMNS)}")
-    for column in REQUIRED:
-        if not isinstance(raw.get(column), str):
-            raise where.error(row, column, "missing; every row needs source_prompt, target_prompt and edit")
+    check_row_columns(raw, row, where)
     edit = raw["edit"]
     if edit not in EDITS:
         raise where.error(row, "edit", f"unknown edit {edit!r}; use one of {', '.join(EDITS)}")
