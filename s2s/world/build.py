@@ -42,28 +42,28 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class BuildSettings:
     seed: int = 0
     threads: int = 2
-    scenes: int = 30000  # pretraining scenes (VAE, CLIP, UNet, classifier)
-    vae_channels: tuple[int, ...] = (32, 64, 128)
-    vae_steps: int = 3000
-    vae_batch: int = 32
+    scenes: int = 50000  # pretraining scenes (VAE, CLIP, UNet, classifier)
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    vae_steps: int = 2500
+    vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     text_width: int = 128
     text_layers: int = 4
-    clip_steps: int = 3000
+    clip_steps: int = 1200
     clip_batch: int = 128
     clip_lr: float = 1e-3
-    unet_channels: tuple[int, ...] = (64, 128, 128)
-    unet_steps: int = 20000
+    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_steps: int = 3000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
-    classifier_steps: int = 2000
+    classifier_steps: int = 1500
     classifier_batch: int = 64
     identity_individuals: int = 600
     identity_photos: int = 12
-    identity_steps: int = 3000
+    identity_steps: int = 2000
     identity_batch: int = 64
     warmup_steps: int = 200
 
@@ -197,7 +197,13 @@ def train_clip(data: SceneSet, tokenizer, s: BuildSettings):
         _set_lr(optimizer, lr_at(step, s.clip_steps, s.clip_lr, s.warmup_steps))
         idx = rng.integers(0, len(data.images), s.clip_batch)
         pixels = _normalise(_pixels(data.images, idx, gen), CLIP_MEAN, CLIP_STD)
-        out = clip(input_ids=ids.input_ids[idx], attention_mask=ids.attention_mask[idx], pixel_values=pixels)
+        # Padding to the batch's longest caption instead of 77 gives the same states (the text model is
+        # causal, and pools at the end-of-text token) for a fifth of the cost.
+        length = int(ids.attention_mask[idx].sum(1).max())
+        out = clip(
+            input_ids=ids.input_ids[idx, :length], attention_mask=ids.attention_mask[idx, :length],
+            pixel_values=pixels,
+        )  # fmt: skip
         # Captions repeat within a batch: every image matching a caption counts as a right answer.
         same = torch.tensor(
             [[data.captions[i] == data.captions[j] for j in idx] for i in idx], dtype=torch.float
@@ -238,17 +244,21 @@ def train_unet(data: SceneSet, vae, text_encoder, tokenizer, s: BuildSettings):
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=text_encoder.config.hidden_size,
         attention_head_dim=4,
-        norm_num_groups=32,
+        norm_num_groups=16,
     )
     scheduler = DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
     )
     with torch.no_grad():
-        x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        flipped = x.flip(-1)
-        dists = [vae.encode(part).latent_dist for part in (x, flipped)]
-        means = torch.stack([d.mean for d in dists])  # [2 (flip), N, 4, 16, 16]
-        stds = torch.stack([d.std for d in dists])
+        means, stds = [], []  # each [2 (flip), N, 4, 16, 16] once stacked
+        for flip in (False, True):
+            parts = []
+            for start in range(0, len(data.images), 512):
+                x = torch.from_numpy(data.images[start : start + 512]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                parts.append(vae.encode(x.flip(-1) if flip else x).latent_dist)
+            means.append(torch.cat([d.mean for d in parts]))
+            stds.append(torch.cat([d.std for d in parts]))
+        means, stds = torch.stack(means), torch.stack(stds)
         captions = sorted(set(data.captions)) + [""]
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         embeddings = torch.cat([text_encoder(chunk)[0] for chunk in ids.input_ids.split(256)])
