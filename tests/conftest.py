@@ -50,6 +50,15 @@ def toy_class_images(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def world_models() -> Path:
+    """The committed world models (models/world, see BUILD.json); S2S_WORLD_MODELS points elsewhere."""
+    path = Path(os.environ.get("S2S_WORLD_MODELS", REPO / "models" / "world"))
+    if not (path / "BUILD.json").is_file():
+        raise FileNotFoundError(f"{path}/BUILD.json: the world models are missing (python -m s2s.world.build)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
