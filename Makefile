@@ -29,5 +29,5 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 clean-demo:
-	rm -rf results/toy results/tiny_models results/table1* results/logs results/report* results/benchmarks \
+	rm -rf results/rex results/world results/table1* results/logs results/report* results/benchmarks \
 		results/demo_edit_photos .snakemake

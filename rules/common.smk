@@ -47,6 +47,8 @@ PROMPT_IDS = list(PROMPTS)
 SEEDS = config["sampling"]["seeds"]
 TINY = config["tiny_models"]
 REHEARSAL = config["rehearsal_models"]
+WORLD = config["world_models"]
+WORLD_DIR = str(s2s_config.world_dir(config))
 EDITS_ON = bool(config["edits"]["manifest"])
 EDIT_PLAN = (
     s2s_plan.plan_manifest(
@@ -73,6 +75,8 @@ def base_model_inputs():
         return [f"{RESULTS}/tiny_models/sd/model_index.json"]
     if REHEARSAL:
         return [rehearsal_file("sd")]
+    if WORLD:
+        return [f"{WORLD_DIR}/sd/model_index.json"]
     return []
 
 
@@ -87,6 +91,11 @@ def metric_model_inputs():
             rehearsal_file(k)
             for k in ("clip", "dino", "fid_inception", "imagenet_inception")
         ]
+    if WORLD:
+        return [
+            f"{WORLD_DIR}/{name}"
+            for name in ("clip/config.json", "identity/config.json", "classifier.safetensors")
+        ]
     return []
 
 
@@ -100,7 +109,7 @@ def subject_of(wildcards):
 
 def subject_photos(wildcards):
     subject = subject_of(wildcards)
-    return f"{RESULTS}/{subject.name}/photos" if subject.synthetic else subject.images
+    return f"{RESULTS}/{subject.name}/photos" if subject.drawn else subject.images
 
 
 def train_inputs(method):

@@ -39,7 +39,9 @@ rule draw_synthetic_subject:
         mem_mb=2000,
         runtime=10,
     params:
-        depends=s2s_config.depends_synthetic_subject(config),
+        depends=lambda wildcards: s2s_config.depends_synthetic_subject(
+            config, wildcards.subject
+        ),
     script:
         "../workflow_scripts/draw_synthetic_subject.py"
 

@@ -99,7 +99,15 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
     base_dir = Path(base_dir)
     for name, subject in config["subjects"].items():
         check_safe_name(name, "subject name")
-        if not subject.get("synthetic"):
+        if subject.get("world") is not None:
+            from s2s.world.scene import CLASSES as WORLD_CLASSES
+
+            if subject["class"] not in WORLD_CLASSES:
+                raise S2SError(
+                    f"config key subjects.{name}.class: {subject['class']!r} is not a class of the world "
+                    f"(subjects.{name}.world is set); use one of {', '.join(WORLD_CLASSES)}"
+                )
+        elif not subject.get("synthetic"):
             images = subject.get("images")
             if not images:
                 raise S2SError(
@@ -210,6 +218,12 @@ class Subject:
     images: str | None
     synthetic: bool
     class_images: str | None
+    world: int | None = None  # an individual of the miniature world, rendered as the photos
+
+    @property
+    def drawn(self) -> bool:
+        """Photos drawn by the workflow (the toy, or a world individual) rather than read from a folder."""
+        return self.synthetic or self.world is not None
 
     @property
     def phrase(self) -> str:
@@ -244,6 +258,7 @@ def subject(config: dict, name: str) -> Subject:
         images=raw.get("images"),
         synthetic=bool(raw.get("synthetic", False)),
         class_images=raw.get("class_images"),
+        world=raw.get("world"),
     )
 
 
@@ -257,7 +272,13 @@ def base_model(config: dict) -> str:
         return str(results_dir(config) / TINY_DIR / "sd")
     if config.get("rehearsal_models"):
         return str(results_dir(config) / REHEARSAL_DIR / "sd")
+    if config.get("world_models"):
+        return str(world_dir(config) / "sd")
     return config["model"]["name_or_path"]
+
+
+def world_dir(config: dict) -> Path:
+    return Path(config.get("world", {}).get("models", "models/world"))
 
 
 def metric_models(config: dict) -> dict[str, str | None]:
@@ -277,6 +298,14 @@ def metric_models(config: dict) -> dict[str, str | None]:
             "dino_model": str(stand_in / "dino"),
             "feature_extractor": str(stand_in / REHEARSAL_FILES["fid_inception"]),
             "study_feature_extractor": str(stand_in / REHEARSAL_FILES["imagenet_inception"]),
+        }
+    if config.get("world_models"):
+        world = world_dir(config)
+        return {
+            "clip_model": str(world / "clip"),
+            "dino_model": str(world / "identity"),
+            "feature_extractor": str(world / "classifier.safetensors"),
+            "study_feature_extractor": str(world / "classifier.safetensors"),
         }
     return {k: ev[k] for k in ("clip_model", "dino_model", "feature_extractor", "study_feature_extractor")}
 
@@ -337,12 +366,14 @@ def depends_tiny_models(config: dict) -> str:
     return plan.stable({"seed": config["seed"], "resolution": config["model"]["resolution"]})
 
 
-def depends_synthetic_subject(config: dict) -> str:
+def depends_synthetic_subject(config: dict, subject_name: str) -> str:
+    who = subject(config, subject_name)
     return plan.stable(
         {
             "seed": config["seed"],
             "count": config["data"]["synthetic_count"],
             "resolution": config["model"]["resolution"],
+            **({"world": who.world, "class": who.class_noun} if who.world is not None else {}),
         }
     )
 

@@ -52,6 +52,14 @@ def draw_synthetic_subject(smk, config) -> None:
     from s2s.data import draw_synthetic_subject as draw
 
     name = smk.wildcards.subject
+    who = cfgmod.subject(config, name)
+    if who.world is not None:
+        from s2s.world.subjects import draw_world_subject
+
+        draw_world_subject(
+            smk.output[0], who.class_noun, who.world, config["data"]["synthetic_count"], seed=config["seed"]
+        )
+        return
     draw(
         smk.output[0],
         config["data"]["synthetic_count"],
@@ -234,6 +242,7 @@ def table(smk, config) -> None:
         published=PUBLISHED if config["evaluation"]["compare_published"] else None,
         provenance=provenance,
         tiny_models=bool(config["tiny_models"] or config["rehearsal_models"]),
+        world_models=bool(config["world_models"]),
         companion=(smk.output.companion_csv, smk.output.companion_md, smk.output.companion_html)
         if hasattr(smk.output, "companion_csv")
         else None,
@@ -252,6 +261,13 @@ def draw_demo_edit_photo(smk, config) -> None:
 
     resolution = config["model"]["resolution"]
     rng = random.Random(config["seed"] + sum(map(ord, smk.wildcards.name)))
+    if config["world_models"]:
+        # A world photo of what its name says ("a_brown_dog_on_the_beach"), at a seed the build never used.
+        from s2s.world.subjects import draw_world_photo
+
+        caption = smk.wildcards.name.replace("_", " ")
+        save_png(draw_world_photo(caption, seed=config["seed"] + 7919), smk.output[0])
+        return
     save_png(draw_toy(rng, (resolution, resolution)), smk.output[0])
 
 

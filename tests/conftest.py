@@ -54,7 +54,7 @@ def world_models() -> Path:
     """The committed world models (models/world, see BUILD.json); S2S_WORLD_MODELS points elsewhere."""
     path = Path(os.environ.get("S2S_WORLD_MODELS", REPO / "models" / "world"))
     if not (path / "BUILD.json").is_file():
-        raise FileNotFoundError(f"{path}/BUILD.json: the world models are missing (python -m s2s.world.build)")
+        raise FileNotFoundError(f"{path}/BUILD.json: no world models (python -m s2s.world.build)")
     return path
 
 

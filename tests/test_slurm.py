@@ -182,9 +182,9 @@ def slurm_cluster():
 
 
 def small_demo_config(path: Path) -> Path:
-    """config/config.yaml cut down: LoRA only (with class priors) in 2 processes, 2 steps, 2 prompts, one
+    """config/tiny.yaml cut down: LoRA only (with class priors) in 2 processes, 2 steps, 2 prompts, one
     chunk, no edits."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
     config["methods"] = ["lora"]
     config["data"] = {"synthetic_count": 4}
     config["class_images"] = {"num_class_images": 4, "batch_size": 4, "num_inference_steps": 2}

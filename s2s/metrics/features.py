@@ -1,5 +1,6 @@
-"""Image features for FID, KID and IS: the two Inception-v3 networks of ``s2s.metrics.inception``, or a
-tiny stand-in (see docs/evaluation.md for which metric uses which).
+"""Image features for FID, KID and IS: the two Inception-v3 networks of ``s2s.metrics.inception``, the
+miniature world's classifier (``s2s.world.classifier``), or a tiny stand-in (see docs/evaluation.md for
+which metric uses which).
 
 An extractor is an ``nn.Module`` whose forward takes uint8 images ``[N, 3, H, W]`` (any H, W) and
 returns a dict of feature tensors:
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INCEPTION_SPEC = FID_SPEC
 TINY_FORMAT = "s2s-tiny-feature-extractor"
+WORLD_FORMAT = "s2s-world-classifier"  # s2s.world.classifier.FORMAT (that module needs the world package)
 OUTPUTS = ("pool", "logits", "logits_unbiased")
 
 
@@ -117,6 +119,10 @@ def load_feature_extractor(spec: str) -> nn.Module:
     or a tiny extractor (told apart by the file's metadata) -> eval-mode module."""
     if spec in inception.ARCHITECTURES or _file_format(spec) == inception.FORMAT:
         net: nn.Module = load_inception(spec)
+    elif _file_format(spec) == WORLD_FORMAT:
+        from s2s.world.classifier import load_classifier
+
+        net = load_classifier(spec)
     else:
         path = Path(spec)
         state = load_safetensors(path)  # refuses pickle formats and missing files

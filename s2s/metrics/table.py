@@ -133,6 +133,12 @@ TINY_STATEMENT = (
     "These numbers come from randomly initialised models (tiny_models or rehearsal_models: true). They show "
     "that the pipeline runs end to end; they mean nothing about image quality or subject fidelity."
 )
+WORLD_STATEMENT = (
+    "These numbers come from the miniature world's models (world_models: true): a small Stable Diffusion, "
+    "CLIP, identity network (in the DINO column) and classifier (the FID/IS network) pretrained on "
+    "procedurally drawn 64 px scenes. They compare the methods within that world; they are not SD v1.4 "
+    "numbers and the published values beside them are not comparable."
+)
 
 
 def ordered_methods(methods) -> list[str]:
@@ -397,13 +403,13 @@ def _notes(jsons: dict[str, dict], published: dict | None) -> list[str]:
     return notes
 
 
-def _markdown(header, rows, published_rows, notes, provenance, tiny_models: bool) -> str:
+def _markdown(header, rows, published_rows, notes, provenance, statement: str | None) -> str:
     def line(cells):
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
     parts = ["# Evaluation results", ""]
-    if tiny_models:
-        parts += [f"**{TINY_STATEMENT}**", ""]
+    if statement:
+        parts += [f"**{statement}**", ""]
     parts += [line(header), line(["---"] * len(header)), *map(line, rows), ""]
     parts += ["## Columns", ""] + [f"- **{label}**: {COLUMN_DEFINITIONS[key]}" for key, label, _ in COLUMNS]
     parts.append("")
@@ -415,7 +421,7 @@ def _markdown(header, rows, published_rows, notes, provenance, tiny_models: bool
     return "\n".join(parts) + "\n"
 
 
-def _html(header, rows, published_rows, notes, provenance, tiny_models: bool) -> str:
+def _html(header, rows, published_rows, notes, provenance, statement: str | None) -> str:
     def table(head, body):
         frame = pd.DataFrame(body, columns=head)
         return frame.to_html(index=False, escape=True, border=0)
@@ -428,8 +434,8 @@ def _html(header, rows, published_rows, notes, provenance, tiny_models: bool) ->
         "</head><body>",
         "<h1>Evaluation results</h1>",
     ]
-    if tiny_models:
-        parts.append(f"<p><strong>{e(TINY_STATEMENT)}</strong></p>")
+    if statement:
+        parts.append(f"<p><strong>{e(statement)}</strong></p>")
     parts.append(table(header, rows))
     parts += ["<h2>Columns</h2>", "<ul>"]
     parts += [f"<li><b>{e(label)}</b>: {e(COLUMN_DEFINITIONS[key])}</li>" for key, label, _ in COLUMNS]
@@ -469,12 +475,14 @@ def make_table(
     provenance: dict | None = None,
     tiny_models: bool = False,
     companion: tuple[str | Path, str | Path, str | Path] | None = None,
+    world_models: bool = False,
 ) -> pd.DataFrame:
     """Write the results table as CSV, Markdown and HTML (atomically); return the CSV's data frame.
 
     ``metric_jsons`` maps method -> the JSON written by ``evaluate_method``. ``published`` (e.g.
     ``PUBLISHED``) adds the published values beside ours. ``tiny_models`` adds the statement that the
-    numbers come from random tiny models. ``companion``: (csv, md, html) paths of the companion table
+    numbers come from random tiny models, ``world_models`` the statement that they are the miniature
+    world's. ``companion``: (csv, md, html) paths of the companion table
     of paired differences between methods (``write_companion``).
     """
     if not metric_jsons:
@@ -486,8 +494,9 @@ def make_table(
     published_rows = _published_rows(published)
     notes = _notes(jsons, published)
     provenance = full_provenance(provenance)
-    write_text(out_md, _markdown(header, rows, published_rows, notes, provenance, tiny_models))
-    write_text(out_html, _html(header, rows, published_rows, notes, provenance, tiny_models))
+    statement = TINY_STATEMENT if tiny_models else WORLD_STATEMENT if world_models else None
+    write_text(out_md, _markdown(header, rows, published_rows, notes, provenance, statement))
+    write_text(out_html, _html(header, rows, published_rows, notes, provenance, statement))
     if companion is not None:
         write_companion(jsons, *companion)
     log.info("wrote results table (%d rows) to %s, %s, %s", len(frame), out_csv, out_md, out_html)

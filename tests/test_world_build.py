@@ -1,0 +1,83 @@
+"""The world's build recipe still works (a shortened build, as CI runs it), and the committed build is the
+recipe's: its files are the ones BUILD.json hashed, made with the recipe's current full settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s2s.world.build import build_world, load_settings
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def short_build(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("world") / "short"
+    record = build_world(
+        out, load_settings("short"), command="python -m s2s.world.build OUT --settings short"
+    )
+    return out, record
+
+
+def test_short_build_writes_every_model_in_its_real_layout(short_build):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPProcessor, ViTImageProcessor, ViTModel
+
+    out, record = short_build
+    assert json.loads((out / "BUILD.json").read_text()) == record
+    assert record["settings"] == asdict(load_settings("short"))
+    assert set(record["seconds"]) == {"render", "vae", "clip", "unet", "classifier", "identity"}
+
+    pipe = StableDiffusionPipeline.from_pretrained(out / "sd", safety_checker=None)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    image = pipe("a brown dog in the snow", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+    # The diffusion model is conditioned by the world CLIP's own text tower, as SD is by CLIP's.
+    clip = CLIPModel.from_pretrained(out / "clip")
+    for name, tensor in pipe.text_encoder.text_model.state_dict().items():
+        assert torch.equal(tensor, clip.text_model.state_dict()[name]), name
+    processor = CLIPProcessor.from_pretrained(out / "clip")
+    assert processor.tokenizer("a sks dog").input_ids == pipe.tokenizer("a sks dog").input_ids
+
+    identity = ViTModel.from_pretrained(out / "identity")
+    pixels = ViTImageProcessor.from_pretrained(out / "identity")(images=[image], return_tensors="pt")
+    assert identity(**pixels).last_hidden_state.shape[-1] == identity.config.hidden_size
+
+
+def test_short_build_classifier_serves_as_the_evaluation_feature_network(short_build):
+    from s2s.metrics.features import FeatureView, load_feature_extractor
+
+    out, _ = short_build
+    extractor = load_feature_extractor(str(out / "classifier.safetensors"))
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    features = extractor(images)
+    assert features["pool"].shape == (3, extractor.pool_dim)
+    assert FeatureView(extractor, "logits").forward(images).shape == (3, extractor.num_classes)
+
+
+def test_build_record_hashes_every_file(short_build):
+    out, record = short_build
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "BUILD.json"}
+    assert set(record["files"]) == files
+    assert all(_sha256(out / name) == digest for name, digest in record["files"].items())
+
+
+def test_committed_world_is_the_recipes_full_build(world_models):
+    """The committed files are those the build hashed, made with today's full settings: a change to the
+    recipe without a rebuild (or a hand-edited weight file) fails here."""
+    record = json.loads((world_models / "BUILD.json").read_text())
+    for name, digest in record["files"].items():
+        assert _sha256(world_models / name) == digest, f"{name} differs from the build's record"
+    assert record["settings"] == asdict(load_settings("full")), (
+        "rebuild: python -m s2s.world.build models/world"
+    )
+    assert record["command"].startswith("python -m s2s.world.build")
