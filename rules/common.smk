@@ -198,6 +198,8 @@ def all_targets():
             f"{RESULTS}/{subject}/grids/{{method}}.png", method=SAMPLE_METHODS
         )
         targets.append(f"{RESULTS}/{subject}/loss_curves.png")
+        if WORLD:
+            targets.append(f"{RESULTS}/{subject}/metrics/world_prompt_fidelity.json")
         if EDITS_ON:
             targets += edit_targets(subject)
     return targets + report_targets()

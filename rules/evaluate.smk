@@ -5,6 +5,7 @@
 localrules:
     table,
     loss_curves,
+    world_prompt_fidelity,
 
 
 rule evaluate:
@@ -98,3 +99,25 @@ rule loss_curves:
         runtime=10,
     script:
         "../workflow_scripts/loss_curves.py"
+
+
+rule world_prompt_fidelity:
+    input:
+        samples=lambda wildcards: [
+            f for m in SAMPLE_METHODS for f in sample_files(wildcards.subject, m)
+        ],
+        models=metric_model_inputs(),
+    output:
+        f"{RESULTS}/{{subject}}/metrics/world_prompt_fidelity.json",
+    log:
+        f"{LOGS}/{{subject}}/world_prompt_fidelity.log",
+    conda:
+        "../envs/s2s.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        depends=s2s_config.depends_evaluation(config),
+    script:
+        "../workflow_scripts/world_prompt_fidelity.py"

@@ -253,6 +253,37 @@ STEPS["evaluate"] = evaluate
 STEPS["table"] = table
 
 
+def world_prompt_fidelity(smk, config) -> None:
+    """How often the world classifier finds the prompted class and context, per sampled method."""
+    import json
+
+    from s2s.io import write_json
+    from s2s.world.classifier import load_classifier
+    from s2s.world.study import prompt_fidelity
+
+    subject = cfgmod.subject(config, smk.wildcards.subject)
+    classifier = load_classifier(cfgmod.metric_models(config)["feature_extractor"])
+    root = cfgmod.results_dir(config) / subject.name / "samples"
+    out = {"subject_phrase": subject.phrase, "methods": {}}
+    for method in cfgmod.sample_methods(config):
+        samples = []
+        for pid in cfgmod.prompt_ids(config):
+            prompt = json.loads((root / method / pid / "prompt.json").read_text())["prompt"]
+            folder = root / method / pid
+            samples += [{"path": folder / f"{s}.png", "prompt": prompt} for s in config["sampling"]["seeds"]]
+        n_boot = config["evaluation"]["n_boot"]
+        result = prompt_fidelity(samples, classifier, subject.phrase, n_boot=n_boot)
+        out["methods"][method] = result
+        log.info(
+            "%s: class found in %.0f%%, context in %.0f%% of %d samples", method,
+            100 * result["class_rate"]["value"], 100 * result["context_rate"]["value"], result["n_images"],
+        )  # fmt: skip
+    write_json(smk.output[0], out)
+
+
+STEPS["world_prompt_fidelity"] = world_prompt_fidelity
+
+
 def draw_demo_edit_photo(smk, config) -> None:
     import random
 
