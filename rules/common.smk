@@ -194,6 +194,15 @@ def all_targets():
     return targets + report_targets()
 
 
+def world_path(key):
+    """world.models / world.check_prompts: relative to the working directory, else to the
+    workflow's folder (the committed build and prompts, also under `snakemake --directory`)."""
+    path = Path(config["world"][key])
+    if path.is_absolute() or path.exists():
+        return str(path)
+    return str(Path(workflow.basedir) / path)
+
+
 # ---------------------------------------------------------------- report pages (rules/report.smk)
 
 

@@ -1,11 +1,14 @@
 """The world check (s2s.world.check): its measures against hand computations and synthetic cases with known
-answers, its prompt file's errors, and the JSON on a tiny world build."""
+answers, its prompt file's errors, and the JSON and workflow rule on a tiny world build."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -241,3 +244,23 @@ def test_check_refuses_held_out_seeds_the_build_rendered_from(tiny_world, tmp_pa
     # seeds 99, 100, 101 held out; the build drew its identity individuals and photos from 100 and 101
     with pytest.raises(S2SError, match="reuses the build's scene seed"):
         check_world(tiny_world, tmp_path / "prompts.txt", tmp_path / "check.json", seed=99)
+
+
+def test_world_check_rule_runs_the_check_without_rebuilding_the_models(tiny_world, tmp_path):
+    # As committed models are in a fresh checkout: older than build_world's script, no Snakemake record
+    # (were the folder the check's input, Snakemake would rebuild it for "code has changed").
+    for path in [*tiny_world.rglob("*"), tiny_world]:
+        os.utime(path, (1e9, 1e9))
+    args = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "1",
+        "--directory", str(tmp_path), "world_check", "--config", f"world={{'models': '{tiny_world}'}}",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rule world_check:" in proc.stdout and "rule build_world:" not in proc.stdout
+    assert str(REPO / "config" / "world_check_prompts.txt") in proc.stdout  # found from another directory
