@@ -269,4 +269,7 @@ def report_targets():
         ]
         if EDITS_ON:
             targets.append(f"{RESULTS}/{subject}/report/edits.html")
+    # The world check's page once `snakemake world_check` has run.
+    if Path(f"{RESULTS}/world/check.json").exists():
+        targets.append(f"{RESULTS}/report/world.html")
     return targets

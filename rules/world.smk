@@ -4,6 +4,10 @@
 #   snakemake --cores 2 build_world --forcerun build_world     # rebuild the committed models
 
 
+localrules:
+    report_world,
+
+
 rule build_world:
     output:
         directory(config["world"]["models"]),
@@ -43,3 +47,23 @@ rule world_check:
     script:
         "../workflow_scripts/world_check.py"
 
+
+rule report_world:
+    input:
+        f"{RESULTS}/world/check.json",
+    output:
+        report(
+            f"{RESULTS}/report/world.html",
+            caption="../report/world.rst",
+            category="World models",
+        ),
+    log:
+        f"{LOGS}/report_world.log",
+    conda:
+        "../envs/s2s.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/report.py"

@@ -1,5 +1,5 @@
 """The world check (s2s.world.check): its measures against hand computations and synthetic cases with known
-answers, its prompt file's errors, and the JSON and workflow rule on a tiny world build."""
+answers, its prompt file's errors, and the JSON, workflow rule and report page on a tiny world build."""
 
 from __future__ import annotations
 
@@ -264,3 +264,32 @@ def test_world_check_rule_runs_the_check_without_rebuilding_the_models(tiny_worl
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rule world_check:" in proc.stdout and "rule build_world:" not in proc.stdout
     assert str(REPO / "config" / "world_check_prompts.txt") in proc.stdout  # found from another directory
+
+
+def test_report_page_lists_each_target_value_and_verdict(checked, tmp_path):
+    from s2s.report.pages import world_check_page
+
+    result, _ = checked
+    result = json.loads(json.dumps(result))
+    result["targets"][0].update(value=0.95, met=True)
+    result["targets"][1].update(value=0.5, met=False)
+    world_check_page(result, tmp_path / "world.html")
+    page = (tmp_path / "world.html").read_text()
+    rows = page.split("<tbody>")[1].split("</tbody>")[0].split("</tr>")[:-1]
+    assert len(rows) == len(TARGETS)
+    assert "0.950" in rows[0] and "&ge; 0.90" in rows[0] and rows[0].endswith("<td>met</td>")
+    assert "0.500" in rows[1] and "&ge; 0.80" in rows[1] and rows[1].endswith("<td>not met</td>")
+    for row, (_, description, _) in zip(rows, TARGETS):
+        assert description.replace("'", "&#x27;") in row
+    assert "a red dog in the snow" in page
+
+
+def test_report_has_the_world_page_once_the_check_has_run(checked, tmp_path):
+    _, check_json = checked
+    (tmp_path / "results" / "world").mkdir(parents=True)
+    (tmp_path / "results" / "world" / "check.json").write_text(check_json.read_text())
+    args = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "1",
+            "--directory", str(tmp_path), "report"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rule report_world:" in proc.stdout and "rule world_check:" not in proc.stdout
