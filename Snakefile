@@ -18,6 +18,7 @@ include: "rules/edit.smk"
 include: "rules/bench.smk"
 include: "rules/prefetch.smk"
 include: "rules/report.smk"
+include: "rules/world.smk"
 
 
 report: "report/workflow.rst"

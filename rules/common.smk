@@ -205,6 +205,15 @@ def all_targets():
     return targets + report_targets()
 
 
+def world_path(key):
+    """world.models / world.check_prompts: relative to the working directory, else to the
+    workflow's folder (the committed build and prompts, also under `snakemake --directory`)."""
+    path = Path(config["world"][key])
+    if path.is_absolute() or path.exists():
+        return str(path)
+    return str(Path(workflow.basedir) / path)
+
+
 # ---------------------------------------------------------------- report pages (rules/report.smk)
 
 
@@ -271,4 +280,7 @@ def report_targets():
         ]
         if EDITS_ON:
             targets.append(f"{RESULTS}/{subject}/report/edits.html")
+    # The world check's page once `snakemake world_check` has run.
+    if Path(f"{RESULTS}/world/check.json").exists():
+        targets.append(f"{RESULTS}/report/world.html")
     return targets

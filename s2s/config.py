@@ -453,3 +453,9 @@ def depends_edit(config: dict, row: dict) -> str:
 
 def depends_prefetch(config: dict) -> str:
     return plan.stable({"base_model": base_model(config), **metric_models(config)})
+
+
+def depends_world_check(config: dict) -> str:
+    """The world check's settings (its models folder and prompts file are its inputs)."""
+    keys = ("check_seeds", "check_inference_steps", "check_guidance_scale")
+    return plan.stable({k: config["world"][k] for k in keys})

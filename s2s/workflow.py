@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from s2s import config as cfgmod
+from s2s.io import S2SError
 from s2s.job import class_prompt_for, instance_prompt_for, run_step, setup_job
 
 log = logging.getLogger("s2s")
@@ -344,3 +345,35 @@ def prefetch(smk, config) -> None:
 
 
 STEPS["prefetch"] = prefetch
+
+
+def build_world(smk, config) -> None:
+    from s2s.world.build import build_world as build
+    from s2s.world.build import load_settings
+
+    spec = smk.params.settings
+    if spec not in ("short", "full") and not Path(spec).is_file():
+        raise S2SError(f"config key world.build_settings: {spec!r} is neither short, full nor a YAML file")
+    try:
+        settings = load_settings(spec)
+    except SystemExit as exc:  # an unknown setting in the YAML file
+        raise S2SError(f"config key world.build_settings: {exc}") from None
+    build(smk.output[0], settings, command=f"snakemake build_world (world.build_settings: {spec})")
+
+
+def world_check(smk, config) -> None:
+    from s2s.world.check import check_world
+
+    world = config["world"]
+    check_world(
+        Path(smk.input.build).parent,
+        smk.input.prompts,
+        smk.output[0],
+        seeds=list(range(world["check_seeds"])),
+        num_inference_steps=world["check_inference_steps"],
+        guidance_scale=world["check_guidance_scale"],
+    )
+
+
+STEPS["build_world"] = build_world
+STEPS["world_check"] = world_check

@@ -263,3 +263,65 @@ def tables_page(
         body.append(cost_table_html(summaries))
     title = f"Results tables of run {run_name}" if run_name else "Results tables"
     write_text(out, page(title, body, note))
+
+
+def _fraction(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+HEADS = ("class", "context", "colour")
+
+
+def world_check_page(check: dict, out: Path, note: str | None = None) -> None:
+    """The world check (``s2s.world.check``'s JSON): each target with its measured value and whether it
+    is met, then the details of each measure and what was checked."""
+    verdict = {True: "met", False: "not met", None: "not measured"}
+    rows = "".join(
+        f'<tr><td>{E(t["description"])}</td><td class="num">{_fraction(t["value"])}</td>'
+        f'<td class="num">&ge; {t["target"]:.2f}</td><td>{verdict[t["met"]]}</td></tr>'
+        for t in check["targets"]
+    )
+    body = [
+        "<h2>Targets</h2><table><thead><tr><th>measure</th><th>measured</th><th>target</th><th>result</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>",
+    ]
+    following, clip, identity, settings = (
+        check["prompt_following"], check["clip"], check["identity"], check["settings"]
+    )  # fmt: skip
+    prompt_rows = "".join(
+        f"<tr><td>{E(p['prompt'])}</td>"
+        + "".join(f'<td class="num">{_fraction(p[k + "_correct"])}</td>' for k in HEADS)
+        + "</tr>"
+        for p in following["per_prompt"]
+    )
+    seeds = ", ".join(map(str, settings["seeds"]))
+    body.append(
+        f"<h2>Prompt following of the base model</h2><p>{len(settings['seeds'])} images per prompt (seeds "
+        f"{E(seeds)}, DDIM, {settings['num_inference_steps']} steps, guidance {settings['guidance_scale']}), "
+        "each classified by the world classifier; share of images whose predicted class, context and colour "
+        "are the prompt's (colour: prompts naming one).</p><table><thead><tr><th>prompt</th>"
+        f"<th>class</th><th>context</th><th>colour</th></tr></thead><tbody>{prompt_rows}</tbody></table>"
+    )
+    body.append(
+        f"<h2>World CLIP</h2><p>{clip['renders']} held-out renders (seed {settings['seed']}) against the "
+        f"{clip['candidates']} distinct captions among them (chance {clip['chance']:.3f}): top-1 caption "
+        f"{_fraction(clip['top1'])}; it names the right class {_fraction(clip.get('top1_class'))}, context "
+        f"{_fraction(clip.get('top1_context'))}, colour {_fraction(clip.get('top1_colour'))}.</p>"
+    )
+    body.append(
+        f"<h2>Identity network</h2><p>{identity['individuals']} held-out individuals x "
+        f"{identity['photos_each']} photos; cosine of CLS embeddings. ROC AUC same vs different individual "
+        f"{_fraction(identity['auc'])} ({identity['pairs_same']} vs {identity['pairs_different']} pairs; "
+        f"mean cosine {identity['mean_cosine_same']:.3f} vs {identity['mean_cosine_different']:.3f}); among "
+        f"individuals of one class {_fraction(identity['auc_same_class'])} "
+        f"({identity['pairs_different_same_class']} different pairs, mean cosine "
+        f"{_fraction(identity['mean_cosine_different_same_class'])}).</p>"
+    )
+    models = check["models"]
+    match = "match" if models["files_match_build"] else "DIFFER from"
+    body.append(
+        f"<h2>Models</h2><p>{E(models['path'])}: built by <code>{E(models['command'])}</code>; the files "
+        f"{match} BUILD.json (sha256 {E(models['build_json_sha256'][:16])}…). Check time "
+        f"{check['seconds']['total']:.0f} s.</p>"
+    )
+    write_text(out, page("World models: the check", body, note))

@@ -47,3 +47,13 @@ def report_tables(smk, config) -> None:
 
 
 STEPS = {"report_subject": report_subject, "report_tables": report_tables}
+
+
+def report_world(smk, config) -> None:
+    from s2s.report.figures import read_json
+    from s2s.report.pages import world_check_page
+
+    world_check_page(read_json(Path(smk.input[0])), Path(smk.output[0]))
+
+
+STEPS["report_world"] = report_world
