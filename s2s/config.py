@@ -278,7 +278,12 @@ def base_model(config: dict) -> str:
 
 
 def world_dir(config: dict) -> Path:
-    return Path(config.get("world", {}).get("models", "models/world"))
+    """world.models: relative to the working directory, else to the workflow's folder (the committed
+    build, also under `snakemake --directory`)."""
+    path = Path(config.get("world", {}).get("models", "models/world"))
+    if path.is_absolute() or path.exists():
+        return path
+    return Path(__file__).resolve().parents[1] / path
 
 
 def metric_models(config: dict) -> dict[str, str | None]:
