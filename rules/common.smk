@@ -49,6 +49,12 @@ TINY = config["tiny_models"]
 REHEARSAL = config["rehearsal_models"]
 WORLD = config["world_models"]
 WORLD_DIR = str(s2s_config.world_dir(config))
+# GPU stages run one at a time locally (profiles/default limits gpu_jobs to 1) because they share the
+# first GPU; a CPU run (device: cpu) has no GPU to share, so its stages run side by side.
+GPU_JOBS = 0 if config["device"] == "cpu" else 1
+# Jobs on the tiny and the world models are mostly start-up (imports, loading): one core each, two side
+# by side, beats two cores each. Real models use both.
+MODEL_THREADS = 1 if TINY or WORLD else 2
 EDITS_ON = bool(config["edits"]["manifest"])
 EDIT_PLAN = (
     s2s_plan.plan_manifest(

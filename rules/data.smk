@@ -76,12 +76,12 @@ rule class_priors:
         f"{BENCHMARKS}/{{subject}}/class_priors.tsv"
     conda:
         "../envs/s2s.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=1,
-        gpu_jobs=1,
+        gpu_jobs=GPU_JOBS,
     params:
         depends=lambda wildcards: s2s_config.depends_class_priors(
             config, wildcards.subject

@@ -48,12 +48,12 @@ rule edit:
         f"{BENCHMARKS}/{{subject}}/edit/{{edit_id}}.tsv"
     conda:
         "../envs/s2s.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=1,
-        gpu_jobs=1,
+        gpu_jobs=GPU_JOBS,
     params:
         row=lambda wildcards: EDIT_ROWS[wildcards.edit_id]["row"],
         # The config this job depends on (s2s.config.depends_*): a change re-runs it.

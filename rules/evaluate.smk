@@ -28,7 +28,7 @@ rule evaluate:
         f"{BENCHMARKS}/{{subject}}/evaluate_{{method}}.tsv"
     conda:
         "../envs/s2s.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         runtime=60,

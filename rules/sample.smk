@@ -17,12 +17,12 @@ rule sample:
         f"{BENCHMARKS}/{{subject}}/sample_{{method}}/{{prompt}}.tsv"
     conda:
         "../envs/s2s.yaml"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=16000,
         runtime=120,
         gpu=1,
-        gpu_jobs=1,
+        gpu_jobs=GPU_JOBS,
     params:
         # The config this job depends on (s2s.config.depends_*): a change re-runs it.
         depends=lambda wildcards: s2s_config.depends_sampling(

@@ -24,12 +24,12 @@ for _method in ("textual_inversion", "dreambooth", "lora"):
             f"{BENCHMARKS}/{{subject}}/train_{_method}.tsv"
         conda:
             train_env(_method)
-        threads: 2
+        threads: MODEL_THREADS
         resources:
             mem_mb=lambda wildcards, attempt: 32000 * attempt,
             runtime=480,
             gpu=train_gpus(_method),
-            gpu_jobs=1,
+            gpu_jobs=GPU_JOBS,
         params:
             method=_method,
             # The config this job depends on (s2s.config.depends_*): a change re-runs it.
