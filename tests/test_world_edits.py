@@ -155,24 +155,30 @@ def test_replace_turns_the_dog_into_a_cat_and_keeps_the_background(replaced):
     assert r["swap_rate"] >= SWAP_RATE, f"the swap rate is below {SWAP_RATE}: {numbers}"
     assert r["background_psnr_median"] is not None, f"the object mask covers every image: {numbers}"
     assert r["background_psnr_median"] >= BACKGROUND_PSNR, f"background below {BACKGROUND_PSNR} dB: {numbers}"
+    print(f"replace: {numbers}")
 
 
 def test_reweighting_snow_changes_the_amount_of_snow_monotonically(reweighted):
     """Reweighting "snow" by 0, 1, 2, 4: the mean snow fraction (near-white pixels outside the dog) over the
     same seeds never falls as the scale grows, and is larger at 4 than at 0 (an edit that does nothing
-    would be "monotone" too)."""
+    would be "monotone" too). Paired seeds, no tolerance: the seeds' noise is the same at every scale."""
     json.dumps(reweighted)
     rows = reweighted["per_scale"]
     snow = [r["snow_fraction"] for r in rows]
     numbers = "; ".join(
         f"scale {r['scale']:g}: snow fraction {r['snow_fraction']:.4f} (per seed "
         f"{', '.join(f'{x:.3f}' for x in r['snow_fraction_per_seed'])}), "
-        f"P(in the snow) {r['p_in_the_snow']:.3f}"
+        f"P(in the snow) {r['p_in_the_snow']:.3f}, change from source {r['change_from_source']:.4f}"
         for r in rows
     )
-    assert not any(math.isnan(s) for s in snow), f"an object mask covers a whole image: {numbers}"
+    numbers += f"; seeds whose object mask leaves some background: {reweighted['usable_seeds']}"
+    usable, seeds = len(reweighted["usable_seeds"]), len(reweighted["seeds"])
+    assert usable >= seeds / 2, (
+        f"object masks cover whole images in {seeds - usable} of {seeds} seeds: {numbers}"
+    )
     assert all(b >= a for a, b in zip(snow, snow[1:])), f"snow fraction not monotone in the scale: {numbers}"
     assert snow[-1] > snow[0], f"reweighting 'snow' does not change the amount of snow: {numbers}"
+    print(f"reweight: {numbers}")
 
 
 def test_local_blend_keeps_the_source_latents_outside_its_mask(blended):

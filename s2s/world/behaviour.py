@@ -240,13 +240,14 @@ def measure_reweight(
 ) -> dict:
     """P2P reweighting of ``word`` in ``prompt`` at each of ``scales``: the amount of snow of the edit.
 
-    Per scale, the mean over seeds of :func:`snow_fraction` of the edited image outside the object's
-    attention mask (:func:`attention_mask` of ``object_word`` in both branches of that run, not grown: it
-    only has to keep a white animal out of the count), and the mean
-    classifier probability of the context "in the snow" (reported only: it saturates once the context is
-    recognised, so it cannot tell more snow from enough) and ``change_from_source``, the mean absolute pixel
-    difference (0..1) between the edit and the unedited source branch: whether the reweighting acts at all.
-    The same seeds at every scale: differences between scales are paired.
+    ``snow_fraction`` per scale: the mean over seeds of :func:`snow_fraction` of the edited image outside
+    the object's attention mask (:func:`attention_mask` of ``object_word`` in both branches of that run,
+    not grown: it only has to keep a white animal out of the count). A seed whose mask covers its whole
+    image at any scale is left out at every scale (``usable_seeds``), so the scales' means stay paired
+    over the same seeds. Reported beside it: the mean classifier probability of the context "in the snow"
+    (it saturates once the context is recognised, so it cannot tell more snow from enough), and
+    ``change_from_source``, the mean absolute pixel difference (0..1) between the edit and the unedited
+    source branch (whether the reweighting acts at all; 0 at scale 1).
     """
     pipe = world.pipe
     context = HEADS["context"].index("in the snow")
@@ -269,14 +270,26 @@ def measure_reweight(
         per_scale.append(
             {
                 "scale": float(scale),
-                "snow_fraction": float(np.mean(fractions)),
                 "p_in_the_snow": float(np.mean(p_snow)),
                 "change_from_source": float(np.mean(changes)),
                 "snow_fraction_per_seed": fractions,
                 "p_in_the_snow_per_seed": p_snow,
             }
         )
-    return {"prompt": prompt, "word": word, "steps": steps, "seeds": list(seeds), "per_scale": per_scale}
+    usable = [
+        k for k in range(len(seeds)) if not any(np.isnan(r["snow_fraction_per_seed"][k]) for r in per_scale)
+    ]
+    for row in per_scale:
+        values = [row["snow_fraction_per_seed"][k] for k in usable]
+        row["snow_fraction"] = float(np.mean(values)) if values else float("nan")
+    return {
+        "prompt": prompt,
+        "word": word,
+        "steps": steps,
+        "seeds": list(seeds),
+        "usable_seeds": [seeds[k] for k in usable],
+        "per_scale": per_scale,
+    }
 
 
 def measure_local_blend(
