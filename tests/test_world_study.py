@@ -33,7 +33,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, world_models) -> tuple[Path, dict]:
-    """The demo (config/config.yaml) run in a scratch folder on the world models; -> (results, config)."""
+    """The demo (config/config.yaml) run in a scratch folder on the world models; -> (results, config).
+    S2S_WORLD_DEMO=RESULTS reads a finished demo's results folder instead (made with config/config.yaml
+    alone, e.g. by `make demo`), to look at the measurements without running it again."""
+    finished = os.environ.get("S2S_WORLD_DEMO")
+    if finished:
+        raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+        return Path(finished), cfgmod.check_config(
+            {**raw, "world": {"models": str(world_models)}}, base_dir=REPO
+        )
     root = tmp_path_factory.mktemp("world_demo")
     overlay = {
         "results_dir": str(root / "results"),
