@@ -118,6 +118,7 @@ rule world_prompt_fidelity:
         mem_mb=4000,
         runtime=20,
     params:
-        depends=s2s_config.depends_evaluation(config),
+        # The classifier is the evaluation's feature network: the same config re-runs it.
+        depends=lambda wildcards: s2s_config.depends_evaluation(config),
     script:
         "../workflow_scripts/world_prompt_fidelity.py"
