@@ -83,7 +83,7 @@ def test_method_raises_subject_fidelity_over_the_base_model(demo, method):
     row = dino[(dino.minuend == "base") & (dino.subtrahend == method)]
     assert len(row) == 1, companion.to_string()
     difference, low, high = -row.iloc[0][["difference", "ci_high", "ci_low"]].to_numpy(dtype=float)
-    found = [round(difference, 4), round(low, 4), round(high, 4)]
+    found = [round(float(x), 4) for x in (difference, low, high)]
     print(f"\nidentity similarity, {method} - base [CI]: {found}")
     assert low > 0, f"identity similarity, {method} - base [CI]: {found}"
 
