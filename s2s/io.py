@@ -7,6 +7,7 @@ job killed half-way never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -122,3 +123,12 @@ def load_safetensors(path: Path | str) -> dict:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own opaque errors on damaged files
         raise S2SError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def sha256_file(path: Path | str) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (model weights do not need to fit in memory twice)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,7 +13,6 @@ which is what is saved. ``short`` is the recipe at a few steps, for CI; ``full``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import math
 import sys
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from s2s.io import atomic_dir, write_json
+from s2s.io import atomic_dir, sha256_file, write_json
 from s2s.world.classifier import WorldClassifier, save_classifier
 from s2s.world.data import SceneSet, identity_set, individuals, scene_set
 from s2s.world.tokenizer import write_world_tokenizer
@@ -344,14 +343,6 @@ def train_identity(s: BuildSettings):
     return vit.eval().requires_grad_(False)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_world(out_dir: Path | str, settings: BuildSettings, command: str = "") -> dict:
     """Train every world model and save them into ``out_dir`` (atomically); return the build record."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -397,7 +388,7 @@ def build_world(out_dir: Path | str, settings: BuildSettings, command: str = "")
         ).save_pretrained(tmp / "identity")
         save_classifier(classifier, tmp / "classifier.safetensors")
         files = {
-            str(p.relative_to(tmp)): _sha256(p)
+            str(p.relative_to(tmp)): sha256_file(p)
             for p in sorted(tmp.rglob("*"))
             if p.is_file() and p.name != "BUILD.json"
         }

@@ -19,7 +19,6 @@ against the files) and the settings and seconds of the check.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2s.io import S2SError, write_json
+from s2s.io import S2SError, sha256_file, write_json
 from s2s.world.captions import noun_phrase, parse_prompt
 from s2s.world.scene import ALL_CONTEXTS, CLASSES, COLOURS, PLAIN
 
@@ -166,14 +165,6 @@ def targets_met(measured: dict[str, float | None]) -> list[dict]:
 # ---------------------------------------------------------------- the check
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_record(models_dir: Path) -> dict:
     """BUILD.json's command, seed and file hashes, with the files on disk checked against them."""
     build_json = models_dir / "BUILD.json"
@@ -181,12 +172,12 @@ def build_record(models_dir: Path) -> dict:
         raise S2SError(f"config key world.models: {models_dir} has no BUILD.json (python -m s2s.world.build)")
     build = json.loads(build_json.read_text())
     files = build.get("files", {})
-    differ = sorted(name for name, sha in files.items() if _sha256(models_dir / name) != sha)
+    differ = sorted(name for name, sha in files.items() if sha256_file(models_dir / name) != sha)
     if differ:
         log.warning("%d model files differ from %s: %s", len(differ), build_json, ", ".join(differ))
     return {
         "path": str(models_dir),
-        "build_json_sha256": _sha256(build_json),
+        "build_json_sha256": sha256_file(build_json),
         "command": build.get("command", ""),
         "seed": build.get("settings", {}).get("seed"),
         "files": files,
