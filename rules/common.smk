@@ -100,7 +100,11 @@ def metric_model_inputs():
     if WORLD:
         return [
             f"{WORLD_DIR}/{name}"
-            for name in ("clip/config.json", "identity/config.json", "classifier.safetensors")
+            for name in (
+                "clip/config.json",
+                "identity/config.json",
+                "classifier.safetensors",
+            )
         ]
     return []
 
@@ -213,7 +217,8 @@ def all_targets():
 
 def world_path(key):
     """world.models / world.check_prompts: relative to the working directory, else to the
-    workflow's folder (the committed build and prompts, also under `snakemake --directory`)."""
+    workflow's folder (the committed build and prompts, also under `snakemake --directory`).
+    """
     path = Path(config["world"][key])
     if path.is_absolute() or path.exists():
         return str(path)
