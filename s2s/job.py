@@ -4,6 +4,7 @@ prompts built from a subject, which the training rules and the training benchmar
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -43,6 +44,10 @@ def run_step(step, smk, config) -> None:
         log.error("%s", exc)
         print(f"s2s error: {exc}", file=sys.__stderr__)
         sys.exit(1)
+    # The outputs are written and closed. The interpreter's exit would now collect every object of
+    # torch, diffusers and transformers one by one: ~1.5 s per job here, a sixth of a small model's
+    # sampling job. Frozen objects are left to the process's end.
+    gc.freeze()
 
 
 def class_prompt_for(config, subject) -> str:

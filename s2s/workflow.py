@@ -132,8 +132,10 @@ def sample(smk, config) -> None:
     subject = cfgmod.subject(config, smk.wildcards.subject)
     method = smk.wildcards.method
     sampling = config["sampling"]
-    pid = smk.wildcards.prompt
-    prompts = {pid: fill_prompt(cfgmod.prompts_by_id(config)[pid], subject.phrase)}
+    by_id = cfgmod.prompts_by_id(config)
+    # A per-prompt job has a prompt wildcard; a per-method job (sampling.jobs: per_method) samples all.
+    pid = dict(smk.wildcards.items()).get("prompt")
+    prompts = {p: fill_prompt(t, subject.phrase) for p, t in by_id.items() if pid in (None, p)}
     model_dir = None if method == "base" else cfgmod.results_dir(config) / subject.name / "models" / method
     sample_method(
         cfgmod.base_model(config),

@@ -98,10 +98,8 @@ def write_config(folder: Path, config: dict) -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("finished")
-    write_config(folder, CONFIG)
+def finish(folder: Path, config: dict) -> Path:
+    write_config(folder, config)
     (folder / "edits.csv").write_text(MANIFEST)
     out = snakemake(folder, "-n")
     outputs = [
@@ -117,6 +115,11 @@ def finished(tmp_path_factory) -> Path:
     # --forceall: with no metadata yet every job counts as done, so a plain --touch would record nothing.
     snakemake(folder, "--touch", "--forceall")
     return folder
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    return finish(tmp_path_factory.mktemp("finished"), CONFIG)
 
 
 @pytest.fixture
@@ -227,3 +230,38 @@ def test_gpu_rules_of_the_slurm_profile_are_the_rules_that_request_a_gpu(finishe
     profile = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
     listed = re.search(r"GPU_RULES = (\[.*\])", profile).group(1)
     assert set(yaml.safe_load(listed)) == gpu_rules
+
+
+# sampling.jobs: per_method (the world demo's setting): one job per method, the same folders.
+PER_METHOD = {**CONFIG, "sampling": {**CONFIG["sampling"], "jobs": "per_method"}}
+
+
+def sample_outputs(folder: Path) -> set[str]:
+    out = snakemake(folder, "-n", "--forceall", "--printshellcmds")
+    return {
+        o
+        for block in out.split("\n\n")
+        if re.search(r"^(?:local)?rule sample:$", block, re.M)
+        for line in block.splitlines()
+        if line.startswith("    output: ")
+        for o in line[12:].split(", ")
+    }
+
+
+def test_per_method_sampling_is_one_job_per_method_writing_the_same_files(finished, tmp_path):
+    per_method = finish(tmp_path, PER_METHOD)
+    jobs = [job for job in planned_jobs(per_method, "--forceall") if job[0] == "sample"]
+    methods = ("base", "textual_inversion", "dreambooth", "lora")
+    assert jobs == sorted(("sample", f"subject=toy, method={m}") for m in methods)
+    assert sample_outputs(per_method) == sample_outputs(finished)
+
+
+def test_per_method_prompt_change_resamples_each_method_and_lists_only_current_prompts(tmp_path):
+    results = finish(tmp_path, PER_METHOD)
+    jobs = changed(results, lambda c: c["sampling"]["prompts"].__setitem__(1, "a {} in the desert"))
+    methods = ("base", "textual_inversion", "dreambooth", "lora")
+    samples = [("sample", f"subject=toy, method={m}") for m in methods]
+    assert jobs == sorted(samples + evaluate_jobs() + [("table", "")] + REPORTS)
+    plan = snakemake(results, "-n")
+    assert prompt_folder("a {} in the snow") not in plan
+    assert prompt_folder("a {} in the desert") in plan
