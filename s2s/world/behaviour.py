@@ -182,12 +182,15 @@ def measure_replace(
     steps: int = STEPS,
     prompts: tuple[str, str] = REPLACE,
     words: tuple[str, str] = REPLACE_WORDS,
+    mask_threshold: float = MASK_THRESHOLD,
+    mask_dilation: int = MASK_DILATION,
 ) -> dict:
     """P2P word swap without local blend over ``seeds``: class found in source and edit, background PSNR.
 
     ``swap_rate`` = #(source is ``words[0]`` and edit is ``words[1]``) / #(source is ``words[0]``), by the
     classifier's class head (argmax); None when no source shows ``words[0]``. ``background_psnr`` per seed
-    is between source and edit outside :func:`attention_mask` (scaled nearest to the image).
+    is between source and edit outside :func:`attention_mask` at ``mask_threshold`` and ``mask_dilation``
+    (scaled nearest to the image); ``background_fraction`` is the part of the image outside it.
     """
     pipe = world.pipe
     rows, sources, edits = [], [], []
@@ -197,7 +200,7 @@ def measure_replace(
             pipe, *prompts, controller, generator=_generator(seed), num_inference_steps=steps,
             guidance_scale=GUIDANCE,
         )  # fmt: skip
-        mask = attention_mask(pipe, controller, *prompts, words)
+        mask = attention_mask(pipe, controller, *prompts, words, mask_threshold, mask_dilation)
         background = background_metrics(result.source_image, result.edited_image, mask)
         rows.append({"seed": seed, "mask_fraction": float(mask.float().mean()), **background})
         sources.append(result.source_image)
