@@ -165,7 +165,7 @@ def test_replace_turns_the_dog_into_a_cat_and_keeps_the_background(replaced):
         + _per_seed(r["per_seed"], "source_class", "edit_class", "mask_fraction", "background_psnr")
     )
     thin = [row["seed"] for row in r["per_seed"] if row["background_fraction"] < MIN_BACKGROUND]
-    assert not thin, f"the object mask leaves under {MIN_BACKGROUND:.0%} background in seeds {thin}: {numbers}"
+    assert not thin, f"the mask leaves under {MIN_BACKGROUND:.0%} background in seeds {thin}: {numbers}"
     assert r["source_found"] >= len(r["seeds"]) / 2, f"the model rarely draws a recognisable dog: {numbers}"
     assert r["swap_rate"] >= SWAP_RATE, f"the swap rate is below {SWAP_RATE}: {numbers}"
     assert r["background_psnr_median"] is not None, f"the object mask covers every image: {numbers}"
