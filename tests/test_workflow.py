@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,10 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
         "table",
     ):
         assert counts.get(rule, 0) >= 1, (rule, counts)
-    # One sampling job per method (base + 3) and prompt (the study's 20).
-    assert counts["sample"] == 4 * 20 and counts["edit"] == 4
+    # One sampling job per method (base + 3; sampling.jobs: per_method), each for the study's 20 prompts.
+    assert counts["sample"] == 4 and counts["edit"] == 4
+    pngs = re.findall(r"/samples/[a-z_]+/[^/, ]+/\d+\.png", out)
+    assert len(set(pngs)) == 4 * 20 * 4, len(set(pngs))
 
 
 def test_paper_dry_run_shows_the_complete_dag(shared_data):
