@@ -248,20 +248,37 @@ def sample_outputs(folder: Path) -> set[str]:
     }
 
 
-def test_per_method_sampling_is_one_job_per_method_writing_the_same_files(finished, tmp_path):
-    per_method = finish(tmp_path, PER_METHOD)
+@pytest.fixture(scope="module")
+def finished_per_method(tmp_path_factory) -> Path:
+    return finish(tmp_path_factory.mktemp("finished_per_method"), PER_METHOD)
+
+
+@pytest.fixture
+def per_method(finished_per_method, tmp_path) -> Path:
+    folder = tmp_path / "run"
+    shutil.copytree(finished_per_method, folder, symlinks=True)
+    return folder
+
+
+METHOD_SAMPLE_JOBS = [
+    ("sample", f"subject=toy, method={m}") for m in ("base", "textual_inversion", "dreambooth", "lora")
+]
+
+
+def test_per_method_sampling_is_one_job_per_method_writing_the_same_files(finished, per_method):
     jobs = [job for job in planned_jobs(per_method, "--forceall") if job[0] == "sample"]
-    methods = ("base", "textual_inversion", "dreambooth", "lora")
-    assert jobs == sorted(("sample", f"subject=toy, method={m}") for m in methods)
+    assert jobs == sorted(METHOD_SAMPLE_JOBS)
     assert sample_outputs(per_method) == sample_outputs(finished)
 
 
-def test_per_method_prompt_change_resamples_each_method_and_lists_only_current_prompts(tmp_path):
-    results = finish(tmp_path, PER_METHOD)
-    jobs = changed(results, lambda c: c["sampling"]["prompts"].__setitem__(1, "a {} in the desert"))
-    methods = ("base", "textual_inversion", "dreambooth", "lora")
-    samples = [("sample", f"subject=toy, method={m}") for m in methods]
-    assert jobs == sorted(samples + evaluate_jobs() + [("table", "")] + REPORTS)
-    plan = snakemake(results, "-n")
+def test_per_method_prompt_change_resamples_each_method_and_lists_only_current_prompts(per_method):
+    jobs = changed(per_method, lambda c: c["sampling"]["prompts"].__setitem__(1, "a {} in the desert"))
+    assert jobs == sorted(METHOD_SAMPLE_JOBS + evaluate_jobs() + [("table", "")] + REPORTS)
+    plan = snakemake(per_method, "-n")
     assert prompt_folder("a {} in the snow") not in plan
     assert prompt_folder("a {} in the desert") in plan
+
+
+def test_per_method_sampling_key_resamples_each_method(per_method):
+    jobs = changed(per_method, lambda c: c["sampling"].update(num_inference_steps=5))
+    assert jobs == sorted(METHOD_SAMPLE_JOBS + evaluate_jobs() + [("table", "")] + REPORTS)
