@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from s2s.metrics.bootstrap import (
     bootstrap_ci,
     bootstrap_set_ci,
     cluster_bootstrap_ci,
+    jackknife_set_ci,
     paired_difference_ci,
 )
 
@@ -108,3 +110,36 @@ def test_set_level_bootstrap_resamples_whole_prompts():
         for p in set(drawn):
             assert drawn.count(p) % 3 == 0
     assert any(len(set(idx)) < 15 for idx in seen)
+
+
+def test_jackknife_of_a_mean_is_the_standard_error_of_the_prompt_means():
+    rng = np.random.default_rng(3)
+    values, prompts = clustered_draw(rng)
+    low, high = jackknife_set_ci(lambda idx: float(values[idx].mean()), len(values), clusters=prompts)
+    means = values.reshape(N_PROMPTS, N_SEEDS).mean(1)
+    se = means.std(ddof=1) / np.sqrt(N_PROMPTS)
+    assert (low + high) / 2 == pytest.approx(values.mean(), rel=1e-12)
+    assert (high - low) / 2 == pytest.approx(1.959964 * se, rel=1e-5)
+
+
+def test_is_interval_contains_its_value_where_the_bootstrap_interval_does_not():
+    """IS of the design's shape (20 prompts x 4 seeds, each prompt its own class): resampling prompts with
+    replacement repeats images and lowers IS below the full set's; leaving one out does not."""
+    from s2s.metrics.image_metrics import is_from_logits
+
+    rng = np.random.default_rng(0)
+    classes = 20
+    logits = rng.normal(0, 1, size=(N_PROMPTS * N_SEEDS, classes))
+    logits[np.arange(N_PROMPTS * N_SEEDS), np.repeat(np.arange(N_PROMPTS), N_SEEDS)] += 6.0
+    logits = torch.from_numpy(logits)
+    prompts = [f"p{i:02d}" for i in np.repeat(np.arange(N_PROMPTS), N_SEEDS)]
+    value = is_from_logits(logits)[0]
+
+    def of(idx):
+        return is_from_logits(logits[idx])[0]
+
+    boot_low, boot_high = bootstrap_set_ci(of, len(prompts), n_boot=200, seed=0, clusters=prompts)
+    jack_low, jack_high = jackknife_set_ci(of, len(prompts), clusters=prompts)
+    assert boot_high < value, (value, boot_low, boot_high)  # the bias the jackknife avoids
+    assert jack_low < value < jack_high, (value, jack_low, jack_high)
+    assert jack_high - jack_low < 0.5 * value  # an interval, not the whole axis

@@ -15,7 +15,7 @@ from PIL import Image
 
 from s2s.io import S2SError, save_safetensors
 from s2s.metrics.bootstrap import bootstrap_ci, bootstrap_set_ci
-from s2s.metrics.evaluate import evaluate_method, load_images, study_selection
+from s2s.metrics.evaluate import IS_INTERVAL, evaluate_method, load_images, study_selection
 from s2s.metrics.features import (
     FeatureView,
     build_tiny_feature_extractor,
@@ -457,6 +457,9 @@ def test_evaluate_method_writes_complete_json(models, tmp_path):
         assert entry["n"] == (5 if key.startswith("study_") else 6) and entry["value"] is not None, key
         assert entry["ci_low"] <= entry["ci_high"], key
     assert on_disk["metrics"]["fid"]["n_real"] == 5 and on_disk["metrics"]["fid"]["feature_dim"] == 64
+    for key in ("inception_score", "study_is"):  # jackknife intervals around the value (docs/metrics.md)
+        entry = on_disk["metrics"][key]
+        assert entry["interval"] == IS_INTERVAL and entry["ci_low"] < entry["value"] < entry["ci_high"], entry
     assert on_disk["metrics"]["kid"]["subset_size"] == 5
     assert on_disk["metrics"]["study_fid"]["feature_dim"] == 1000  # no study extractor: the FID one
     assert on_disk["metrics"]["study_fid"]["n_real"] == on_disk["study_images"]["n"] == 5  # min(18, 6, 5)

@@ -15,6 +15,9 @@ differences on the same (prompt, seed), with the pairs resampled by prompt as we
   not fit here: a resample on which the metric fails numerically must be dropped, not abort the run.
   Set-level metrics are biased by duplicated images, so their interval need not contain the full-set
   value: read it as the spread due to which prompts were drawn, not as an unbiased interval.
+- ``jackknife_set_ci``: a set-level metric's value +- z x its delete-one-prompt jackknife standard error.
+  For IS, whose value falls with every repeated image (the demo's TI: IS 13.87, bootstrap interval
+  [7.50, 11.64]); leaving a prompt out repeats nothing. scipy's jackknife has no clusters.
 - ``bootstrap_ci``: the plain i.i.d. percentile bootstrap (for values that are independent).
 """
 
@@ -178,3 +181,42 @@ def bootstrap_set_ci(
     if failed:
         log.warning("bootstrap: %d of %d resamples gave no finite value and were dropped", failed, n_boot)
     return _percentiles(stats, confidence)
+
+
+def jackknife_set_ci(
+    metric_of_indices: Callable[[np.ndarray], float],
+    n: int,
+    confidence: float = 0.95,
+    clusters: Sequence[Hashable] | None = None,
+) -> tuple[float, float]:
+    """Normal interval ``value +- z * se`` of a set-level metric; ``se`` from the delete-one jackknife.
+
+    ``metric_of_indices(idx)`` recomputes the metric on the samples ``idx``; with ``clusters`` one whole
+    cluster (prompt) is left out at a time, else one sample. ``se = sqrt((g - 1) / g * sum((t_i -
+    mean t)^2))`` over the g leave-one-out values. Fewer than 2 clusters, or a failing full-set value,
+    give (nan, nan); leave-one-out values on which the metric fails are dropped.
+    """
+    _check_confidence(confidence)
+    if clusters is not None and len(clusters) != n:
+        raise ValueError(f"{n} samples but {len(clusters)} cluster labels")
+    groups = cluster_groups(clusters) if clusters is not None else [np.array([i]) for i in range(n)]
+    if len(groups) < 2:
+        return math.nan, math.nan
+    try:
+        value = float(metric_of_indices(np.arange(n)))
+    except (ValueError, RuntimeError):
+        return math.nan, math.nan
+    left_out = []
+    for i in range(len(groups)):
+        idx = np.concatenate([g for j, g in enumerate(groups) if j != i])
+        try:
+            left_out.append(float(metric_of_indices(idx)))
+        except (ValueError, RuntimeError) as exc:
+            log.debug("jackknife: leaving out group %d failed: %s", i, exc)
+    t = np.asarray(left_out)
+    t = t[np.isfinite(t)]
+    if t.size < 2 or not math.isfinite(value):
+        return math.nan, math.nan
+    se = math.sqrt((t.size - 1) / t.size * float(np.sum((t - t.mean()) ** 2)))
+    z = float(scipy.stats.norm.ppf(0.5 + confidence / 2))
+    return value - z * se, value + z * se

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from s2s.io import S2SError, write_json
-from s2s.metrics.bootstrap import bootstrap_set_ci, cluster_bootstrap_ci
+from s2s.metrics.bootstrap import bootstrap_set_ci, cluster_bootstrap_ci, jackknife_set_ci
 from s2s.metrics.features import extract_features, load_feature_extractor
 from s2s.metrics.fidelity import load_clip, load_dino, subject_fidelity
 from s2s.metrics.image_metrics import (
@@ -148,6 +148,10 @@ def _per_image_metrics(
     return metrics
 
 
+# IS falls with every repeated image, so a bootstrap resample (which repeats prompts) biases it low.
+IS_INTERVAL = "value +- z * delete-one-prompt jackknife standard error"
+
+
 def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict, clusters: list) -> dict[str, dict]:
     """FID, KID and IS, each with an interval over resampled prompts of the generated images."""
     pool_real, pool_gen = feats_real["pool"], feats_gen["pool"]
@@ -158,6 +162,10 @@ def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict, clusters: 
     def add(key: str, value: float, of_indices: Callable[[np.ndarray], float], **extra) -> None:
         ci = bootstrap_set_ci(of_indices, n_gen, clusters=clusters, **boot)
         metrics[key] = _entry(value, ci, n_gen, key, n_generated=n_gen, **extra)
+
+    def add_jackknife(key: str, value: float, of_indices: Callable[[np.ndarray], float], **extra) -> None:
+        ci = jackknife_set_ci(of_indices, n_gen, confidence=boot["confidence"], clusters=clusters)
+        metrics[key] = _entry(value, ci, n_gen, key, n_generated=n_gen, interval=IS_INTERVAL, **extra)
 
     # The point value comes from torchmetrics; resamples use the exact low-rank formula (tested equal),
     # because torchmetrics' eigendecomposition of a 2048 x 2048 matrix per resample is too slow.
@@ -178,7 +186,7 @@ def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict, clusters: 
         subset_size=subset_size,
         subsets=subsets,
     )
-    add(
+    add_jackknife(
         "inception_score",
         is_from_logits(unbiased_gen, seed=seed)[0],
         lambda idx: is_from_logits(unbiased_gen[idx], seed=seed)[0],
@@ -193,6 +201,9 @@ def _study_metrics(logits_real: torch.Tensor, logits_gen: torch.Tensor, boot: di
     extra = {"n_generated": n, "n_real": logits_real.shape[0], "feature_dim": logits_gen.shape[1]}
 
     def entry(key: str, value: float, of_indices: Callable[[np.ndarray], float]) -> dict:
+        if key == "study_is":
+            ci = jackknife_set_ci(of_indices, n, confidence=boot["confidence"], clusters=clusters)
+            return _entry(value, ci, n, key, interval=IS_INTERVAL, **extra)
         ci = bootstrap_set_ci(of_indices, n, clusters=clusters, **boot)
         return _entry(value, ci, n, key, **extra)
 

@@ -368,8 +368,9 @@ def _notes(jsons: dict[str, dict], published: dict | None) -> list[str]:
     level = "/".join(f"{c:.0%}" for c in confidences) or "95%"
     notes = [
         f"Cells are value [{level} percentile bootstrap interval over prompts]: prompts are resampled with "
-        "all their seeds (the images of one prompt are not independent); real images stay fixed. For FID, "
-        "KID and IS resampling duplicates images, which biases these set-level metrics.",
+        "all their seeds (the images of one prompt are not independent); real images stay fixed. For FID "
+        "and KID resampling duplicates images, which biases these set-level metrics. IS falls with every "
+        "duplicate, so its interval is instead value +- z x its delete-one-prompt jackknife standard error.",
         "FID (study-compatible) and IS (study-compatible) follow pytorch-ignite's defaults as the study "
         "did: softmax outputs of an ImageNet Inception-v3, equal numbers of generated and real images; "
         "this FID is on a much smaller scale than FID.",
