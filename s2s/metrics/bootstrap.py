@@ -199,7 +199,7 @@ def jackknife_set_ci(
     _check_confidence(confidence)
     if clusters is not None and len(clusters) != n:
         raise ValueError(f"{n} samples but {len(clusters)} cluster labels")
-    groups = cluster_groups(clusters) if clusters is not None else [np.array([i]) for i in range(n)]
+    groups = cluster_groups(range(n) if clusters is None else clusters)
     if len(groups) < 2:
         return math.nan, math.nan
     try:
