@@ -122,12 +122,16 @@ def finished(tmp_path_factory) -> Path:
     return finish(tmp_path_factory.mktemp("finished"), CONFIG)
 
 
-@pytest.fixture
-def results(finished, tmp_path) -> Path:
+def copy_of(finished: Path, tmp_path: Path) -> Path:
     folder = tmp_path / "run"
     shutil.copytree(finished, folder, symlinks=True)
     # copytree keeps the times, so the copy is as finished as the original.
     return folder
+
+
+@pytest.fixture
+def results(finished, tmp_path) -> Path:
+    return copy_of(finished, tmp_path)
 
 
 def changed(folder: Path, edit) -> list[tuple[str, str]]:
@@ -255,9 +259,7 @@ def finished_per_method(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def per_method(finished_per_method, tmp_path) -> Path:
-    folder = tmp_path / "run"
-    shutil.copytree(finished_per_method, folder, symlinks=True)
-    return folder
+    return copy_of(finished_per_method, tmp_path)
 
 
 METHOD_SAMPLE_JOBS = [

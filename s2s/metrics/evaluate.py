@@ -150,6 +150,20 @@ def _per_image_metrics(
 
 # IS falls with every repeated image, so a bootstrap resample (which repeats prompts) biases it low.
 IS_INTERVAL = "value +- z * delete-one-prompt jackknife standard error"
+JACKKNIFE_KEYS = ("inception_score", "study_is")
+
+
+def _set_entry(
+    key: str, value: float, of_indices: Callable[[np.ndarray], float], n: int, boot: dict, clusters: list,
+    **extra,
+) -> dict:  # fmt: skip
+    """One set-level metric's entry: the jackknife interval for IS, the prompt bootstrap's otherwise."""
+    if key in JACKKNIFE_KEYS:
+        ci = jackknife_set_ci(of_indices, n, confidence=boot["confidence"], clusters=clusters)
+        extra = {**extra, "interval": IS_INTERVAL}
+    else:
+        ci = bootstrap_set_ci(of_indices, n, clusters=clusters, **boot)
+    return _entry(value, ci, n, key, **extra)
 
 
 def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict, clusters: list) -> dict[str, dict]:
@@ -160,12 +174,7 @@ def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict, clusters: 
     metrics: dict[str, dict] = {}
 
     def add(key: str, value: float, of_indices: Callable[[np.ndarray], float], **extra) -> None:
-        ci = bootstrap_set_ci(of_indices, n_gen, clusters=clusters, **boot)
-        metrics[key] = _entry(value, ci, n_gen, key, n_generated=n_gen, **extra)
-
-    def add_jackknife(key: str, value: float, of_indices: Callable[[np.ndarray], float], **extra) -> None:
-        ci = jackknife_set_ci(of_indices, n_gen, confidence=boot["confidence"], clusters=clusters)
-        metrics[key] = _entry(value, ci, n_gen, key, n_generated=n_gen, interval=IS_INTERVAL, **extra)
+        metrics[key] = _set_entry(key, value, of_indices, n_gen, boot, clusters, n_generated=n_gen, **extra)
 
     # The point value comes from torchmetrics; resamples use the exact low-rank formula (tested equal),
     # because torchmetrics' eigendecomposition of a 2048 x 2048 matrix per resample is too slow.
@@ -186,7 +195,7 @@ def _set_level_metrics(feats_real: dict, feats_gen: dict, boot: dict, clusters: 
         subset_size=subset_size,
         subsets=subsets,
     )
-    add_jackknife(
+    add(
         "inception_score",
         is_from_logits(unbiased_gen, seed=seed)[0],
         lambda idx: is_from_logits(unbiased_gen[idx], seed=seed)[0],
@@ -201,11 +210,7 @@ def _study_metrics(logits_real: torch.Tensor, logits_gen: torch.Tensor, boot: di
     extra = {"n_generated": n, "n_real": logits_real.shape[0], "feature_dim": logits_gen.shape[1]}
 
     def entry(key: str, value: float, of_indices: Callable[[np.ndarray], float]) -> dict:
-        if key == "study_is":
-            ci = jackknife_set_ci(of_indices, n, confidence=boot["confidence"], clusters=clusters)
-            return _entry(value, ci, n, key, interval=IS_INTERVAL, **extra)
-        ci = bootstrap_set_ci(of_indices, n, clusters=clusters, **boot)
-        return _entry(value, ci, n, key, **extra)
+        return _set_entry(key, value, of_indices, n, boot, clusters, **extra)
 
     return {
         "study_fid": entry(
