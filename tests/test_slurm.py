@@ -40,12 +40,14 @@ JOB_PREFIX = "s2stest"
 # What the local cluster's single partition is called (scripts/slurm_local_cluster.sh).
 PARTITION = "debug"
 # Placeholders of profiles/slurm/config.yaml, set for the local cluster: no account, one partition,
-# 2 CPUs per GPU (= the rules' threads, so that the CPU results equal a local --cores 2 run).
+# 1 CPU per GPU: the profile gives the GPU rules as many threads, and a local run on the tiny models runs
+# them with 1 (rules/common.smk, MODEL_THREADS). Equal threads, so that the CPU results can be byte-equal
+# (torch's CPU reductions depend on the thread count).
 CLUSTER_ENV = {
     "S2S_SLURM_ACCOUNT": "",
     "S2S_SLURM_CPU_PARTITION": PARTITION,
     "S2S_SLURM_GPU_PARTITION": PARTITION,
-    "S2S_SLURM_CPUS_PER_GPU": "2",
+    "S2S_SLURM_CPUS_PER_GPU": "1",
 }
 
 
@@ -119,6 +121,22 @@ def test_profile_dry_run_requests_gpus_for_gpu_stages_only(tmp_path):
     assert proc.stdout.count("Group job sampling") == 16
 
 
+def test_profile_keeps_group_jobs_on_one_gpu_for_any_device(tmp_path):
+    """device: cpu sets the GPU stages' gpu_jobs to 0 for local runs (side by side); through the profile they
+    keep gpu_jobs=1, else a sampling group would run its jobs side by side and ask Slurm for their summed
+    GPUs and CPUs (5 x --gpus=1 -> --gpus=5)."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    photos = few_photos(tmp_path / "dog")
+    no_fp16 = {m: {"mixed_precision": "no"} for m in ("textual_inversion", "dreambooth", "lora")}
+    overlay = {"subjects": {"dog": {"images": str(photos), "class": "dog"}}, "device": "cpu",
+               "training": no_fp16}
+    jobs = job_resources(paper_dry_run(tmp_path, overlay).stdout)
+    gpu_stages = [(rule, res) for rule, res in jobs if GPU_RULE.match(rule)]
+    assert {rule for rule, _ in gpu_stages} >= {"class_priors", "train_lora", "sample"}
+    for rule, resources in gpu_stages:
+        assert re.search(r"\bgpu_jobs=1\b", resources), (rule, resources)
+
+
 def test_multi_process_training_requests_one_gpu_per_process(tmp_path):
     """training.dreambooth.num_processes: 4 -> that job asks for 4 GPUs; every other GPU job for 1."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
@@ -185,6 +203,8 @@ def small_demo_config(path: Path) -> Path:
     """config/tiny.yaml cut down: LoRA only (with class priors) in 2 processes, 2 steps, 2 prompts, one
     chunk, no edits."""
     config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    # Results straight under results/ (tiny.yaml keeps its own under results/tiny): the paths below.
+    config["results_dir"] = "results"
     config["methods"] = ["lora"]
     config["data"] = {"synthetic_count": 4}
     config["class_images"] = {"num_class_images": 4, "batch_size": 4, "num_inference_steps": 2}
@@ -290,8 +310,6 @@ def test_demo_runs_on_slurm_like_locally(tmp_path, slurm_cluster, monkeypatch, c
         small_mem = [f"{rule}:mem_mb=2000" for rule in (
             "draw_synthetic_subject", "prepare_instance", "class_priors", "train_lora",
             "sample", "evaluate", "table", "loss_curves")]
-        # 2 GPUs x 2 CPUs per GPU would not fit the node's 2 CPUs
-        small_mem.append("train_lora:cpus_per_gpu=1")
         t_slurm = time.monotonic()
         proc = subprocess.run(
             base + ["--profile", str(PROFILE), "--directory", str(tmp_path / "slurm"),
