@@ -4,17 +4,25 @@ classifier and the identity network, saved in the layouts of their real counterp
     python -m s2s.world.build OUT_DIR [--settings short|full|FILE.yaml]
 
 ``OUT_DIR`` gets ``sd/`` (a StableDiffusionPipeline folder whose text encoder is the world CLIP's),
-``clip/`` (CLIPModel + processor), ``identity/`` (a ViT loaded like DINO), ``classifier.safetensors`` and
-``BUILD.json`` (the command, seed, settings, time per part and the sha256 of every file). Each part trains
-with one readable loop (AdamW, warm-up then cosine decay) on pre-rendered scenes; the UNet keeps an EMA copy,
-which is what is saved. ``short`` is the recipe at a few steps, for CI; ``full`` is the committed build.
+``clip/`` (CLIPModel + processor), ``identity/`` (a ViT loaded like DINO), ``classifier.safetensors``,
+``readout.safetensors`` (the attribute read-out, ``s2s.world.readout``) and ``BUILD.json`` (the command,
+seed, settings, time per part and the sha256 of every file). Each part trains with one readable loop (AdamW,
+warm-up then cosine decay) on pre-rendered scenes, under bf16 autocast where ``autocast`` is on (this CPU
+has bf16 units: the VAE steps 1.8x faster); the UNet keeps an EMA copy, which is what is saved, and weighs
+its loss by min-SNR. ``short`` is the recipe at a few steps, for CI; ``full`` is the committed build.
+
+The build is resumable by part: each finished part is saved in ``OUT_DIR.parts/`` with its time, and a
+build started again with the same settings loads it instead of training it again (a build with other
+settings refuses to reuse it). The folder is removed once ``OUT_DIR`` is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -25,9 +33,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from s2s.io import atomic_dir, sha256_file, write_json
-from s2s.world.classifier import WorldClassifier, save_classifier
+from s2s.io import S2SError, atomic_dir, sha256_file, write_json
+from s2s.world.classifier import WorldClassifier, load_classifier, save_classifier
 from s2s.world.data import SceneSet, identity_set, individuals, scene_set
+from s2s.world.readout import AttributeReadout, load_readout, save_readout
+from s2s.world.scene import ATTRIBUTES
 from s2s.world.tokenizer import write_world_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,9 +51,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class BuildSettings:
     seed: int = 0
     threads: int = 2
-    scenes: int = 50000  # pretraining scenes (VAE, CLIP, UNet, classifier)
-    vae_channels: tuple[int, ...] = (16, 32, 64)
-    vae_steps: int = 2500
+    autocast: bool = True  # bf16 autocast on the CPU for every part's forward pass
+    scenes: int = 50000  # pretraining scenes (VAE, CLIP, UNet, classifier, read-out)
+    vae_channels: tuple[int, ...] = (32, 64, 128)
+    vae_steps: int = 3500
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
@@ -52,10 +63,11 @@ class BuildSettings:
     clip_steps: int = 1200
     clip_batch: int = 128
     clip_lr: float = 1e-3
-    unet_channels: tuple[int, ...] = (32, 64, 64)
+    unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_steps: int = 3000
     unet_batch: int = 64
     unet_lr: float = 1e-3
+    snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 turns it off
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     classifier_steps: int = 1500
@@ -64,6 +76,9 @@ class BuildSettings:
     identity_photos: int = 12
     identity_steps: int = 2000
     identity_batch: int = 64
+    readout_scenes: int = 12000  # scenes passed through the VAE for the read-out
+    readout_steps: int = 2000
+    readout_batch: int = 64
     warmup_steps: int = 200
 
 
@@ -71,6 +86,8 @@ SHORT = {
     "scenes": 400, "vae_steps": 4, "clip_steps": 4, "unet_steps": 4, "classifier_steps": 4,
     "identity_individuals": 10, "identity_photos": 2, "identity_steps": 4, "warmup_steps": 2,
     "vae_batch": 8, "clip_batch": 16, "unet_batch": 8, "classifier_batch": 16, "identity_batch": 16,
+    "vae_channels": (16, 32, 64), "unet_channels": (32, 64, 64), "readout_scenes": 64, "readout_steps": 4,
+    "readout_batch": 16,
 }  # fmt: skip  # the whole recipe at a few steps, for CI (~30 s): it keeps the recipe working
 
 
@@ -83,7 +100,7 @@ def load_settings(spec: str) -> BuildSettings:
     known = {f.name for f in fields(BuildSettings)}
     unknown = set(data) - known
     if unknown:
-        raise SystemExit(f"{spec}: unknown build setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise S2SError(f"{spec}: unknown build setting(s) {sorted(unknown)}; known: {sorted(known)}")
     tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
     return BuildSettings(**{**data, **tuples})
 
@@ -111,6 +128,11 @@ def _pixels(images: np.ndarray, idx: np.ndarray, gen: torch.Generator) -> torch.
     flip = torch.rand(len(idx), generator=gen) < 0.5
     x[flip] = x[flip].flip(-1)
     return x
+
+
+def _autocast(s: BuildSettings):
+    """bf16 autocast on the CPU where the settings ask for it (weights and optimiser stay fp32)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.autocast)
 
 
 def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -155,8 +177,9 @@ def train_vae(data: SceneSet, s: BuildSettings):
     for step in range(s.vae_steps):
         _set_lr(optimizer, lr_at(step, s.vae_steps, s.vae_lr, s.warmup_steps))
         x = _pixels(data.images, rng.integers(0, len(data.images), s.vae_batch), gen)
-        posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample(generator=gen)).sample
+        with _autocast(s):
+            posterior = vae.encode(x).latent_dist
+            reconstruction = vae.decode(posterior.sample(generator=gen)).sample.float()
         mse = F.mse_loss(reconstruction, x)
         loss = mse + 0.5 * F.l1_loss(reconstruction, x) + s.kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -199,16 +222,17 @@ def train_clip(data: SceneSet, tokenizer, s: BuildSettings):
         # Padding to the batch's longest caption instead of 77 gives the same states (the text model is
         # causal, and pools at the end-of-text token) for a fifth of the cost.
         length = int(ids.attention_mask[idx].sum(1).max())
-        out = clip(
-            input_ids=ids.input_ids[idx, :length], attention_mask=ids.attention_mask[idx, :length],
-            pixel_values=pixels,
-        )  # fmt: skip
+        with _autocast(s):
+            out = clip(
+                input_ids=ids.input_ids[idx, :length], attention_mask=ids.attention_mask[idx, :length],
+                pixel_values=pixels,
+            )  # fmt: skip
         # Captions repeat within a batch: every image matching a caption counts as a right answer.
         same = torch.tensor(
             [[data.captions[i] == data.captions[j] for j in idx] for i in idx], dtype=torch.float
         )
         target = same / same.sum(1, keepdim=True)
-        logits = out.logits_per_image
+        logits = out.logits_per_image.float()
         loss = (
             -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
         ) / 2
@@ -248,21 +272,26 @@ def train_unet(data: SceneSet, vae, text_encoder, tokenizer, s: BuildSettings):
     scheduler = DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
     )
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(s):
         means, stds = [], []  # each [2 (flip), N, 4, 16, 16] once stacked
         for flip in (False, True):
             parts = []
             for start in range(0, len(data.images), 512):
                 x = torch.from_numpy(data.images[start : start + 512]).permute(0, 3, 1, 2).float() / 127.5 - 1
                 parts.append(vae.encode(x.flip(-1) if flip else x).latent_dist)
-            means.append(torch.cat([d.mean for d in parts]))
-            stds.append(torch.cat([d.std for d in parts]))
+            means.append(torch.cat([d.mean.float() for d in parts]))
+            stds.append(torch.cat([d.std.float() for d in parts]))
         means, stds = torch.stack(means), torch.stack(stds)
         captions = sorted(set(data.captions)) + [""]
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-        embeddings = torch.cat([text_encoder(chunk)[0] for chunk in ids.input_ids.split(256)])
-    caption_index = torch.tensor([captions.index(c) for c in data.captions])
+        with _autocast(s):
+            embeddings = torch.cat([text_encoder(chunk)[0].float() for chunk in ids.input_ids.split(256)])
+    position = {c: i for i, c in enumerate(captions)}
+    caption_index = torch.tensor([position[c] for c in data.captions])
     empty = len(captions) - 1
+    # min-SNR-gamma weights for epsilon prediction, min(SNR, gamma) / SNR per timestep (1 when off)
+    snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
+    weight = snr.clamp(max=s.snr_gamma) / snr if s.snr_gamma > 0 else torch.ones_like(snr)
     scale = vae.config.scaling_factor
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = _optimizer(unet.parameters(), s.unet_lr)
@@ -279,8 +308,10 @@ def train_unet(data: SceneSet, vae, text_encoder, tokenizer, s: BuildSettings):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (s.unet_batch,), generator=gen)
         dropped = torch.rand(s.unet_batch, generator=gen) < s.caption_dropout
         cond = embeddings[torch.where(dropped, empty, caption_index[idx])]
-        pred = unet(scheduler.add_noise(latents, noise, t), t, cond).sample
-        loss = F.mse_loss(pred, noise)
+        with _autocast(s):
+            pred = unet(scheduler.add_noise(latents, noise, t), t, cond).sample.float()
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * weight[t]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -303,8 +334,9 @@ def train_classifier(data: SceneSet, s: BuildSettings) -> WorldClassifier:
     for step in range(s.classifier_steps):
         _set_lr(optimizer, lr_at(step, s.classifier_steps, 2e-3, s.warmup_steps))
         idx = rng.integers(0, len(data.images), s.classifier_batch)
-        logits = model.head_logits(_pixels(data.images, idx, gen))
-        loss = sum(F.cross_entropy(logits[k], torch.from_numpy(v[idx])) for k, v in labels.items())
+        with _autocast(s):
+            logits = model.head_logits(_pixels(data.images, idx, gen))
+        loss = sum(F.cross_entropy(logits[k].float(), torch.from_numpy(v[idx])) for k, v in labels.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -333,7 +365,9 @@ def train_identity(s: BuildSettings):
         _set_lr(optimizer, lr_at(step, s.identity_steps, 1e-3, s.warmup_steps))
         idx = rng.integers(0, len(data.images), s.identity_batch)
         pixels = _normalise(_pixels(data.images, idx, gen), IMAGENET_MEAN, IMAGENET_STD)
-        embedding = F.normalize(vit(pixel_values=pixels).last_hidden_state[:, 0], dim=-1)
+        with _autocast(s):
+            cls_token = vit(pixel_values=pixels).last_hidden_state[:, 0].float()
+        embedding = F.normalize(cls_token, dim=-1)
         logits = 16.0 * embedding @ F.normalize(head, dim=-1).T
         loss = F.cross_entropy(logits, torch.from_numpy(data.individual[idx]))
         optimizer.zero_grad(set_to_none=True)
@@ -343,31 +377,141 @@ def train_identity(s: BuildSettings):
     return vit.eval().requires_grad_(False)
 
 
+def train_readout(data: SceneSet, vae, s: BuildSettings) -> AttributeReadout:
+    """The attribute read-out, on the first ``readout_scenes`` scenes as the VAE reconstructs them (rounded
+    to 8 bits, as a saved sample is); an attribute that the scene's context hides is not in the loss."""
+    from s2s.world.readout import HIDDEN_BY
+    from s2s.world.scene import ALL_CONTEXTS
+
+    n = min(s.readout_scenes, len(data.images))
+    with torch.no_grad(), _autocast(s):
+        parts = []
+        for start in range(0, n, 256):
+            x = torch.from_numpy(data.images[start : min(n, start + 256)]).permute(0, 3, 1, 2)
+            x = x.float() / 127.5 - 1
+            out = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1)
+            parts.append(((out + 1) * 127.5).round().to(torch.uint8))
+    images = torch.cat(parts)
+    keys = list(ATTRIBUTES)
+    labels = torch.from_numpy(data.attributes[:n]).clone()
+    for row, context in enumerate(data.context[:n]):
+        for key in HIDDEN_BY.get(ALL_CONTEXTS[context], ()):
+            labels[row, keys.index(key)] = -100  # cross_entropy's ignore_index
+    torch.manual_seed(s.seed + 5)
+    model = AttributeReadout()
+    optimizer = _optimizer(model.parameters(), 2e-3)
+    rng, gen = np.random.default_rng(s.seed + 5), torch.Generator().manual_seed(s.seed + 5)
+    progress = _Progress("readout", s.readout_steps)
+    for step in range(s.readout_steps):
+        _set_lr(optimizer, lr_at(step, s.readout_steps, 2e-3, s.warmup_steps))
+        idx = torch.from_numpy(rng.integers(0, n, s.readout_batch))
+        x = images[idx].float() / 127.5 - 1
+        flip = torch.rand(len(idx), generator=gen) < 0.5  # a mirrored object keeps its front at its head
+        x[flip] = x[flip].flip(-1)
+        with _autocast(s):
+            logits = model(x)
+        loss = sum(F.cross_entropy(logits[k].float(), labels[idx, j]) for j, k in enumerate(keys))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.step(step, loss=loss.item())
+    return model.eval().requires_grad_(False)
+
+
+class _Parts:
+    """Finished parts of a build, saved beside its output so that a stopped build resumes by part."""
+
+    def __init__(self, folder: Path, settings: BuildSettings):
+        self.folder = folder
+        wanted = json.loads(json.dumps(asdict(settings)))
+        record = folder / "settings.json"
+        if record.is_file() and json.loads(record.read_text()) != wanted:
+            raise S2SError(
+                f"{folder} holds parts of a build with other settings; remove it to start afresh, or build "
+                "with the settings in its settings.json"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(record, wanted)
+        self.seconds: dict[str, float] = {}
+        self.resumed: list[str] = []
+
+    def run(self, name: str, train, save, load):
+        """The part ``name``: loaded when a previous run finished it, else trained and saved."""
+        folder = self.folder / name
+        if (folder / "seconds.json").is_file():
+            self.seconds[name] = json.loads((folder / "seconds.json").read_text())["seconds"]
+            self.resumed.append(name)
+            log.info("%s: finished earlier (%.0f s), loaded from %s", name, self.seconds[name], folder)
+            return load(folder)
+        start = time.perf_counter()
+        result = train()
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        with atomic_dir(folder) as tmp:
+            save(result, tmp)
+            write_json(tmp / "seconds.json", {"seconds": self.seconds[name]})
+        log.info("%s done in %.0f s", name, self.seconds[name])
+        return result
+
+
 def build_world(out_dir: Path | str, settings: BuildSettings, command: str = "") -> dict:
     """Train every world model and save them into ``out_dir`` (atomically); return the build record."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer, ViTImageProcessor
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+        ViTImageProcessor,
+        ViTModel,
+    )
 
     torch.set_num_threads(settings.threads)
     out_dir = Path(out_dir)
-    times: dict[str, float] = {}
+    parts = _Parts(out_dir.with_name(out_dir.name + ".parts"), settings)
+    rendered: list[SceneSet] = []
 
-    def timed(name, fn, *args):
-        start = time.perf_counter()
-        result = fn(*args)
-        times[name] = round(time.perf_counter() - start, 1)
-        log.info("%s done in %.0f s", name, times[name])
-        return result
+    def data() -> SceneSet:  # rendered once, and only when a part still to train needs it
+        if not rendered:
+            start = time.perf_counter()
+            rendered.append(scene_set(settings.scenes, settings.seed))
+            parts.seconds["render"] = round(time.perf_counter() - start, 1)
+            log.info("render done in %.0f s", parts.seconds["render"])
+        return rendered[0]
+
+    def pretrained(cls, **kwargs):
+        return lambda folder: cls.from_pretrained(folder, **kwargs).eval().requires_grad_(False)
+
+    def save_pretrained(model, folder):
+        model.save_pretrained(folder, safe_serialization=True)
 
     with atomic_dir(out_dir) as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(write_world_tokenizer(tmp / "sd" / "tokenizer"))
-        data = timed("render", scene_set, settings.scenes, settings.seed)
-        vae = timed("vae", train_vae, data, settings)
-        clip = timed("clip", train_clip, data, tokenizer, settings)
+        vae = parts.run(
+            "vae", lambda: train_vae(data(), settings), save_pretrained, pretrained(AutoencoderKL)
+        )
+        clip = parts.run(
+            "clip", lambda: train_clip(data(), tokenizer, settings), save_pretrained, pretrained(CLIPModel)
+        )
         text_encoder = text_encoder_of(clip)
-        unet = timed("unet", train_unet, data, vae, text_encoder, tokenizer, settings)
-        classifier = timed("classifier", train_classifier, data, settings)
-        identity = timed("identity", train_identity, settings)
+        unet = parts.run(
+            "unet", lambda: train_unet(data(), vae, text_encoder, tokenizer, settings), save_pretrained,
+            pretrained(UNet2DConditionModel),
+        )  # fmt: skip
+        classifier = parts.run(
+            "classifier", lambda: train_classifier(data(), settings),
+            lambda model, folder: save_classifier(model, folder / "classifier.safetensors"),
+            lambda folder: load_classifier(folder / "classifier.safetensors"),
+        )  # fmt: skip
+        identity = parts.run(
+            "identity", lambda: train_identity(settings), save_pretrained,
+            pretrained(ViTModel, add_pooling_layer=False),
+        )  # fmt: skip
+        readout = parts.run(
+            "readout", lambda: train_readout(data(), vae, settings),
+            lambda model, folder: save_readout(model, folder / "readout.safetensors"),
+            lambda folder: load_readout(folder / "readout.safetensors"),
+        )  # fmt: skip
+        times = parts.seconds
         scheduler = DDIMScheduler(
             beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
             set_alpha_to_one=False, steps_offset=1,
@@ -387,6 +531,7 @@ def build_world(out_dir: Path | str, settings: BuildSettings, command: str = "")
             size={"height": 64, "width": 64}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD
         ).save_pretrained(tmp / "identity")
         save_classifier(classifier, tmp / "classifier.safetensors")
+        save_readout(readout, tmp / "readout.safetensors")
         files = {
             str(p.relative_to(tmp)): sha256_file(p)
             for p in sorted(tmp.rglob("*"))
@@ -397,10 +542,12 @@ def build_world(out_dir: Path | str, settings: BuildSettings, command: str = "")
             "settings": asdict(settings),
             "seconds": times,
             "total_seconds": round(sum(times.values()), 1),
+            "resumed_parts": parts.resumed,
             "torch": torch.__version__,
             "files": files,
         }
         write_json(tmp / "BUILD.json", record)
+    shutil.rmtree(parts.folder)
     log.info("world built in %s: %.0f s", out_dir, record["total_seconds"])
     return record
 

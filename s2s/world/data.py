@@ -11,9 +11,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s2s.world.captions import random_caption
+from s2s.world.captions import name_caption, random_caption
+from s2s.world.names import named_individuals, weak_words
 from s2s.world.render import render
-from s2s.world.scene import ALL_CONTEXTS, CLASSES, COLOURS, Individual, random_individual, random_scene
+from s2s.world.scene import (
+    ALL_CONTEXTS,
+    ATTRIBUTES,
+    CLASSES,
+    COLOURS,
+    Individual,
+    Scene,
+    attributes,
+    random_individual,
+    random_scene,
+)
 
 COLOUR_NAMES = tuple(COLOURS)
 
@@ -26,22 +37,58 @@ class SceneSet:
     colour: np.ndarray  # index into COLOUR_NAMES
     context: np.ndarray  # index into ALL_CONTEXTS
     individual: np.ndarray  # index into the individuals the set was drawn from (-1: a fresh one each)
+    attributes: np.ndarray | None = None  # int64 [N, len(ATTRIBUTES)], index into each ATTRIBUTES[key]
 
 
-def scene_set(n: int, seed: int, p_colour: float = 0.7) -> SceneSet:
-    """``n`` random scenes (random class, colour, context, individual, pose) with pretraining captions."""
+def attribute_row(ind: Individual) -> list[int]:
+    return [ATTRIBUTES[key].index(value) for key, value in attributes(ind).items()]
+
+
+def _labels(scene: Scene) -> tuple[int, int, int]:
+    ind = scene.individual
+    return CLASSES.index(ind.cls), COLOUR_NAMES.index(ind.colour_word), ALL_CONTEXTS.index(scene.context)
+
+
+def scene_set(
+    n: int, seed: int, p_colour: float = 0.7, p_named: float = 0.4, p_named_caption: float = 0.85,
+    p_weak: float = 0.02,
+) -> SceneSet:  # fmt: skip
+    """``n`` random scenes with pretraining captions. A share ``p_named`` shows the named individuals
+    (``s2s.world.names``), called by their name in ``p_named_caption`` of their captions; a share ``p_weak``
+    puts a rare word or a held-out identifier before the class noun of a random individual; the rest are
+    random scenes (class, colour, context, individual, pose) with plain captions."""
     rng = random.Random(seed)
-    images, captions, labels = [], [], []
+    named = named_individuals()
+    weak = weak_words()
+    images, captions, labels, who, attrs = [], [], [], [], []
     for _ in range(n):
-        scene = random_scene(rng)
+        draw = rng.random()
+        if draw < p_named:
+            index = rng.randrange(len(named))
+            name, individual = named[index]
+            scene = random_scene(rng, individual=individual)
+            if rng.random() < p_named_caption:
+                text = name_caption(scene, name, photo_of=rng.random() < 0.5)
+            else:
+                text = random_caption(rng, scene, p_colour)
+        elif draw < p_named + p_weak:
+            index = -1
+            scene = random_scene(rng)
+            text = name_caption(scene, rng.choice(weak), photo_of=rng.random() < 0.5)
+        else:
+            index = -1
+            scene = random_scene(rng)
+            text = random_caption(rng, scene, p_colour)
         images.append(np.asarray(render(scene)))
-        captions.append(random_caption(rng, scene, p_colour))
-        ind = scene.individual
-        labels.append(
-            (CLASSES.index(ind.cls), COLOUR_NAMES.index(ind.colour_word), ALL_CONTEXTS.index(scene.context))
-        )
+        captions.append(text)
+        labels.append(_labels(scene))
+        who.append(index)
+        attrs.append(attribute_row(scene.individual))
     cls, colour, context = (np.array(col, dtype=np.int64) for col in zip(*labels))
-    return SceneSet(np.stack(images), captions, cls, colour, context, np.full(n, -1, dtype=np.int64))
+    return SceneSet(
+        np.stack(images), captions, cls, colour, context, np.array(who, dtype=np.int64),
+        np.array(attrs, dtype=np.int64),
+    )  # fmt: skip
 
 
 def individuals(n: int, seed: int) -> list[Individual]:
@@ -59,13 +106,7 @@ def identity_set(people: list[Individual], photos_each: int, seed: int) -> Scene
             scene = random_scene(rng, individual=ind)
             images.append(np.asarray(render(scene)))
             captions.append(random_caption(rng, scene))
-            labels.append(
-                (
-                    CLASSES.index(ind.cls),
-                    COLOUR_NAMES.index(ind.colour_word),
-                    ALL_CONTEXTS.index(scene.context),
-                    index,
-                )
-            )
+            labels.append((*_labels(scene), index))
     cls, colour, context, who = (np.array(col, dtype=np.int64) for col in zip(*labels))
-    return SceneSet(np.stack(images), captions, cls, colour, context, who)
+    rows = np.array([attribute_row(ind) for ind in people], dtype=np.int64)[who]
+    return SceneSet(np.stack(images), captions, cls, colour, context, who, rows)

@@ -307,13 +307,18 @@ class _Frame:
         return v * self.unit
 
 
+PLACE_OFFSET = {"front": 0.5, "middle": 0.0, "back": -0.5}  # along the body, in body radii (front: the head)
+
+
 def _markings(d, f: _Frame, ind: Individual, cx: float, cy: float, rx: float, ry: float) -> None:
-    """The individual's markings on a body ellipse centred at (cx, cy) with radii rx, ry (object units)."""
+    """The individual's markings on a body ellipse centred at (cx, cy) with radii rx, ry (object units);
+    spots and a patch sit on the third of the body that ``ind.place`` names."""
     rng = _rng("markings", ind)
+    at = cx + PLACE_OFFSET[ind.place] * rx
     if ind.marking == "spots":
-        for _ in range(5):
-            x, y = cx + rng.uniform(-0.6, 0.6) * rx, cy + rng.uniform(-0.45, 0.45) * ry
-            _ellipse(d, *f.p(x, y), f.r(0.16 * ry), f.r(0.14 * ry), ind.accent)
+        for _ in range(4):
+            x, y = at + rng.uniform(-0.22, 0.22) * rx, cy + rng.uniform(-0.45, 0.45) * ry
+            _ellipse(d, *f.p(x, y), f.r(0.17 * ry), f.r(0.15 * ry), ind.accent)
     elif ind.marking == "stripes":
         for k in range(4):
             x = cx + (-0.55 + 0.37 * k) * rx
@@ -323,13 +328,7 @@ def _markings(d, f: _Frame, ind: Individual, cx: float, cy: float, rx: float, ry
                 width=max(2, int(f.r(0.12))),
             )
     elif ind.marking == "patch":
-        _ellipse(
-            d,
-            *f.p(cx + rng.uniform(-0.3, 0.3) * rx, cy - 0.15 * ry),
-            f.r(0.4 * ry),
-            f.r(0.35 * ry),
-            ind.accent,
-        )
+        _ellipse(d, *f.p(at, cy - 0.15 * ry), f.r(0.42 * ry), f.r(0.36 * ry), ind.accent)
     elif ind.marking == "belly":
         _ellipse(d, *f.p(cx, cy + 0.45 * ry), f.r(0.75 * rx), f.r(0.45 * ry), ind.accent)
 

@@ -4,6 +4,11 @@ A scene is one object (a class, an individual of it, optionally a colour word) i
 study's 20 prompt contexts, or a plain photo background), at a position, scale and facing. Individuals are
 families: each class has body proportions, markings and a secondary colour that vary from individual to
 individual, so that "a photo of a dog" has a distribution, as a class prior needs.
+
+What tells one individual from another is discrete, so that a network can read it back and a sample can
+be checked against the renderer's truth (``attributes``): the body's colour word, the accent's colour word,
+the marking's kind and place, the build (short, medium or long body), and the sizes of head, ears and
+tail. Each comes with a small jitter, so that two individuals with the same attributes still differ.
 """
 
 from __future__ import annotations
@@ -54,6 +59,24 @@ CONTEXTS = (
 PLAIN = "plain"
 ALL_CONTEXTS = (*CONTEXTS, PLAIN)
 MARKINGS = ("none", "spots", "stripes", "patch", "belly")
+PLACED_MARKINGS = ("spots", "patch")  # the markings drawn on one third of the body
+PLACES = ("front", "middle", "back")
+# Proportion levels: (length, height) per build; one size per level of head, ears and tail.
+BUILDS = {"short": (0.85, 1.15), "medium": (1.0, 1.0), "long": (1.15, 0.85)}
+HEADS = {"small": 0.85, "large": 1.15}
+EARS = {"small": 0.75, "large": 1.25}
+TAILS = {"short": 0.7, "long": 1.3}
+# The attributes of an individual, each with its possible values (``attributes`` reads them back).
+ATTRIBUTES = {
+    "body": tuple(COLOURS),
+    "accent": tuple(COLOURS),
+    "marking": MARKINGS,
+    "place": ("none", *PLACES),
+    "build": tuple(BUILDS),
+    "head": tuple(HEADS),
+    "ears": tuple(EARS),
+    "tail": tuple(TAILS),
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,8 @@ class Individual:
     ears: float  # ear (or spout / strap / antenna) size relative to the mean
     tail: float  # tail (or handle / side pocket / arms) size relative to the mean
     colour_word: str  # the colour word its body colour comes from
+    accent_word: str = "black"  # the colour word its accent comes from
+    place: str = "middle"  # where a placed marking (spots, patch) sits on the body: one of PLACES
 
 
 @dataclass(frozen=True)
@@ -94,18 +119,50 @@ def random_individual(rng: random.Random, cls: str, colour: str | None = None) -
         raise ValueError(f"unknown class {cls!r}; the world has {', '.join(CLASSES)}")
     colour = colour or rng.choice(list(COLOURS))
     accent_word = rng.choice([c for c in COLOURS if c != colour])
+    length, height = BUILDS[rng.choice(list(BUILDS))]
     return Individual(
         cls=cls,
         body=_jitter(rng, COLOURS[colour], 18),
         accent=_jitter(rng, COLOURS[accent_word], 25),
         marking=rng.choice(MARKINGS),
-        length=rng.uniform(0.8, 1.2),
-        height=rng.uniform(0.8, 1.2),
-        head=rng.uniform(0.8, 1.2),
-        ears=rng.uniform(0.7, 1.3),
-        tail=rng.uniform(0.6, 1.4),
+        length=length + rng.uniform(-0.03, 0.03),
+        height=height + rng.uniform(-0.03, 0.03),
+        head=HEADS[rng.choice(list(HEADS))] + rng.uniform(-0.03, 0.03),
+        ears=EARS[rng.choice(list(EARS))] + rng.uniform(-0.04, 0.04),
+        tail=TAILS[rng.choice(list(TAILS))] + rng.uniform(-0.05, 0.05),
         colour_word=colour,
+        accent_word=accent_word,
+        place=rng.choice(PLACES),
     )
+
+
+def marked_individual(rng: random.Random, cls: str) -> Individual:
+    """A random member of ``cls`` that carries a marking: how subjects and named individuals are drawn,
+    so that a marking never tells them apart from each other."""
+    individual = random_individual(rng, cls)
+    if individual.marking == "none":
+        individual = replace(individual, marking=rng.choice([m for m in MARKINGS if m != "none"]))
+    return individual
+
+
+def _level(levels: dict[str, float], value: float) -> str:
+    return min(levels, key=lambda name: abs(levels[name] - value))
+
+
+def attributes(ind: Individual) -> dict[str, str]:
+    """The renderer's truth about an individual, one value of ``ATTRIBUTES[key]`` per key ("place" is
+    "none" for markings that cover the whole body or no marking)."""
+    build = min(BUILDS, key=lambda b: abs(BUILDS[b][0] - ind.length) + abs(BUILDS[b][1] - ind.height))
+    return {
+        "body": ind.colour_word,
+        "accent": ind.accent_word,
+        "marking": ind.marking,
+        "place": ind.place if ind.marking in PLACED_MARKINGS else "none",
+        "build": build,
+        "head": _level(HEADS, ind.head),
+        "ears": _level(EARS, ind.ears),
+        "tail": _level(TAILS, ind.tail),
+    }
 
 
 def random_scene(

@@ -2,13 +2,13 @@
 
 ``subjects: {NAME: {world: ID, class: dog, token: sks}}`` in a config names individual ``ID`` of the class.
 Its look comes from its own seed space (not the build's), so the build's scenes never contain it; it always
-carries a marking, which makes it recognisable beside the plain individuals of its class.
+carries a marking, as the named individuals of pretraining and the identification line-up
+(``distractors``) do, so that a marking alone never singles it out.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -16,16 +16,18 @@ from PIL import Image
 from s2s.io import atomic_dir, save_png
 from s2s.world.captions import parse_prompt
 from s2s.world.render import render
-from s2s.world.scene import MARKINGS, Individual, photo_of, random_individual, random_scene
+from s2s.world.scene import Individual, marked_individual, photo_of, random_scene
 
 
 def world_subject(cls: str, world_id: int) -> Individual:
     """Individual ``world_id`` of ``cls``: the same on every machine and in every run."""
-    rng = random.Random(f"s2s-world-subject:{cls}:{world_id}")
-    individual = random_individual(rng, cls)
-    if individual.marking == "none":
-        individual = replace(individual, marking=rng.choice([m for m in MARKINGS if m != "none"]))
-    return individual
+    return marked_individual(random.Random(f"s2s-world-subject:{cls}:{world_id}"), cls)
+
+
+def distractors(cls: str, count: int) -> list[Individual]:
+    """``count`` individuals of ``cls`` drawn as subjects are (with a marking), from their own seeds: the
+    line-up a sample of a subject is identified against."""
+    return [marked_individual(random.Random(f"s2s-world-distractor:{cls}:{k}"), cls) for k in range(count)]
 
 
 def draw_world_subject(out_dir: Path | str, cls: str, world_id: int, count: int, seed: int = 0) -> list[Path]:

@@ -2,7 +2,7 @@
 
 A word is split exactly as SD v1.4's tokenizer splits it ("sunflowers" one token, "teddybear" two), but
 the vocabulary holds only the byte alphabet, the merges the world's words need and the start/end tokens
-(about 500 entries instead of 49,408), so the world's text encoder has a small embedding table. Restricting
+(about 1,000 entries instead of 49,408), so the world's text encoder has a small embedding table. Restricting
 BPE this way changes no split of the listed words: at every step BPE merges the lowest-ranked pair present,
 and that merge is among the kept ones. Any other text still tokenizes (down to bytes, as CLIP does for
 unknown words).
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from s2s.clip_tokenizer import TOKENIZER_CONFIG, bytes_to_unicode, read_merges, require_bpe_file
 from s2s.io import write_text
+from s2s.world.names import NAME_WORDS
 from s2s.world.scene import CLASSES, COLOURS, CONTEXTS
 
 # Every word of the world's captions, the study's prompts and the demo's edit manifests.
@@ -25,7 +26,6 @@ EXTRA_WORDS = [
     "photo",
     "of",
     "the",
-    "sks",
     "it",
     "in",
     "on",
@@ -51,7 +51,7 @@ EXTRA_WORDS = [
 
 
 def world_words() -> list[str]:
-    words = set(EXTRA_WORDS) | set(CLASSES) | set(COLOURS)
+    words = set(EXTRA_WORDS) | set(CLASSES) | set(COLOURS) | set(NAME_WORDS)
     for context in CONTEXTS:
         words |= set(context.lower().split())
     return sorted(words)
