@@ -204,6 +204,18 @@ def evaluate(smk, config) -> None:
     image_grid(rows, smk.output.grid, row_labels=labels)
     models = cfgmod.metric_models(config)
     reference = config["evaluation"]["reference_images"]
+    world = {}
+    subject = cfgmod.subject(config, smk.wildcards.subject)
+    if config["world_models"] and subject.world is not None:
+        from s2s.world.study import subject_measures
+
+        measures = subject_measures(
+            samples, subject.phrase, subject.class_noun, subject.world, cfgmod.world_dir(config)
+        )
+        world = {
+            "extra_per_image": {k: measures[k] for k in ("identification", "attributes")},
+            "extra_details": {"world_subject": measures["details"]},
+        }
     evaluate_method(
         method,
         samples,
@@ -217,6 +229,7 @@ def evaluate(smk, config) -> None:
         seed=config["seed"],
         study_feature_extractor=models["study_feature_extractor"],
         study_n_images=config["evaluation"]["study_n_images"],
+        **world,
     )
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from s2s.world.build import build_world, load_settings
+from s2s.io import S2SError
+from s2s.world.build import build_world, load_settings, min_snr_weights
 
 
 def _sha256(path: Path) -> str:
@@ -35,7 +36,8 @@ def test_short_build_writes_every_model_in_its_real_layout(short_build):
     out, record = short_build
     assert json.loads((out / "BUILD.json").read_text()) == json.loads(json.dumps(record))
     assert record["settings"] == asdict(load_settings("short"))
-    assert set(record["seconds"]) == {"render", "vae", "clip", "unet", "classifier", "identity"}
+    assert set(record["seconds"]) == {"render", "vae", "clip", "unet", "classifier", "identity", "readout"}
+    assert record["resumed_parts"] == [] and not out.with_name(out.name + ".parts").exists()
 
     pipe = StableDiffusionPipeline.from_pretrained(out / "sd", safety_checker=None)
     assert isinstance(pipe.scheduler, DDIMScheduler)
@@ -83,3 +85,38 @@ def test_committed_world_is_the_recipes_full_build(world_models):
         "rebuild: python -m s2s.world.build models/world"
     )
     assert record["command"].startswith("python -m s2s.world.build")
+
+
+def test_a_stopped_build_resumes_by_part_and_refuses_parts_of_other_settings(tmp_path, monkeypatch):
+    """A build stopped in its UNet part keeps the VAE and CLIP it finished; started again with the same
+    settings it loads them (same files as a build in one go) and trains the rest; other settings refuse."""
+    import s2s.world.build as build
+
+    settings = load_settings("short")
+    whole = build_world(tmp_path / "whole", settings)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "train_unet", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        build_world(tmp_path / "out", settings)
+    parts = tmp_path / "out.parts"
+    assert sorted(p.name for p in parts.iterdir() if p.is_dir()) == ["clip", "vae"]
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    with pytest.raises(S2SError, match="other settings"):
+        build_world(tmp_path / "out", replace(settings, seed=1))
+    record = build_world(tmp_path / "out", settings)
+    assert record["resumed_parts"] == ["vae", "clip"] and not parts.exists()
+    for name in ("sd/vae/diffusion_pytorch_model.safetensors", "clip/model.safetensors"):
+        assert record["files"][name] == whole["files"][name], name
+
+
+def test_min_snr_weights_damp_clean_timesteps_only():
+    alphas = torch.linspace(0.999, 0.001, 1000)
+    weights = min_snr_weights(alphas, 5.0)
+    snr = alphas / (1 - alphas)
+    assert torch.allclose(weights[snr <= 5], torch.ones_like(weights[snr <= 5]))
+    assert torch.allclose(weights[snr > 5], 5 / snr[snr > 5]) and weights.min() < 0.01
+    assert torch.equal(min_snr_weights(alphas, 0.0), torch.ones(1000))

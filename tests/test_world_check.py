@@ -22,11 +22,15 @@ from s2s.world.check import (
     TARGETS,
     caption_retrieval,
     check_world,
+    colour_prompts,
+    heldout_prompts,
     identity_separation,
     prompt_following,
     rank_auc,
     read_prompts,
 )
+from s2s.world.names import IDENTIFIERS
+from s2s.world.scene import ATTRIBUTES, CLASSES, COLOURS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +40,7 @@ TINY_BUILD = {
     "text_width": 32, "text_layers": 1, "clip_steps": 2, "clip_batch": 8, "unet_channels": [16, 32, 32],
     "unet_steps": 2, "unet_batch": 4, "classifier_steps": 2, "classifier_batch": 8,
     "identity_individuals": 5, "identity_photos": 2, "identity_steps": 2, "identity_batch": 8,
-    "warmup_steps": 1,
+    "readout_scenes": 32, "readout_steps": 2, "readout_batch": 8, "warmup_steps": 1,
 }  # fmt: skip
 PROMPTS = """# two prompts, a comment and a blank line
 a red dog in the snow
@@ -49,6 +53,9 @@ CHECK = {
     "heldout_renders": 24,
     "heldout_individuals": 6,
     "photos_each": 3,
+    "heldout_prompt_count": 3,
+    "heldout_prompt_seeds": 1,
+    "colour_seeds": 1,
 }
 
 
@@ -199,6 +206,15 @@ def test_prompt_outside_the_vocabulary_is_one_line_naming_file_and_line(tmp_path
     ]
 
 
+def test_heldout_prompts_are_distinct_world_prompts_from_their_seed_and_colour_prompts_cover_all():
+    prompts = heldout_prompts(30, seed=10_000)
+    assert len({p["prompt"] for p in prompts}) == 30
+    assert prompts == heldout_prompts(30, seed=10_000) and prompts != heldout_prompts(30, seed=10_001)
+    assert all(p["colour"] in COLOURS and p["class"] in CLASSES for p in prompts)
+    pairs = {(p["class"], p["colour"], p["context"]) for p in colour_prompts()}
+    assert pairs == {(c, k, "plain") for c in CLASSES for k in COLOURS}
+
+
 def test_shipped_prompts_cover_every_class_colour_and_context():
     from s2s.world.scene import CLASSES, COLOURS, CONTEXTS
 
@@ -215,9 +231,12 @@ def test_check_json_has_every_measure_its_target_and_the_build(checked, tiny_wor
     result, path = checked
     assert json.loads(path.read_text()) == json.loads(json.dumps(result))
     assert [(t["key"], t["target"]) for t in result["targets"]] == [(k, t) for k, _, t in TARGETS]
-    assert [t["target"] for t in result["targets"]] == [0.90, 0.80, 0.80, 0.90, 0.95]
+    assert [t["target"] for t in result["targets"]] == [
+        0.95, 0.90, 0.90, 0.95, 0.90, 0.90, 0.90, 27.0, *[0.90] * len(ATTRIBUTES), 0.90, 0.95
+    ]  # fmt: skip
     for row in result["targets"]:
-        assert 0 <= row["value"] <= 1 and row["met"] == (row["value"] >= row["target"])
+        upper = 100 if row["key"] == "vae_psnr" else 1
+        assert 0 <= row["value"] <= upper and row["met"] == (row["value"] >= row["target"])
     assert result["all_met"] == all(t["met"] for t in result["targets"])
     following = result["prompt_following"]
     assert [p["line"] for p in following["per_prompt"]] == [2, 4]
@@ -236,7 +255,17 @@ def test_check_json_has_every_measure_its_target_and_the_build(checked, tiny_wor
     assert models["files"] == build["files"] and models["files_match_build"]
     assert models["build_json_sha256"] == hashlib.sha256((tiny_world / "BUILD.json").read_bytes()).hexdigest()
     assert result["settings"]["seeds"] == CHECK["seeds"] and result["settings"]["seed"] == 10_000
-    assert set(result["seconds"]) == {"prompt_following", "clip", "identity", "total"}
+    assert set(result["seconds"]) == {
+        "prompt_following", "heldout_prompts", "readout_colour", "vae_readout", "clip", "identity",
+        "identifiers", "total",
+    }  # fmt: skip
+    heldout = result["heldout_prompt_following"]
+    assert len(heldout["per_prompt"]) == CHECK["heldout_prompt_count"]
+    assert result["readout_colour"]["prompts"] == len(CLASSES) * len(COLOURS)
+    vae_readout = result["vae_readout"]
+    assert set(vae_readout["readout_accuracy"]) == set(ATTRIBUTES)
+    assert 0 < vae_readout["vae_psnr"] < 100
+    assert set(result["identifiers"]["identifiers"]) == set(IDENTIFIERS)
 
 
 def test_check_refuses_held_out_seeds_the_build_rendered_from(tiny_world, tmp_path):
@@ -277,8 +306,8 @@ def test_report_page_lists_each_target_value_and_verdict(checked, tmp_path):
     page = (tmp_path / "world.html").read_text()
     rows = page.split("<tbody>")[1].split("</tbody>")[0].split("</tr>")[:-1]
     assert len(rows) == len(TARGETS)
-    assert "0.950" in rows[0] and "&ge; 0.90" in rows[0] and rows[0].endswith("<td>met</td>")
-    assert "0.500" in rows[1] and "&ge; 0.80" in rows[1] and rows[1].endswith("<td>not met</td>")
+    assert "0.950" in rows[0] and "&ge; 0.95" in rows[0] and rows[0].endswith("<td>met</td>")
+    assert "0.500" in rows[1] and "&ge; 0.90" in rows[1] and rows[1].endswith("<td>not met</td>")
     for row, (_, description, _) in zip(rows, TARGETS):
         assert description.replace("'", "&#x27;") in row
     assert "a red dog in the snow" in page

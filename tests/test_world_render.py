@@ -74,14 +74,19 @@ def test_captions_read_like_the_studys_prompts_and_parse_back(context):
     scene = random_scene(random.Random(2), cls="teapot", colour="orange", context=context)
     text = caption(scene)
     assert text == f"an orange teapot {context}"
-    assert parse_prompt(text) == {"colour": "orange", "class": "teapot", "context": context}
+    assert parse_prompt(text) == {"colour": "orange", "name": None, "class": "teapot", "context": context}
     assert caption(scene, with_colour=False) == f"a teapot {context}"
 
 
 def test_plain_scenes_are_photos_of_a_class_and_unknown_words_are_refused():
     scene = random_scene(random.Random(2), cls="dog", colour="white", context=PLAIN)
     assert caption(scene, with_colour=False) == "a photo of a dog"
-    assert parse_prompt("a photo of a dog") == {"colour": None, "class": "dog", "context": PLAIN}
+    assert parse_prompt("a photo of a dog") == {
+        "colour": None,
+        "name": None,
+        "class": "dog",
+        "context": PLAIN,
+    }
     assert set(COLOURS) >= {
         "red",
         "orange",

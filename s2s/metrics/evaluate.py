@@ -54,6 +54,12 @@ DEFINITIONS = {
     "dino": "mean cosine of DINO CLS embeddings, generated vs real (DreamBooth paper)",
     "clip_i": "mean cosine of CLIP image embeddings, generated vs real (DreamBooth paper)",
     "clip_t": "mean raw cosine of CLIP prompt and image embeddings (DreamBooth paper)",
+    "identification": "world only: share of samples in which the attribute read-out ranks the subject first "
+    "against a line-up of other individuals of its class (s2s.world.readout; 0 where the world classifier "
+    "does not find the class)",
+    "attributes": "world only: per sample, the share of the subject's visible attributes that the read-out "
+    "finds (body and accent colour, marking kind and place, build, head, ears, tail; 0 where the world "
+    "classifier does not find the class)",
 }
 
 
@@ -238,6 +244,8 @@ def evaluate_method(
     confidence: float = 0.95,
     study_feature_extractor: str | None = None,
     study_n_images: int = 18,
+    extra_per_image: dict[str, list[float]] | None = None,
+    extra_details: dict | None = None,
 ) -> dict:
     """Compute all metrics for one method's samples and write them (atomically) to ``out_json``.
 
@@ -246,7 +254,10 @@ def evaluate_method(
     prompt text). ``real_images``: the subject's photos (the reference for DINO / CLIP-I, and the real set
     of FID / KID). ``reference_images``: more real images added to the FID / KID real set only.
     ``study_feature_extractor`` (default: ``feature_extractor``) and ``study_n_images``: the network
-    and set size of the study-compatible FID / IS.
+    and set size of the study-compatible FID / IS. ``extra_per_image``: more per-image measures, one
+    value per sample in ``samples`` order (the world's subject identification and attribute read-out),
+    averaged with the same prompt-resampled intervals and paired in the companion table;
+    ``extra_details`` is stored as it is under ``"extra"``.
     """
     _check_samples(samples)
     warnings: list[str] = []
@@ -299,6 +310,10 @@ def evaluate_method(
     per_image = {"clip_score": clip_score(generated, prompts, clip)}
     fidelity = subject_fidelity(generated, real, prompts, clip, dino)
     per_image.update({k: fidelity[k] for k in ("clip_i", "clip_t", "dino")})
+    for key, values in (extra_per_image or {}).items():
+        if len(values) != n_gen:
+            raise S2SError(f"evaluate {method}: {len(values)} values of {key!r} for {n_gen} samples")
+        per_image[key] = torch.as_tensor(np.asarray(values, dtype=np.float64))
     progress.update()
 
     clusters = [s.get("prompt_id", s["prompt"]) for s in samples]
@@ -358,6 +373,7 @@ def evaluate_method(
             for i, s in enumerate(samples)
         ],
         "warnings": warnings,
+        **({"extra": extra_details} if extra_details is not None else {}),
     }
     write_json(out_json, result)
     log.info("wrote %s", out_json)

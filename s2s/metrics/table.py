@@ -121,8 +121,13 @@ PUBLISHED = {
     },
 }
 
-# Per-image metrics whose paired differences go into the companion table.
-PAIRED_METRICS = ("clip_score", "dino", "clip_i", "clip_t")
+# Per-image metrics whose paired differences go into the companion table; the world's subject measures
+# (evaluated only on the world's models) are paired there too, but have no Table 1 column.
+PAIRED_METRICS = ("clip_score", "dino", "clip_i", "clip_t", "identification", "attributes")
+COMPANION_ONLY = (
+    ("identification", "Identification (top-1 rate)", "{:.3f}"),
+    ("attributes", "Attributes read", "{:.3f}"),
+)
 
 # Published numbers are shown with the digits they were published with, not rounded to our format.
 PUBLISHED_FORMAT = "{:g}"
@@ -264,8 +269,8 @@ def companion_frame(jsons: dict[str, dict]) -> pd.DataFrame:
 
 
 def _companion_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    labels = {key: label for key, label, _ in COLUMNS}
-    formats = {key: fmt for key, _, fmt in COLUMNS}
+    labels = {key: label for key, label, _ in (*COLUMNS, *COMPANION_ONLY)}
+    formats = {key: fmt for key, _, fmt in (*COLUMNS, *COMPANION_ONLY)}
     header = ["Comparison", "Metric", "Difference [interval]", "Pairs", "Prompts"]
     rows = []
     for _, r in frame.iterrows():

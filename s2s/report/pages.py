@@ -317,6 +317,39 @@ def world_check_page(check: dict, out: Path, note: str | None = None) -> None:
         f"({identity['pairs_different_same_class']} different pairs, mean cosine "
         f"{_fraction(identity['mean_cosine_different_same_class'])}).</p>"
     )
+    vae_readout = check.get("vae_readout")
+    if vae_readout:
+        cells = "".join(
+            f'<tr><td>{E(k)}</td><td class="num">{_fraction(v)}</td>'
+            f'<td class="num">{_fraction(vae_readout["readout_accuracy_plain"].get(k))}</td></tr>'
+            for k, v in vae_readout["readout_accuracy"].items()
+        )
+        body.append(
+            f"<h2>VAE and attribute read-out</h2><p>{vae_readout['renders']} held-out renders: VAE "
+            f"reconstruction PSNR {vae_readout['vae_psnr']:.2f} dB "
+            f"(median {vae_readout['vae_psnr_median']:.2f})."
+            " The read-out's accuracy per attribute on the reconstructions, over the renders whose context "
+            "shows the attribute, and on plain photos alone:</p><table><thead><tr><th>attribute</th>"
+            f"<th>all contexts</th><th>plain</th></tr></thead><tbody>{cells}</tbody></table>"
+        )
+    identifiers = check.get("identifiers")
+    if identifiers:
+        colour = identifiers["colour_words"]
+        cells = "".join(
+            f'<tr><td>{E(w)}</td><td class="num">{v["text_cosine"]:.4f}</td>'
+            f'<td class="num">{v["unet_rms"]:.4f}</td></tr>'
+            for w, v in identifiers["identifiers"].items()
+        )
+        cells += (
+            f'<tr><td>colour words (mean)</td><td class="num">{colour["text_cosine"]["mean"]:.4f}</td>'
+            f'<td class="num">{colour["unet_rms"]["mean"]:.4f}</td></tr>'
+        )
+        body.append(
+            f"<h2>Identifiers</h2><p>{E(identifiers['prompt'])}: cosine of the text encoder's states and "
+            "RMS change of the base UNet's prediction (same noisy latents), mean over classes. An identifier "
+            "far below a colour word's change is inert.</p><table><thead><tr><th>word</th>"
+            f"<th>text cosine</th><th>UNet change (RMS)</th></tr></thead><tbody>{cells}</tbody></table>"
+        )
     models = check["models"]
     match = "match" if models["files_match_build"] else "DIFFER from"
     body.append(

@@ -251,6 +251,14 @@ def text_encoder_of(clip):
     return text_encoder.eval().requires_grad_(False)
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-timestep loss weights of min-SNR-gamma for epsilon prediction, min(SNR, gamma) / SNR (Hang et
+    al. 2023, as diffusers' ``--snr_gamma``): noisy timesteps keep weight 1, clean ones are damped so that
+    they stop dominating the gradient. ``gamma`` 0 turns it off (all ones)."""
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return snr.clamp(max=gamma) / snr if gamma > 0 else torch.ones_like(snr)
+
+
 def train_unet(data: SceneSet, vae, text_encoder, tokenizer, s: BuildSettings):
     import copy
 
@@ -289,9 +297,7 @@ def train_unet(data: SceneSet, vae, text_encoder, tokenizer, s: BuildSettings):
     position = {c: i for i, c in enumerate(captions)}
     caption_index = torch.tensor([position[c] for c in data.captions])
     empty = len(captions) - 1
-    # min-SNR-gamma weights for epsilon prediction, min(SNR, gamma) / SNR per timestep (1 when off)
-    snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
-    weight = snr.clamp(max=s.snr_gamma) / snr if s.snr_gamma > 0 else torch.ones_like(snr)
+    weight = min_snr_weights(scheduler.alphas_cumprod, s.snr_gamma)
     scale = vae.config.scaling_factor
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = _optimizer(unet.parameters(), s.unet_lr)

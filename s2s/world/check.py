@@ -9,9 +9,18 @@
   renders from). The candidates are the distinct full captions "a {colour} {class} {context}" of the
   held-out set; an image is right when its most similar candidate (cosine) is its own caption text.
   ``top1_class`` (``_context``, ``_colour``): the top candidate names the image's class (context, colour).
+- **Prompts never seen**: the same prompt following on ``heldout_prompts`` random prompts (class, colour,
+  context drawn from the held-out seed), so that the targets are not met on a hand-picked list only.
 - **Identity network**: ROC AUC of the cosine similarity of CLS embeddings, over all pairs of photos of
   held-out individuals, same individual (positive) against different individuals (negative); and the
   same over pairs of one class only, where individuals differ in markings and proportions alone.
+- **VAE**: PSNR (data range 1, per image, then the mean) of held-out renders against their
+  reconstruction (the encoder's mean, decoded, saved to 8 bits): the bound of every inversion.
+- **Attribute read-out**: accuracy per attribute on held-out renders passed through the VAE, each over
+  the renders whose context shows it (``s2s.world.readout.visible``); and the body colour it reads in base
+  samples of "a photo of a {colour} {class}" (every colour and class, ``colour_seeds`` seeds).
+- **Identifiers**: "a photo of a {class}" -> "a photo of {word} {class}" for the held-out identifiers and
+  the colour words (``s2s.world.identifiers``): text-feature cosine and UNet output change.
 
 The targets are in ``TARGETS``; the JSON also records the sha256 of the model files (BUILD.json's, checked
 against the files) and the settings and seconds of the check.
@@ -29,16 +38,22 @@ import torch
 
 from s2s.io import S2SError, sha256_file, write_json
 from s2s.world.captions import noun_phrase, parse_prompt
-from s2s.world.scene import ALL_CONTEXTS, CLASSES, COLOURS, PLAIN
+from s2s.world.scene import ALL_CONTEXTS, ATTRIBUTES, CLASSES, COLOURS, PLAIN
 
 log = logging.getLogger(__name__)
 
 COLOUR_NAMES = tuple(COLOURS)
 # (key, what is measured, the target it must reach)
 TARGETS = (
-    ("prompt_class", "base model: images of the prompt's class", 0.90),
-    ("prompt_context", "base model: images in the prompt's context", 0.80),
-    ("prompt_colour", "base model: images of the prompt's colour", 0.80),
+    ("prompt_class", "base model: images of the prompt's class", 0.95),
+    ("prompt_context", "base model: images in the prompt's context", 0.90),
+    ("prompt_colour", "base model: images of the prompt's colour", 0.90),
+    ("heldout_prompt_class", "base model, prompts never seen: images of the prompt's class", 0.95),
+    ("heldout_prompt_context", "base model, prompts never seen: images in the prompt's context", 0.90),
+    ("heldout_prompt_colour", "base model, prompts never seen: images of the prompt's colour", 0.90),
+    ("readout_prompted_colour", "read-out: prompted body colour in 'a photo of a {colour} {class}'", 0.90),
+    ("vae_psnr", "VAE: reconstruction PSNR (dB) of held-out renders", 27.0),
+    *((f"readout_{key}", f"read-out: {key} of held-out renders through the VAE", 0.90) for key in ATTRIBUTES),
     ("clip_top1", "world CLIP: held-out render's own caption ranked first", 0.90),
     ("identity_auc", "identity network: ROC AUC, same vs different individual", 0.95),
 )
@@ -192,7 +207,7 @@ def _check_heldout_seeds(seed: int, build_seed: int | None) -> None:
     if build_seed is None:
         return
     used = {build_seed, build_seed + 100, build_seed + 101}
-    overlap = used & {seed, seed + 1, seed + 2}
+    overlap = used & {seed, seed + 1, seed + 2, seed + 3}
     if overlap:
         raise S2SError(
             f"held-out seed {seed} reuses the build's scene seed(s) {sorted(overlap)}: the check would "
@@ -202,6 +217,13 @@ def _check_heldout_seeds(seed: int, build_seed: int | None) -> None:
 
 def _as_tensors(images: np.ndarray) -> list[torch.Tensor]:
     return [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im in images]
+
+
+def _identifiers(models_dir: Path) -> dict:
+    from s2s.world.identifiers import identifier_report
+    from s2s.world.names import IDENTIFIERS
+
+    return identifier_report(models_dir, list(IDENTIFIERS))
 
 
 def measure_prompt_following(
@@ -263,6 +285,95 @@ def measure_identity(models_dir: Path, individuals_n: int, photos_each: int, see
     }
 
 
+def heldout_prompts(count: int, seed: int) -> list[dict]:
+    """``count`` random prompts "a {colour} {class} {context}" drawn from ``seed`` (distinct texts)."""
+    rng = np.random.default_rng(seed)
+    prompts: dict[str, dict] = {}
+    while len(prompts) < count:
+        cls, colour = CLASSES[rng.integers(len(CLASSES))], COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))]
+        context = ALL_CONTEXTS[rng.integers(len(ALL_CONTEXTS))]
+        text = full_caption(cls, colour, context)
+        prompts.setdefault(text, {"line": len(prompts) + 1, "prompt": text, **parse_prompt(text)})
+    return list(prompts.values())
+
+
+def colour_prompts() -> list[dict]:
+    """ "a photo of a {colour} {class}" for every colour and class."""
+    texts = [f"a photo of {noun_phrase(cls, colour)}" for cls in CLASSES for colour in COLOUR_NAMES]
+    return [{"line": k + 1, "prompt": t, **parse_prompt(t)} for k, t in enumerate(texts)]
+
+
+def _sample(models_dir: Path, prompts: list[dict], seeds: list[int], steps: int, guidance: float):
+    """-> uint8 [prompts x seeds, 3, H, W] base-model samples, prompts in order, seeds within each."""
+    from s2s.models import load_base_pipeline, pick_device
+    from s2s.progress import Progress
+    from s2s.sample import generate, set_scheduler
+
+    pipe = load_base_pipeline(str(models_dir / "sd"), pick_device("auto"), torch.float32, key="world.models")
+    set_scheduler(pipe, "ddim")
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    progress = Progress("world check: sampling", len(prompts) * len(seeds), log, unit="images")
+    batches = []
+    for prompt in prompts:
+        images = generate(pipe, prompt["prompt"], seeds, steps, guidance, resolution, len(seeds), progress)
+        batches.append(np.stack([np.asarray(im.convert("RGB")) for im in images]))
+    return torch.from_numpy(np.concatenate(batches)).permute(0, 3, 1, 2).contiguous()
+
+
+def measure_readout_colour(models_dir: Path, seeds: list[int], steps: int, guidance: float) -> dict:
+    """The read-out's body colour in base samples of "a photo of a {colour} {class}", gated by the
+    classifier finding the class."""
+    from s2s.world.classifier import load_classifier
+    from s2s.world.readout import CLASS_GATE, load_readout
+
+    prompts = colour_prompts()
+    images = _sample(models_dir, prompts, seeds, steps, guidance)
+    body = load_readout(models_dir / "readout.safetensors").log_probs(images)["body"].argmax(-1).numpy()
+    with torch.no_grad():
+        class_probs = load_classifier(models_dir / "classifier.safetensors").head_logits(images)["class"]
+    class_probs = class_probs.softmax(-1).numpy()
+    hits = []
+    for k, prompt in enumerate(prompts):
+        for i in range(k * len(seeds), (k + 1) * len(seeds)):
+            found = class_probs[i, CLASSES.index(prompt["class"])] >= CLASS_GATE
+            hits.append(bool(found and COLOUR_NAMES[body[i]] == prompt["colour"]))
+    return {"prompts": len(prompts), "seeds": seeds, "rate": float(np.mean(hits))}
+
+
+def measure_vae_and_readout(models_dir: Path, renders: int, seed: int) -> dict:
+    """VAE reconstruction PSNR of held-out renders, and the read-out's accuracy per attribute on the
+    reconstructions (over the renders whose context shows the attribute; ``plain``: plain photos only)."""
+    from diffusers import AutoencoderKL
+
+    from s2s.world.data import scene_set
+    from s2s.world.readout import load_readout, visible
+
+    data = scene_set(renders, seed + 3)
+    vae = AutoencoderKL.from_pretrained(models_dir / "sd" / "vae").eval()
+    x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        out = torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(128)])
+    recon = ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    mse = ((recon.float() - torch.from_numpy(data.images).permute(0, 3, 1, 2).float()) / 255).pow(2)
+    psnr = (10 * torch.log10(1 / mse.mean(dim=(1, 2, 3)).clamp(min=1e-10))).numpy()
+    log_probs = load_readout(models_dir / "readout.safetensors").log_probs(recon)
+    predicted = {k: v.argmax(-1).numpy() for k, v in log_probs.items()}
+    accuracy, plain_accuracy = {}, {}
+    for j, key in enumerate(ATTRIBUTES):
+        shown = np.array([key in visible(ALL_CONTEXTS[c]) for c in data.context])
+        right = predicted[key] == data.attributes[:, j]
+        accuracy[key] = float(right[shown].mean())
+        plain = data.context == ALL_CONTEXTS.index(PLAIN)
+        plain_accuracy[key] = float(right[plain].mean()) if plain.any() else None
+    return {
+        "renders": renders,
+        "vae_psnr": float(psnr.mean()),
+        "vae_psnr_median": float(np.median(psnr)),
+        "readout_accuracy": accuracy,
+        "readout_accuracy_plain": plain_accuracy,
+    }
+
+
 def check_world(
     models_dir: Path | str,
     prompts_file: Path | str,
@@ -275,6 +386,9 @@ def check_world(
     heldout_individuals: int = 50,
     photos_each: int = 6,
     seed: int = HELDOUT_SEED,
+    heldout_prompt_count: int = 20,
+    heldout_prompt_seeds: int = 4,
+    colour_seeds: int = 2,
 ) -> dict:
     """Measure the world's models in ``models_dir`` against ``TARGETS``; write ``out_json`` (atomically)
     and return what it holds. ``seed`` draws the held-out renders (``seed``) and individuals (``seed + 1``,
@@ -305,13 +419,29 @@ def check_world(
         "prompt_following", measure_prompt_following, models_dir, prompts, seeds, num_inference_steps,
         guidance_scale,
     )  # fmt: skip
+    heldout = timed(
+        "heldout_prompts", measure_prompt_following, models_dir, heldout_prompts(heldout_prompt_count, seed),
+        list(range(heldout_prompt_seeds)), num_inference_steps, guidance_scale,
+    )  # fmt: skip
+    colour = timed(
+        "readout_colour", measure_readout_colour, models_dir, list(range(colour_seeds)), num_inference_steps,
+        guidance_scale,
+    )  # fmt: skip
+    vae_readout = timed("vae_readout", measure_vae_and_readout, models_dir, heldout_renders, seed)
     clip = timed("clip", measure_clip, models_dir, heldout_renders, seed)
     identity = timed("identity", measure_identity, models_dir, heldout_individuals, photos_each, seed)
+    identifiers = timed("identifiers", _identifiers, models_dir)
     targets = targets_met(
         {
             "prompt_class": following["class"],
             "prompt_context": following["context"],
             "prompt_colour": following["colour"],
+            "heldout_prompt_class": heldout["class"],
+            "heldout_prompt_context": heldout["context"],
+            "heldout_prompt_colour": heldout["colour"],
+            "readout_prompted_colour": colour["rate"],
+            "vae_psnr": vae_readout["vae_psnr"],
+            **{f"readout_{k}": v for k, v in vae_readout["readout_accuracy"].items()},
             "clip_top1": clip["top1"],
             "identity_auc": identity["auc"],
         }
@@ -330,12 +460,19 @@ def check_world(
             "heldout_individuals": heldout_individuals,
             "photos_each": photos_each,
             "seed": seed,
+            "heldout_prompts": heldout_prompt_count,
+            "heldout_prompt_seeds": heldout_prompt_seeds,
+            "colour_seeds": colour_seeds,
         },
         "targets": targets,
         "all_met": all(t["met"] for t in targets),
         "prompt_following": following,
+        "heldout_prompt_following": heldout,
+        "readout_colour": colour,
+        "vae_readout": vae_readout,
         "clip": clip,
         "identity": identity,
+        "identifiers": identifiers,
         "seconds": seconds,
     }
     write_json(out_json, result)

@@ -78,3 +78,97 @@ def class_drift(
     keys = [(i, 0) for i in range(len(base))]  # every seed its own cluster
     result = paired_difference_ci(dict(zip(keys, trained)), dict(zip(keys, base)), n_boot=n_boot, seed=seed)
     return {"base_similarity": float(base.mean()), "trained_similarity": float(trained.mean()), **result}
+
+
+LINEUP = 40  # individuals of the subject's class it is identified against (the issue's "at least 40")
+
+
+def subject_measures(
+    samples: list[dict],
+    subject_phrase: str,
+    cls: str,
+    world_id: int,
+    models_dir: Path | str,
+    lineup: int = LINEUP,
+) -> dict:
+    """The world's subject fidelity against the renderer's truth, per sample (dicts with ``path`` and
+    ``prompt``): ``identification`` and ``attributes`` (``s2s.world.readout.subject_truth``), and the rate
+    of each attribute over the samples whose context shows it."""
+    from s2s.world.classifier import load_classifier
+    from s2s.world.readout import load_readout, subject_truth
+    from s2s.world.scene import CLASSES
+    from s2s.world.subjects import distractors, world_subject
+
+    models_dir = Path(models_dir)
+    images = _load_uint8([Path(s["path"]) for s in samples])
+    contexts = [prompt_parts(s["prompt"], subject_phrase)["context"] for s in samples]
+    classifier = load_classifier(models_dir / "classifier.safetensors")
+    with torch.no_grad():
+        probability = classifier.head_logits(images)["class"].softmax(-1)[:, CLASSES.index(cls)].numpy()
+    truth = subject_truth(
+        images, contexts, world_subject(cls, world_id), distractors(cls, lineup),
+        load_readout(models_dir / "readout.safetensors"), probability,
+    )  # fmt: skip
+    rates = {
+        key.removeprefix("attribute_"): float(np.nanmean(values))
+        for key, values in truth.items()
+        if key.startswith("attribute_") and not np.isnan(values).all()
+    }
+    return {
+        "identification": truth["identification"].tolist(),
+        "attributes": truth["attributes"].tolist(),
+        "details": {
+            "lineup": lineup,
+            "chance": 1 / (lineup + 1),
+            "class_found": float((probability >= 0.5).mean()),
+            "attribute_rates": rates,
+        },
+    }
+
+
+def instance_identification(
+    config: dict,
+    results: Path | str,
+    subject_name: str,
+    methods: list[str],
+    seeds: list[int],
+    steps: int = 25,
+) -> dict:
+    """Identification of the subject in each method's (and the base model's) samples of the instance
+    prompt ("a photo of sks dog"), ``seeds`` images each from the same noise, with the rate and, for each
+    method, its paired difference from the base model (seeds resampled)."""
+    from s2s import config as cfgmod
+    from s2s.job import instance_prompt_for
+    from s2s.metrics.bootstrap import paired_difference_ci
+    from s2s.models import load_method_pipeline
+    from s2s.sample import generate, set_scheduler
+
+    subject = cfgmod.subject(config, subject_name)
+    base, prompt = cfgmod.base_model(config), instance_prompt_for(config, subject)
+    out: dict = {"prompt": prompt, "seeds": list(seeds), "methods": {}}
+    rates = {}
+    for method in ["base", *methods]:
+        folder = None if method == "base" else Path(results) / subject_name / "models" / method
+        pipe = load_method_pipeline(base, method, folder, torch.device("cpu"), torch.float32)
+        set_scheduler(pipe, "ddim")
+        images = generate(pipe, prompt, list(seeds), steps, 7.5, 64, len(seeds))
+        folder_of = Path(results) / subject_name / "instance_identification" / method
+        folder_of.mkdir(parents=True, exist_ok=True)
+        samples = []
+        for seed, image in zip(seeds, images):
+            image.save(folder_of / f"{seed}.png")
+            samples.append({"path": folder_of / f"{seed}.png", "prompt": prompt})
+        measures = subject_measures(
+            samples, subject.phrase, subject.class_noun, subject.world, cfgmod.world_dir(config)
+        )
+        rates[method] = dict(zip(seeds, measures["identification"]))
+        out["methods"][method] = {
+            "identification": float(np.mean(measures["identification"])),
+            "attributes": float(np.mean(measures["attributes"])),
+            **measures["details"],
+        }
+    for method in methods:
+        keys = {(s, 0): v for s, v in rates[method].items()}
+        base_keys = {(s, 0): v for s, v in rates["base"].items()}
+        out["methods"][method]["minus_base"] = paired_difference_ci(keys, base_keys, n_boot=1000, seed=0)
+    return out
