@@ -311,23 +311,31 @@ def check_manifest(
 
 
 def check_photo_folder(folder: Path, key: str, lowest: int, highest: int) -> int:
-    """Count a subject's photos and check each one cheaply; raise one line naming the folder and key.
+    """Count a subject's photos and check each one cheaply; raise one line naming the key and each problem.
 
     Suffix, size and magic bytes only: decoding every photo at each parse (every dry run, every cluster
-    job) would cost seconds for a 20-photo folder; prepare_instance decodes them all once."""
+    job) would cost seconds for a 20-photo folder; prepare_instance decodes them all once. Every problem
+    the check can see is in the one line, so a folder with several bad files costs one run, not one each."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     photos = [p for p in files if p.suffix.lower() in PHOTO_SUFFIXES]
     if not photos:
         raise S2SError(f"config key {key}: folder {folder} holds no photos (JPEG, PNG or WebP expected)")
-    for photo in photos:
-        problem = check_photo_header(photo)
-        if problem:
-            raise S2SError(f"config key {key}: {problem}")
+    problems = []
     if not lowest <= len(photos) <= highest:
-        raise S2SError(
-            f"config key {key}: folder {folder} holds {len(photos)} photo(s); give {lowest} to {highest} "
+        problems.append(
+            f"folder {folder} holds {len(photos)} photo(s); give {lowest} to {highest} "
             "(or change data.min_photos / data.max_photos)"
+        )
+    bad = [problem for photo in photos if (problem := check_photo_header(photo))]
+    problems += bad
+    if len(problems) == 1:
+        raise S2SError(f"config key {key}: {problems[0]}" + ("; replace or remove it" if bad else ""))
+    if problems:  # the count is one problem at most, so at least one photo is bad
+        listed = "; ".join(f"({number}) {problem}" for number, problem in enumerate(problems, start=1))
+        raise S2SError(
+            f"config key {key}: {len(problems)} problems in folder {folder}: {listed}; "
+            "replace or remove each bad photo"
         )
     return len(photos)
 

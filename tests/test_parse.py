@@ -85,6 +85,36 @@ def test_unreadable_photo_is_named(tmp_path, content, problem):
     assert f"subjects.dog.images: {folder / 'bad.jpg'}: {problem}" in message
 
 
+def test_every_bad_photo_of_a_folder_is_named_in_one_error(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "dog"
+    folder.mkdir()
+    # Fine photos, one of them a PNG saved under a .jpg name (the content decides, as when decoding).
+    fine = [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("PNG", ".jpg")]
+    for i, (fmt, suffix) in enumerate(fine):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"fine_{i}{suffix}", fmt)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "page.png").write_text("<html>not a photo</html>")
+    Image.new("RGB", (8, 8)).save(folder / "renamed_gif.jpeg", "GIF")
+    (folder / "zeros.webp").write_bytes(b"\x00" * 64)
+    message = one_line_error(subject_config(folder, data={"min_photos": 1}), tmp_path)
+    assert message.startswith(f"config key subjects.dog.images: 4 problems in folder {folder}: (1) ")
+    for name, problem in [
+        ("empty.jpg", "empty file (0 bytes)"),
+        ("page.png", "not a readable image"),
+        ("renamed_gif.jpeg", "not a readable image"),
+        ("zeros.webp", "not a readable image"),
+    ]:
+        assert f"{folder / name}: {problem}" in message, (name, message)
+    assert "fine_" not in message
+    assert message.endswith("replace or remove each bad photo")
+    # An out-of-range count is one more problem of the same line, not a second run.
+    message = one_line_error(subject_config(folder, data={"min_photos": 9}), tmp_path)
+    assert "5 problems" in message and "holds 8 photo(s); give 9 to 20" in message
+    assert all(name in message for name in ("empty.jpg", "page.png", "renamed_gif.jpeg", "zeros.webp"))
+
+
 def test_real_photos_pass_the_header_check(tmp_path):
     from PIL import Image
 
