@@ -15,24 +15,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFile, ImageOps, UnidentifiedImageError
 
 from s2s.io import S2SError, atomic_dir, save_png, write_json
+from s2s.plan import UNSUPPORTED_SUFFIXES  # known formats we cannot read, refused by name
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-# Known image formats we cannot read without extra plugins; named so the user knows what to convert.
-UNSUPPORTED_SUFFIXES = {
-    ".heic",
-    ".heif",
-    ".avif",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".bmp",
-    ".raw",
-    ".cr2",
-    ".nef",
-    ".svg",
-}
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "MPO"}  # MPO: multi-picture JPEGs written by many cameras
 
 

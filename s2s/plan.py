@@ -9,7 +9,8 @@ import path of the rules. It holds:
   rows with the model's tokenizer before any edit runs);
 - the sample folder of a prompt, derived from the prompt text, so that a changed prompt gets a new
   folder and no output ever lists images of a prompt the config no longer has;
-- the cheap check of a subject's photo folder (count, suffixes, sizes, file headers);
+- the cheap check of a subject's photo folder (count, suffixes, sizes, file headers), every problem
+  in one line;
 - the part of the config each rule depends on (its ``params``), so that Snakemake's params rerun
   trigger re-runs exactly the jobs a config change affects.
 """
@@ -40,6 +41,10 @@ REQUIRED = ("source_prompt", "target_prompt", "edit")
 # Photo suffixes read by s2s.data (JPEG, PNG, WebP). Like s2s.data (PIL), the content decides the
 # format, not the suffix: the study's own folder has a WebP photo named .jpg.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# Image formats s2s.data cannot read without extra plugins and refuses by name (the parse check names them
+# too, so that the prepare job does not find them one run later).
+UNSUPPORTED_SUFFIXES = (".heic", ".heif", ".avif", ".gif", ".tif", ".tiff", ".bmp", ".raw", ".cr2", ".nef",
+                        ".svg")  # fmt: skip
 
 
 def _known_format(head: bytes) -> bool:
@@ -328,6 +333,11 @@ def check_photo_folder(folder: Path, key: str, lowest: int, highest: int) -> int
             "(or change data.min_photos / data.max_photos)"
         )
     bad = [problem for photo in photos if (problem := check_photo_header(photo))]
+    bad += [
+        f"{path}: {path.suffix.lower()} images are not supported (convert to JPEG, PNG or WebP)"
+        for path in files
+        if path.suffix.lower() in UNSUPPORTED_SUFFIXES
+    ]
     problems += bad
     if len(problems) == 1:
         raise S2SError(f"config key {key}: {problems[0]}" + ("; replace or remove it" if bad else ""))

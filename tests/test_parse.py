@@ -98,21 +98,24 @@ def test_every_bad_photo_of_a_folder_is_named_in_one_error(tmp_path):
     (folder / "page.png").write_text("<html>not a photo</html>")
     Image.new("RGB", (8, 8)).save(folder / "renamed_gif.jpeg", "GIF")
     (folder / "zeros.webp").write_bytes(b"\x00" * 64)
+    (folder / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # refused by the prepare job too
     message = one_line_error(subject_config(folder, data={"min_photos": 1}), tmp_path)
-    assert message.startswith(f"config key subjects.dog.images: 4 problems in folder {folder}: (1) ")
-    for name, problem in [
+    assert message.startswith(f"config key subjects.dog.images: 5 problems in folder {folder}: (1) ")
+    expected = [
         ("empty.jpg", "empty file (0 bytes)"),
         ("page.png", "not a readable image"),
         ("renamed_gif.jpeg", "not a readable image"),
         ("zeros.webp", "not a readable image"),
-    ]:
+        ("photo.heic", ".heic images are not supported (convert to JPEG, PNG or WebP)"),
+    ]
+    for name, problem in expected:
         assert f"{folder / name}: {problem}" in message, (name, message)
     assert "fine_" not in message
     assert message.endswith("replace or remove each bad photo")
     # An out-of-range count is one more problem of the same line, not a second run.
     message = one_line_error(subject_config(folder, data={"min_photos": 9}), tmp_path)
-    assert "5 problems" in message and "holds 8 photo(s); give 9 to 20" in message
-    assert all(name in message for name in ("empty.jpg", "page.png", "renamed_gif.jpeg", "zeros.webp"))
+    assert "6 problems" in message and "holds 8 photo(s); give 9 to 20" in message
+    assert all(str(folder / name) in message for name, _ in expected) and "fine_" not in message
 
 
 def test_real_photos_pass_the_header_check(tmp_path):
