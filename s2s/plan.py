@@ -322,7 +322,9 @@ def check_photo_folder(folder: Path, key: str, lowest: int, highest: int) -> int
     job) would cost seconds for a 20-photo folder; prepare_instance decodes them all once. Every problem
     the check can see is in the one line, so a folder with several bad files costs one run, not one each."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    # Files, and links to files that are gone (named as unreadable, as s2s.data does); not folders or pipes.
+    files = sorted(p for p in folder.iterdir() if p.is_file() or not p.exists())
+    files = [p for p in files if not p.name.startswith(".")]
     photos = [p for p in files if p.suffix.lower() in PHOTO_SUFFIXES]
     if not photos:
         raise S2SError(f"config key {key}: folder {folder} holds no photos (JPEG, PNG or WebP expected)")

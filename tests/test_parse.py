@@ -99,10 +99,12 @@ def test_every_bad_photo_of_a_folder_is_named_in_one_error(tmp_path):
     Image.new("RGB", (8, 8)).save(folder / "renamed_gif.jpeg", "GIF")
     (folder / "zeros.webp").write_bytes(b"\x00" * 64)
     (folder / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # refused by the prepare job too
+    (folder / "gone.jpg").symlink_to(tmp_path / "moved_away.jpg")
     message = one_line_error(subject_config(folder, data={"min_photos": 1}), tmp_path)
-    assert message.startswith(f"config key subjects.dog.images: 5 problems in folder {folder}: (1) ")
+    assert message.startswith(f"config key subjects.dog.images: 6 problems in folder {folder}: (1) ")
     expected = [
         ("empty.jpg", "empty file (0 bytes)"),
+        ("gone.jpg", "cannot be read (No such file or directory)"),
         ("page.png", "not a readable image"),
         ("renamed_gif.jpeg", "not a readable image"),
         ("zeros.webp", "not a readable image"),
@@ -113,8 +115,8 @@ def test_every_bad_photo_of_a_folder_is_named_in_one_error(tmp_path):
     assert "fine_" not in message
     assert message.endswith("replace or remove each bad photo")
     # An out-of-range count is one more problem of the same line, not a second run.
-    message = one_line_error(subject_config(folder, data={"min_photos": 9}), tmp_path)
-    assert "6 problems" in message and "holds 8 photo(s); give 9 to 20" in message
+    message = one_line_error(subject_config(folder, data={"min_photos": 10}), tmp_path)
+    assert "7 problems" in message and "holds 9 photo(s); give 10 to 20" in message
     assert all(str(folder / name) in message for name, _ in expected) and "fine_" not in message
 
 
