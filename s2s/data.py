@@ -15,24 +15,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFile, ImageOps, UnidentifiedImageError
 
 from s2s.io import S2SError, atomic_dir, save_png, write_json
+from s2s.plan import UNSUPPORTED_SUFFIXES  # known formats we cannot read, refused by name
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-# Known image formats we cannot read without extra plugins; named so the user knows what to convert.
-UNSUPPORTED_SUFFIXES = {
-    ".heic",
-    ".heif",
-    ".avif",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".bmp",
-    ".raw",
-    ".cr2",
-    ".nef",
-    ".svg",
-}
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "MPO"}  # MPO: multi-picture JPEGs written by many cameras
 
 
@@ -94,7 +81,12 @@ def scan_folder(folder: Path, resolution: int, small_images: str = "upscale") ->
         if suffix not in IMAGE_SUFFIXES:
             report.skipped.append(f"{name}: not an image file ({suffix or 'no extension'}), skipped")
             continue
-        if path.stat().st_size == 0:
+        try:
+            size = path.stat().st_size
+        except OSError as exc:  # a link to a file that is gone, say
+            report.problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
+            continue
+        if size == 0:
             report.problems.append(f"{path}: empty file (0 bytes)")
             continue
         try:
@@ -104,6 +96,11 @@ def scan_folder(folder: Path, resolution: int, small_images: str = "upscale") ->
             continue
         except (OSError, SyntaxError) as exc:
             report.problems.append(f"{path}: damaged or truncated image ({exc})")
+            continue
+        except Image.DecompressionBombError as exc:  # PIL's pixel limit (about 179 megapixels)
+            report.problems.append(
+                f"{path}: too large to decode safely ({exc}); downscale it (a {resolution} px square is used)"
+            )
             continue
         except ValueError as exc:
             report.problems.append(f"{path}: {exc}")

@@ -9,7 +9,8 @@ import path of the rules. It holds:
   rows with the model's tokenizer before any edit runs);
 - the sample folder of a prompt, derived from the prompt text, so that a changed prompt gets a new
   folder and no output ever lists images of a prompt the config no longer has;
-- the cheap check of a subject's photo folder (count, suffixes, sizes, file headers);
+- the cheap check of a subject's photo folder (count, suffixes, sizes, file headers), every problem
+  in one line;
 - the part of the config each rule depends on (its ``params``), so that Snakemake's params rerun
   trigger re-runs exactly the jobs a config change affects.
 """
@@ -40,6 +41,10 @@ REQUIRED = ("source_prompt", "target_prompt", "edit")
 # Photo suffixes read by s2s.data (JPEG, PNG, WebP). Like s2s.data (PIL), the content decides the
 # format, not the suffix: the study's own folder has a WebP photo named .jpg.
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# Image formats s2s.data cannot read without extra plugins and refuses by name (the parse check names them
+# too, so that the prepare job does not find them one run later).
+UNSUPPORTED_SUFFIXES = (".heic", ".heif", ".avif", ".gif", ".tif", ".tiff", ".bmp", ".raw", ".cr2", ".nef",
+                        ".svg")  # fmt: skip
 
 
 def _known_format(head: bytes) -> bool:
@@ -311,23 +316,38 @@ def check_manifest(
 
 
 def check_photo_folder(folder: Path, key: str, lowest: int, highest: int) -> int:
-    """Count a subject's photos and check each one cheaply; raise one line naming the folder and key.
+    """Count a subject's photos and check each one cheaply; raise one line naming the key and each problem.
 
     Suffix, size and magic bytes only: decoding every photo at each parse (every dry run, every cluster
-    job) would cost seconds for a 20-photo folder; prepare_instance decodes them all once."""
+    job) would cost seconds for a 20-photo folder; prepare_instance decodes them all once. Every problem
+    the check can see is in the one line, so a folder with several bad files costs one run, not one each."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    # Files, and links to files that are gone (named as unreadable, as s2s.data does); not folders or pipes.
+    files = sorted(p for p in folder.iterdir() if p.is_file() or not p.exists())
+    files = [p for p in files if not p.name.startswith(".")]
     photos = [p for p in files if p.suffix.lower() in PHOTO_SUFFIXES]
     if not photos:
         raise S2SError(f"config key {key}: folder {folder} holds no photos (JPEG, PNG or WebP expected)")
-    for photo in photos:
-        problem = check_photo_header(photo)
-        if problem:
-            raise S2SError(f"config key {key}: {problem}")
+    problems = []
     if not lowest <= len(photos) <= highest:
-        raise S2SError(
-            f"config key {key}: folder {folder} holds {len(photos)} photo(s); give {lowest} to {highest} "
+        problems.append(
+            f"folder {folder} holds {len(photos)} photo(s); give {lowest} to {highest} "
             "(or change data.min_photos / data.max_photos)"
+        )
+    bad = [problem for photo in photos if (problem := check_photo_header(photo))]
+    bad += [
+        f"{path}: {path.suffix.lower()} images are not supported (convert to JPEG, PNG or WebP)"
+        for path in files
+        if path.suffix.lower() in UNSUPPORTED_SUFFIXES
+    ]
+    problems += bad
+    if len(problems) == 1:
+        raise S2SError(f"config key {key}: {problems[0]}" + ("; replace or remove it" if bad else ""))
+    if problems:  # the count is one problem at most, so at least one photo is bad
+        listed = "; ".join(f"({number}) {problem}" for number, problem in enumerate(problems, start=1))
+        raise S2SError(
+            f"config key {key}: {len(problems)} problems in folder {folder}: {listed}; "
+            "replace or remove each bad photo"
         )
     return len(photos)
 

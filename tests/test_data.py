@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -19,6 +21,16 @@ def jpeg_with_orientation(path, orientation: int) -> None:
     exif = Image.Exif()
     exif[0x0112] = orientation
     img.save(path, format="JPEG", exif=exif.tobytes(), quality=95)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG of only its signature, header and end chunks: PIL reads its size without decoding pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def good_folder(tmp_path):
@@ -75,6 +87,9 @@ def test_every_problem_is_reported_at_once_and_nothing_is_written(tmp_path):
     gif = io.BytesIO()
     Image.new("RGB", (90, 90)).save(gif, format="GIF")
     (folder / "renamed_gif.jpg").write_bytes(gif.getvalue())
+    (folder / "gone.jpg").symlink_to(tmp_path / "moved_away.jpg")
+    (folder / "huge.png").write_bytes(png_header(20000, 10000))  # 200 megapixels: over PIL's bomb limit
+    Image.new("RGB", (80, 80), "blue").save(folder / "png_named.jpg", "PNG")  # fine: the content decides
     with pytest.raises(S2SError) as info:
         prepare_subject(folder, tmp_path / "out", 64)
     message = str(info.value)
@@ -84,10 +99,13 @@ def test_every_problem_is_reported_at_once_and_nothing_is_written(tmp_path):
         ("not_an_image.png", "not a readable image"),
         ("photo.heic", ".heic images are not supported"),
         ("renamed_gif.jpg", "format GIF is not supported"),
+        ("gone.jpg", "cannot be read (No such file or directory)"),
+        ("huge.png", "too large to decode safely"),
     ]:
         line = next((ln for ln in message.splitlines() if name in ln), "")
         assert reason in line, (name, message)
-    assert "5 problem(s)" in message
+    assert "7 problem(s)" in message
+    assert "plain.png" not in message and "png_named.jpg" not in message
     assert not (tmp_path / "out").exists()  # no half-written output
 
 

@@ -85,6 +85,41 @@ def test_unreadable_photo_is_named(tmp_path, content, problem):
     assert f"subjects.dog.images: {folder / 'bad.jpg'}: {problem}" in message
 
 
+def test_every_bad_photo_of_a_folder_is_named_in_one_error(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "dog"
+    folder.mkdir()
+    # Fine photos, one of them a PNG saved under a .jpg name (the content decides, as when decoding).
+    fine = [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("PNG", ".jpg")]
+    for i, (fmt, suffix) in enumerate(fine):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"fine_{i}{suffix}", fmt)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "page.png").write_text("<html>not a photo</html>")
+    Image.new("RGB", (8, 8)).save(folder / "renamed_gif.jpeg", "GIF")
+    (folder / "zeros.webp").write_bytes(b"\x00" * 64)
+    (folder / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # refused by the prepare job too
+    (folder / "gone.jpg").symlink_to(tmp_path / "moved_away.jpg")
+    message = one_line_error(subject_config(folder, data={"min_photos": 1}), tmp_path)
+    assert message.startswith(f"config key subjects.dog.images: 6 problems in folder {folder}: (1) ")
+    expected = [
+        ("empty.jpg", "empty file (0 bytes)"),
+        ("gone.jpg", "cannot be read (No such file or directory)"),
+        ("page.png", "not a readable image"),
+        ("renamed_gif.jpeg", "not a readable image"),
+        ("zeros.webp", "not a readable image"),
+        ("photo.heic", ".heic images are not supported (convert to JPEG, PNG or WebP)"),
+    ]
+    for name, problem in expected:
+        assert f"{folder / name}: {problem}" in message, (name, message)
+    assert "fine_" not in message
+    assert message.endswith("replace or remove each bad photo")
+    # An out-of-range count is one more problem of the same line, not a second run.
+    message = one_line_error(subject_config(folder, data={"min_photos": 10}), tmp_path)
+    assert "7 problems" in message and "holds 9 photo(s); give 10 to 20" in message
+    assert all(str(folder / name) in message for name, _ in expected) and "fine_" not in message
+
+
 def test_real_photos_pass_the_header_check(tmp_path):
     from PIL import Image
 
