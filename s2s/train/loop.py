@@ -701,8 +701,10 @@ def _validation_image(
     )
     pipe.set_progress_bar_config(disable=True)
     prompt = method.expand_prompt(cfg.validation_prompt.replace("{}", subject.phrase))
-    was_training = unet.training
-    unet.eval()
+    # Eval mode for the image (no dropout, LoRA's included), then back to each module's training mode.
+    modes = {module: module.training for module in (unet, text_encoder)}
+    for module in modes:
+        module.eval()
     with accelerator.autocast():
         image = pipe(
             prompt,
@@ -711,8 +713,8 @@ def _validation_image(
             height=resolution,
             width=resolution,
         ).images[0]
-    if was_training:
-        unet.train()
+    for module, training in modes.items():
+        module.train(training)
     save_png(image, Path(folder) / f"step-{step:06d}.png")
 
 
