@@ -344,6 +344,9 @@ def train(
     # Frozen parts run in the mixed-precision dtype; trained parts stay fp32 (their optimizer state too).
     _place(vae, accelerator.device, weight_dtype)
     _place(unet, accelerator.device, torch.float32 if cfg.method == "dreambooth" else weight_dtype)
+    # A text encoder with trained weights (DreamBooth's whole, TI's new rows, LoRA's adapters) stays fp32
+    # whole: for LoRA that keeps its frozen base in fp32 too (SD's is 123M parameters, 0.25 GB more than
+    # half precision), as s2s.memory counts it.
     _place(text_encoder, accelerator.device, torch.float32 if method.trains_text else weight_dtype)
     if cfg.method == "lora":
         for p in unet.parameters():
