@@ -76,7 +76,9 @@ def estimate(shape: TrainingShape) -> MemoryEstimate:
     def weights(params: int, trained: bool) -> float:
         return params * (4 if trained else frozen_bytes)
 
-    # Trained modules stay fp32; with LoRA or TI the UNet is frozen, with TI the text encoder is fp32.
+    # Trained modules stay fp32; with LoRA or TI the UNet is frozen. A text encoder with trained weights (TI's
+    # new rows, train_text_encoder: DreamBooth's whole one or LoRA's adapters on it) is fp32 whole, as the
+    # loop keeps it; the adapters themselves are counted in trainable_params.
     parts = {
         "weights": weights(shape.unet_params, shape.trains_unet)
         + weights(shape.vae_params, False)

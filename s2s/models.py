@@ -118,7 +118,8 @@ def load_method_pipeline(
         return load_base_pipeline(str(model_dir), device, dtype, key=f"trained model {model_dir}")
     pipe = load_base_pipeline(base_model, device, dtype)
     if method == "lora":
-        # Our LoRA adapts the UNet only; diffusers warns that the text encoder got no LoRA keys.
+        # Without training.lora.train_text_encoder our LoRA adapts the UNet only; diffusers then warns that
+        # the text encoder got no LoRA keys.
         with without_log_records("diffusers.loaders", "No LoRA keys associated to CLIPTextModel"):
             pipe.load_lora_weights(str(model_dir), weight_name=weights.name)
     else:

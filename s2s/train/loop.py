@@ -344,6 +344,9 @@ def train(
     # Frozen parts run in the mixed-precision dtype; trained parts stay fp32 (their optimizer state too).
     _place(vae, accelerator.device, weight_dtype)
     _place(unet, accelerator.device, torch.float32 if cfg.method == "dreambooth" else weight_dtype)
+    # A text encoder with trained weights (DreamBooth's whole, TI's new rows, LoRA's adapters) stays fp32
+    # whole: for LoRA that keeps its frozen base in fp32 too (SD's is 123M parameters, 0.25 GB more than
+    # half precision), as s2s.memory counts it.
     _place(text_encoder, accelerator.device, torch.float32 if method.trains_text else weight_dtype)
     if cfg.method == "lora":
         for p in unet.parameters():
@@ -701,8 +704,10 @@ def _validation_image(
     )
     pipe.set_progress_bar_config(disable=True)
     prompt = method.expand_prompt(cfg.validation_prompt.replace("{}", subject.phrase))
-    was_training = unet.training
-    unet.eval()
+    # Eval mode for the image (no dropout, LoRA's included), then back to each module's training mode.
+    modes = {module: module.training for module in (unet, text_encoder)}
+    for module in modes:
+        module.eval()
     with accelerator.autocast():
         image = pipe(
             prompt,
@@ -711,8 +716,8 @@ def _validation_image(
             height=resolution,
             width=resolution,
         ).images[0]
-    if was_training:
-        unet.train()
+    for module, training in modes.items():
+        module.train(training)
     save_png(image, Path(folder) / f"step-{step:06d}.png")
 
 

@@ -179,55 +179,83 @@ class DreamBooth(Method):
 
 
 class LoRA(Method):
-    """peft LoRA adapters on the UNet attention projections; base weights stay frozen."""
+    """peft LoRA adapters on the UNet attention projections (and, with ``train_text_encoder``, on the text
+    encoder's); base weights stay frozen."""
 
     name = "lora"
+    #: the CLIP text encoder's attention projections, as diffusers' train_dreambooth_lora.py
+    #: ``--train_text_encoder``
+    TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
     def __init__(self, cfg, subject):
         super().__init__(cfg, subject)
+        self.trains_text = cfg.train_text_encoder
         self.uses_prior = cfg.with_prior_preservation
 
-    def setup(self, unet, text_encoder, tokenizer) -> None:
+    def _lora_config(self, target_modules):
         from peft import LoraConfig
 
-        self.unet = unet
+        return LoraConfig(
+            r=self.cfg.rank,
+            lora_alpha=self.cfg.alpha,
+            lora_dropout=self.cfg.dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(target_modules),
+        )
+
+    def setup(self, unet, text_encoder, tokenizer) -> None:
+        self.unet, self.text_encoder = unet, text_encoder
         unet.requires_grad_(False)
         text_encoder.requires_grad_(False)
-        unet.add_adapter(
-            LoraConfig(
-                r=self.cfg.rank,
-                lora_alpha=self.cfg.alpha,
-                lora_dropout=self.cfg.dropout,
-                init_lora_weights="gaussian",
-                target_modules=list(self.cfg.target_modules),
-            )
-        )
-        for param in unet.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()  # adapters train in fp32 even under mixed precision
+        unet.add_adapter(self._lora_config(self.cfg.target_modules))
+        adapted = [unet]
+        if self.trains_text:
+            from peft import inject_adapter_in_model
+
+            # The layers transformers' add_adapter (the diffusers example's call) injects; it asks for a
+            # newer peft (>= 0.22) than this project pins, peft's own injection does not.
+            inject_adapter_in_model(self._lora_config(self.TEXT_ENCODER_TARGET_MODULES), text_encoder)
+            adapted.append(text_encoder)
+        for module in adapted:
+            for param in module.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()  # adapters train in fp32 even under mixed precision
 
     def trainable(self):
-        return {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
+        # The UNet's names carry no prefix (as in checkpoints written before the text-encoder adapter).
+        params = {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
+        if self.trains_text:
+            text = self.text_encoder.named_parameters()
+            params.update({f"text_encoder.{n}": p for n, p in text if p.requires_grad})
+        return params
 
     def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
         from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
 
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        # Without the adapter's config, load_lora_weights rebuilds it with lora_alpha = rank, so any
-        # alpha != rank would reload at another scale than the one trained.
-        adapter_config = unet.peft_config["default"].to_dict()
+        unet_layers, unet_metadata = _adapter_layers(unet)
+        text_layers, text_metadata = _adapter_layers(text_encoder) if self.trains_text else (None, None)
         StableDiffusionPipeline.save_lora_weights(
             out_dir,
-            unet_lora_layers=layers,
-            # peft keeps target_modules as a set, whose JSON order changes with the process's hash seed:
-            # sorted, the same training writes the same bytes in every process.
-            unet_lora_adapter_metadata={
-                k: sorted(v) if isinstance(v, set) else v for k, v in adapter_config.items()
-            },
+            unet_lora_layers=unet_layers,
+            unet_lora_adapter_metadata=unet_metadata,
+            text_encoder_lora_layers=text_layers,
+            text_encoder_lora_adapter_metadata=text_metadata,
             safe_serialization=True,
         )
+
+
+def _adapter_layers(module) -> tuple[dict, dict]:
+    """A module's adapter weights with diffusers' key names, and the adapter's config for the metadata."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+    # Without the adapter's config, load_lora_weights rebuilds it with lora_alpha = rank, so any
+    # alpha != rank would reload at another scale than the one trained.
+    config = module.peft_config["default"].to_dict()
+    # peft keeps target_modules as a set, whose JSON order changes with the process's hash seed: sorted,
+    # the same training writes the same bytes in every process.
+    return layers, {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
 
 
 METHOD_CLASSES = {cls.name: cls for cls in (TextualInversion, DreamBooth, LoRA)}
