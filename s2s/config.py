@@ -107,6 +107,7 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
                     f"config key subjects.{name}.class: {subject['class']!r} is not a class of the world "
                     f"(subjects.{name}.world is set); use one of {', '.join(WORLD_CLASSES)}"
                 )
+            _check_world_token(name, subject.get("token", "sks"))
         elif not subject.get("synthetic"):
             images = subject.get("images")
             if not images:
@@ -275,6 +276,18 @@ def base_model(config: dict) -> str:
     if config.get("world_models"):
         return str(world_dir(config) / "sd")
     return config["model"]["name_or_path"]
+
+
+def _check_world_token(name: str, token: str) -> None:
+    """A world subject's token must be a held-out identifier: any other word of the world either names
+    an individual of pretraining or means something (a colour, a class), and would not be a rare token."""
+    from s2s.world.names import IDENTIFIERS
+
+    if token not in IDENTIFIERS:
+        raise S2SError(
+            f"config key subjects.{name}.token: {token!r} is not one of the world's held-out identifiers "
+            f"({', '.join(IDENTIFIERS)}); a world subject's token must be one of them (s2s/world/names.py)"
+        )
 
 
 def world_dir(config: dict) -> Path:

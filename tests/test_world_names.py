@@ -119,3 +119,15 @@ def test_a_patch_sits_on_the_third_of_the_body_its_place_names():
     assert xs["back"] + 3 < xs["middle"] < xs["front"] - 3, (
         xs
     )  # the dog faces right: its head is on the right
+
+
+def test_a_world_subjects_token_must_be_a_held_out_identifier():
+    from s2s import config as cfgmod
+    from s2s.io import S2SError
+
+    raw = {"world_models": True, "subjects": {"rex": {"world": 1, "class": "dog", "token": "ohwx"}}}
+    assert cfgmod.check_config(raw)["subjects"]["rex"]["token"] == "ohwx"
+    for token in (NAMES[0], "brown", "dog", "qqq"):
+        bad = {"world_models": True, "subjects": {"rex": {"world": 1, "class": "dog", "token": token}}}
+        with pytest.raises(S2SError, match=r"subjects\.rex\.token: .* held-out identifiers \(sks, ohwx"):
+            cfgmod.check_config(bad)
