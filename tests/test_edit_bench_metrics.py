@@ -117,6 +117,21 @@ def test_last_keys_are_the_last_blocks_key_projection_of_every_token():
     assert torch.allclose(keys, expected.double(), atol=1e-6)
 
 
+def test_pnp_unscaled_feeds_0_to_255_values_into_the_normalisation():
+    """PnPInversion's evaluation normalises pixel values in 0..255 (no division by 255)."""
+    vit, processor = tiny_vit()
+    array = np.random.default_rng(4).integers(0, 256, (16, 16, 3))
+    mean, std = np.array(processor.image_mean), np.array(processor.image_std)
+    values = torch.from_numpy(((array - mean) / std).transpose(2, 0, 1)[None]).float()
+    with torch.no_grad():
+        hidden = vit(pixel_values=values, output_hidden_states=True).hidden_states[-2]
+        block = vit.layers[-1]
+        expected = block.attention.k_proj(block.layernorm_before(hidden))[0]
+    keys = bm.last_keys(rgb(array), vit, processor, pnp_unscaled=True)
+    assert torch.allclose(keys, expected.double(), atol=1e-4)
+    assert not torch.allclose(bm.last_keys(rgb(array), vit, processor), keys, atol=1e-2)
+
+
 def test_structure_distance_is_zero_for_identical_images_and_grows_with_a_change():
     vit, processor = tiny_vit()
     rng = np.random.default_rng(2)
