@@ -145,6 +145,41 @@ def test_direct_inversion_puts_source_back_on_the_trajectory(pipe, photo):
     assert not torch.equal(result.latents[1], result.latents[0])  # the target branch is not corrected
 
 
+def test_direct_inversion_source_branch_is_the_inversion_latent_at_every_step(pipe, photo):
+    """Ju et al.'s direct inversion: after every sampling step the source branch is exactly the DDIM
+    inversion's latent of that step, also under a local-blended edit; no optimisation, so its UNet calls are
+    DDIM inversion's (one per step) plus the edit's (one batched call per step)."""
+    from s2s.edit.bench_metrics import gt_psnr
+    from s2s.edit.p2p import decode_latents
+
+    with count_unet_calls(pipe.unet) as count:
+        inversion = invert(pipe, photo, PROMPT, "direct", STEPS, 7.5)
+        seen = []
+        result = generate_edit(
+            pipe,
+            PROMPT,
+            "a horse on the beach",
+            {"edit": "replace", "blend_words": ["dog", "horse"]},
+            inversion=inversion,
+            num_inference_steps=STEPS,
+            on_step=lambda i, x: seen.append((i, x.detach().clone())),
+        )
+    assert [i for i, _ in seen] == list(range(STEPS))
+    for i, x in seen:
+        assert torch.equal(x[0], inversion.trajectory[STEPS - 1 - i][0]), i
+    assert torch.equal(result.latents[0], inversion.image_latent[0])
+    assert inversion.unet_calls == STEPS and result.unet_calls == STEPS and count.calls == 2 * STEPS
+    assert inversion.seconds > 0 and inversion.null_embeddings is None
+    ddim = invert(pipe, photo, PROMPT, "ddim", STEPS, 7.5)
+    assert torch.equal(ddim.noise, inversion.noise)
+    ddim_error, ddim_result = _latent_error(pipe, ddim)
+    direct_error, direct_result = _latent_error(pipe, inversion)
+    assert direct_error <= ddim_error and direct_error == 0.0
+    # in pixels too: the source branch decodes to the photo's VAE reconstruction, DDIM's only near it
+    vae_only = decode_latents(pipe, inversion.image_latent)[0]
+    assert gt_psnr(direct_result.source_image, vae_only) >= gt_psnr(ddim_result.source_image, vae_only)
+
+
 def test_inversion_needs_matching_steps(pipe, photo):
     inversion = invert(pipe, photo, PROMPT, "ddim", STEPS, 7.5)
     with pytest.raises(ValueError, match="same num_inference_steps"):
