@@ -15,6 +15,8 @@ from s2s.world.scene import ALL_CONTEXTS, CLASSES, random_scene
 
 # Contexts where a shirt or bath water hides much of the object.
 COVERED = ("wearing a yellow shirt", "wearing a tuxedo", "getting a bath")
+# A hat (fixed colours) covers much of a small object's head: the toy with a large head loses ~15% to it.
+HATTED = ("wearing a red hat",)
 
 
 def _recoloured(scene):
@@ -38,7 +40,7 @@ def test_mask_is_where_the_object_changes_the_image_in_every_context(cls):
         # Fully covered pixels change, except the few drawn in fixed colours (eyes, nose, whiskers, hat,
         # shirt) or hidden by a foreground (bath water, snowflakes).
         full = coverage >= 1.0
-        least = 0.4 if context in COVERED else 0.85
+        least = 0.4 if context in COVERED else 0.8 if context in HATTED else 0.85
         share = changed[full].mean()
         assert share > least, f"{cls} {context}: {share:.2f} of the object changed"
         assert 40 < mask.sum() < SIZE * SIZE / 2, f"{cls} {context}: mask of {int(mask.sum())} pixels"
