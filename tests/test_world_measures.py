@@ -15,8 +15,10 @@ from s2s.world.study import class_drift, identity_similarity, prompt_fidelity, p
 
 
 def test_prompt_parts_reads_the_subject_phrase_as_its_class():
+    # the subject's token is not read as a name: the prompt asks for a dog in the snow
     assert prompt_parts("a sks dog in the snow", "sks dog") == {
         "colour": None,
+        "name": None,
         "class": "dog",
         "context": "in the snow",
     }
