@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from s2s.io import atomic_dir, save_png, write_json
 from s2s.world import render as _render
@@ -87,58 +87,8 @@ class EditCase:
 
 
 def render_case(scene: Scene, background_context: str | None = None) -> Image.Image:
-    """``render(scene)``, with the background drawn as for ``background_context`` (same seed) if given.
-
-    The same steps as ``s2s.world.render.render`` (tests check that it gives the same image without
-    ``background_context`` for every context); only the background's random stream may come from another
-    context, which accessory edits need (a plain background's colour is keyed on the context).
-    """
-    S = _render.S
-    image = Image.new("RGB", (S, S))
-    d = ImageDraw.Draw(image)
-    context = scene.context
-    key = background_context or context
-    _render.BACKGROUNDS[key](d, _render._rng("background", key, scene.background_seed))
-    ind, y = scene.individual, scene.y
-    if context == "jumping in the air":
-        y = min(y, 0.42)
-    elif context == "sleeping on a bed":
-        y = 0.55
-    elif context == "floating in space":
-        y = min(y, 0.55)
-    unit = S * 0.62 * scene.scale
-    f = _render._Frame(S * scene.x, S * y, unit, scene.facing)
-    if context == "jumping in the air":
-        _render._ellipse(d, S * scene.x, S * 0.9, unit * 0.35, unit * 0.05, (60, 110, 50))
-    if context == "surfing on a wave":
-        _render._ellipse(d, S * scene.x, S * y + unit * 0.28, unit * 0.6, unit * 0.07, (250, 150, 40))
-    anchor = _render._draw_object(
-        d, f, ind, lying=context == "sleeping on a bed", legs_spread=context == "jumping in the air"
-    )
-    if context == "wearing a red hat":
-        _render._hat(d, f, anchor)
-    elif context == "wearing a yellow shirt":
-        _render._shirt(d, f, anchor, (245, 215, 30), tuxedo=False)
-    elif context == "wearing a tuxedo":
-        _render._shirt(d, f, anchor, (20, 20, 25), tuxedo=True)
-    elif context == "getting a bath":
-        top = S * y + unit * 0.05
-        _render._rect(d, S * 0.05, top, S * 0.95, S * 0.98, (250, 250, 252), radius=25)
-        rng = _render._rng("bubbles", scene.background_seed)
-        for _ in range(14):
-            _render._ellipse(
-                d,
-                S * rng.uniform(0.1, 0.9),
-                top + rng.uniform(-8, 6),
-                rng.uniform(5, 11),
-                rng.uniform(5, 11),
-                (235, 240, 255),
-            )
-    elif context == "in the snow":
-        rng = _render._rng("flakes", scene.background_seed)
-        for _ in range(40):
-            _render._ellipse(d, rng.uniform(0, S), rng.uniform(0, S), 1.8, 1.8, (255, 255, 255))
-    return image.resize((_render.SIZE, _render.SIZE), Image.Resampling.BOX)
+    """``render(scene)``, with the background drawn as for ``background_context`` (same seed) if given."""
+    return _render.render(scene, background_context)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -542,12 +542,15 @@ def _shirt(d, f: _Frame, anchor: dict, colour: Colour, tuxedo: bool) -> None:
         )
 
 
-def render(scene: Scene) -> Image.Image:
-    """The scene as a 64 x 64 RGB image (deterministic)."""
+def render(scene: Scene, background_context: str | None = None) -> Image.Image:
+    """The scene as a 64 x 64 RGB image (deterministic). ``background_context``: draw the background as for
+    that context (same seed) instead of the scene's, which an edit's ground truth needs when it adds or
+    removes an accessory (a plain background's colour is keyed on the context)."""
     image = Image.new("RGB", (S, S))
     d = ImageDraw.Draw(image)
     context = scene.context
-    BACKGROUNDS[context](d, _rng("background", context, scene.background_seed))
+    key = background_context or context
+    BACKGROUNDS[key](d, _rng("background", key, scene.background_seed))
     ind = scene.individual
     y = scene.y
     if context == "jumping in the air":
