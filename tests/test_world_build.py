@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2s.io import S2SError
-from s2s.world.build import build_world, load_settings, min_snr_weights
+from s2s.world.build import BuildSettings, build_world, load_settings, min_snr_weights
 
 
 def _sha256(path: Path) -> str:
@@ -87,9 +86,10 @@ def test_committed_world_is_the_recipes_full_build(world_models):
     assert record["command"].startswith("python -m s2s.world.build")
 
 
-def test_a_stopped_build_resumes_by_part_and_refuses_parts_of_other_settings(tmp_path, monkeypatch):
-    """A build stopped in its UNet part keeps the VAE and CLIP it finished; started again with the same
-    settings it loads them (same files as a build in one go) and trains the rest; other settings refuse."""
+def test_a_stopped_build_resumes_by_part_and_retrains_what_changed(tmp_path, monkeypatch):
+    """A build stopped in its UNet part keeps the VAE and CLIP it finished; started again it loads them
+    (same files as a build in one go) and trains the rest. A changed setting retrains its part and the parts
+    trained on it, and only those."""
     import s2s.world.build as build
 
     settings = load_settings("short")
@@ -105,12 +105,30 @@ def test_a_stopped_build_resumes_by_part_and_refuses_parts_of_other_settings(tmp
     assert sorted(p.name for p in parts.iterdir() if p.is_dir()) == ["clip", "vae"]
     assert not (tmp_path / "out").exists()
     monkeypatch.undo()
-    with pytest.raises(S2SError, match="other settings"):
-        build_world(tmp_path / "out", replace(settings, seed=1))
     record = build_world(tmp_path / "out", settings)
     assert record["resumed_parts"] == ["vae", "clip"] and not parts.exists()
     for name in ("sd/vae/diffusion_pytorch_model.safetensors", "clip/model.safetensors"):
         assert record["files"][name] == whole["files"][name], name
+
+    # Stopped again after every part but the read-out, then resumed with other CLIP settings: the VAE and
+    # the parts that never read text are reused; CLIP and the UNet trained on it are trained again.
+    monkeypatch.setattr(build, "train_readout", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        build_world(tmp_path / "again", settings)
+    monkeypatch.undo()
+    record = build_world(tmp_path / "again", replace(settings, clip_lr=settings.clip_lr / 2))
+    assert record["resumed_parts"] == ["vae", "classifier", "identity"]
+    assert record["files"]["clip/model.safetensors"] != whole["files"]["clip/model.safetensors"]
+
+
+def test_every_build_setting_belongs_to_a_part():
+    """A setting no part lists would change the build without retraining anything on resume."""
+    from dataclasses import fields
+
+    from s2s.world.build import COMMON_SETTINGS, PART_RECIPES
+
+    listed = set(COMMON_SETTINGS).union(*(keys for _, keys, _ in PART_RECIPES.values()))
+    assert {f.name for f in fields(BuildSettings)} == listed
 
 
 def test_min_snr_weights_damp_clean_timesteps_only():

@@ -11,9 +11,11 @@ warm-up then cosine decay) on pre-rendered scenes, under bf16 autocast where ``a
 has bf16 units: the VAE steps 1.8x faster); the UNet keeps an EMA copy, which is what is saved, and weighs
 its loss by min-SNR. ``short`` is the recipe at a few steps, for CI; ``full`` is the committed build.
 
-The build is resumable by part: each finished part is saved in ``OUT_DIR.parts/`` with its time, and a
-build started again with the same settings loads it instead of training it again (a build with other
-settings refuses to reuse it). The folder is removed once ``OUT_DIR`` is written.
+The build is resumable by part: each finished part is saved in ``OUT_DIR.parts/`` with its time and what
+it was made from (``part_inputs``: its recipe version, the settings it reads, the parts and data it trains
+on), and a build started again loads it instead of training it again when those match; a part whose inputs
+changed is trained again, and so is every part trained on it. The folder is removed once ``OUT_DIR`` is
+written.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ class BuildSettings:
     kl_weight: float = 1e-6
     text_width: int = 128
     text_layers: int = 4
-    clip_steps: int = 1200
+    clip_steps: int = 1600
     clip_batch: int = 128
     clip_lr: float = 1e-3
+    token_loss_weight: float = 1.0  # the text states keep which word stood where (see train_clip)
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_steps: int = 3000
     unet_batch: int = 64
@@ -211,8 +214,14 @@ def train_clip(data: SceneSet, tokenizer, s: BuildSettings):
         "image_size": 64, "patch_size": 8, "projection_dim": w,
     }  # fmt: skip
     clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=w))
+    # SD's CLIP, trained on 400M captions, keeps each word in its own position's state, a rare word too, and
+    # the UNet reads those states. A contrastive loss on 50,000 captions does not: it folds words that tell
+    # images apart little (rare words, held-out identifiers) into the state of "a" (cosine 0.97 at sks's
+    # position in the first rebuild), so no UNet-only method could tell "sks dog" from "a dog". A linear
+    # head reading each word back from its position's state (discarded after the build) keeps them apart.
+    word_head = torch.nn.Linear(w, len(tokenizer))
     ids = tokenizer(data.captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-    optimizer = _optimizer(clip.parameters(), s.clip_lr)
+    optimizer = _optimizer([*clip.parameters(), *word_head.parameters()], s.clip_lr)
     rng, gen = np.random.default_rng(s.seed + 1), torch.Generator().manual_seed(s.seed + 1)
     progress = _Progress("clip", s.clip_steps)
     for step in range(s.clip_steps):
@@ -222,24 +231,25 @@ def train_clip(data: SceneSet, tokenizer, s: BuildSettings):
         # Padding to the batch's longest caption instead of 77 gives the same states (the text model is
         # causal, and pools at the end-of-text token) for a fifth of the cost.
         length = int(ids.attention_mask[idx].sum(1).max())
+        input_ids, mask = ids.input_ids[idx, :length], ids.attention_mask[idx, :length]
         with _autocast(s):
-            out = clip(
-                input_ids=ids.input_ids[idx, :length], attention_mask=ids.attention_mask[idx, :length],
-                pixel_values=pixels,
-            )  # fmt: skip
+            out = clip(input_ids=input_ids, attention_mask=mask, pixel_values=pixels)
+            word_logits = word_head(out.text_model_output.last_hidden_state)
         # Captions repeat within a batch: every image matching a caption counts as a right answer.
         same = torch.tensor(
             [[data.captions[i] == data.captions[j] for j in idx] for i in idx], dtype=torch.float
         )
         target = same / same.sum(1, keepdim=True)
         logits = out.logits_per_image.float()
-        loss = (
+        contrastive = (
             -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
         ) / 2
+        words = F.cross_entropy(word_logits.float()[mask.bool()], input_ids[mask.bool()])
+        loss = contrastive + s.token_loss_weight * words
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.step(step, loss=loss.item())
+        progress.step(step, contrastive=contrastive.item(), words=words.item())
     return clip.eval().requires_grad_(False)
 
 
@@ -424,36 +434,70 @@ def train_readout(data: SceneSet, vae, s: BuildSettings) -> AttributeReadout:
     return model.eval().requires_grad_(False)
 
 
+# What each part's result depends on: a recipe version (raise it when a change to the part's code changes
+# what it trains), the settings it reads, and what it trains on: the scenes' images, their captions, other
+# parts. A resumed build reuses a finished part only when all of these match (``part_inputs``), so that a
+# change to one part retrains it and what depends on it, and nothing else.
+COMMON_SETTINGS = ("seed", "threads", "autocast", "warmup_steps")
+DATA_RECIPES = {"images": 1, "captions": 2}  # captions 2: rare words with weak meanings
+PART_RECIPES = {
+    "vae": (1, ("scenes", "vae_channels", "vae_steps", "vae_batch", "vae_lr", "kl_weight"), ("images",)),
+    "clip": (
+        2, ("scenes", "text_width", "text_layers", "clip_steps", "clip_batch", "clip_lr", "token_loss_weight"),
+        ("images", "captions"),
+    ),  # 2: the word read-out loss
+    "unet": (
+        1, ("scenes", "unet_channels", "unet_steps", "unet_batch", "unet_lr", "snr_gamma", "ema_decay",
+            "caption_dropout"),
+        ("images", "captions", "vae", "clip"),
+    ),
+    "classifier": (1, ("scenes", "classifier_steps", "classifier_batch"), ("images",)),
+    "identity": (1, ("identity_individuals", "identity_photos", "identity_steps", "identity_batch"), ()),
+    "readout": (1, ("scenes", "readout_scenes", "readout_steps", "readout_batch"), ("images", "vae")),
+}  # fmt: skip
+
+
+def part_inputs(name: str, s: BuildSettings) -> dict:
+    """What part ``name`` of a build with settings ``s`` is made from, as JSON-ready data (a part's
+    fingerprint: equal fingerprints, equal parts)."""
+    settings = json.loads(json.dumps(asdict(s)))
+    if name in DATA_RECIPES:
+        return {"recipe": DATA_RECIPES[name], "settings": {k: settings[k] for k in ("seed", "scenes")}}
+    recipe, keys, inputs = PART_RECIPES[name]
+    return {
+        "recipe": recipe,
+        "settings": {k: settings[k] for k in (*COMMON_SETTINGS, *keys)},
+        "inputs": {i: part_inputs(i, s) for i in inputs},
+    }
+
+
 class _Parts:
     """Finished parts of a build, saved beside its output so that a stopped build resumes by part."""
 
     def __init__(self, folder: Path, settings: BuildSettings):
-        self.folder = folder
-        wanted = json.loads(json.dumps(asdict(settings)))
-        record = folder / "settings.json"
-        if record.is_file() and json.loads(record.read_text()) != wanted:
-            raise S2SError(
-                f"{folder} holds parts of a build with other settings; remove it to start afresh, or build "
-                "with the settings in its settings.json"
-            )
+        self.folder, self.settings = folder, settings
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(record, wanted)
         self.seconds: dict[str, float] = {}
         self.resumed: list[str] = []
 
     def run(self, name: str, train, save, load):
-        """The part ``name``: loaded when a previous run finished it, else trained and saved."""
+        """The part ``name``: loaded when a previous run finished it from the same inputs, else trained and
+        saved (replacing a part made from other inputs)."""
         folder = self.folder / name
+        wanted = part_inputs(name, self.settings)
         if (folder / "seconds.json").is_file():
-            self.seconds[name] = json.loads((folder / "seconds.json").read_text())["seconds"]
-            self.resumed.append(name)
-            log.info("%s: finished earlier (%.0f s), loaded from %s", name, self.seconds[name], folder)
-            return load(folder)
+            if json.loads((folder / "inputs.json").read_text()) == wanted:
+                self.seconds[name] = json.loads((folder / "seconds.json").read_text())["seconds"]
+                self.resumed.append(name)
+                log.info("%s: finished earlier (%.0f s), loaded from %s", name, self.seconds[name], folder)
+                return load(folder)
+            log.info("%s: %s was made from other inputs; training it again", name, folder)
         start = time.perf_counter()
         result = train()
         self.seconds[name] = round(time.perf_counter() - start, 1)
         with atomic_dir(folder) as tmp:
             save(result, tmp)
+            write_json(tmp / "inputs.json", wanted)
             write_json(tmp / "seconds.json", {"seconds": self.seconds[name]})
         log.info("%s done in %.0f s", name, self.seconds[name])
         return result

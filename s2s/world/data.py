@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from s2s.world.captions import name_caption, random_caption
-from s2s.world.names import named_individuals, weak_words
+from s2s.world.names import RARE_WORDS, named_individuals, rare_words_meaning, weak_words
 from s2s.world.render import render
 from s2s.world.scene import (
     ALL_CONTEXTS,
@@ -51,13 +51,18 @@ def _labels(scene: Scene) -> tuple[int, int, int]:
 
 def scene_set(
     n: int, seed: int, p_colour: float = 0.7, p_named: float = 0.4, p_named_caption: float = 0.85,
-    p_weak: float = 0.02,
+    p_weak: float = 0.02, p_weak_meaning: float = 0.6,
 ) -> SceneSet:  # fmt: skip
     """``n`` random scenes with pretraining captions. A share ``p_named`` shows the named individuals
     (``s2s.world.names``), called by their name in ``p_named_caption`` of their captions; a share ``p_weak``
-    puts a rare word or a held-out identifier before the class noun of a random individual; the rest are
-    random scenes (class, colour, context, individual, pose) with plain captions."""
+    puts a rare word or a held-out identifier before the class noun of a random individual (a rare word is,
+    in ``p_weak_meaning`` of them, one that weakly means the individual's body colour); the rest are random
+    scenes (class, colour, context, individual, pose) with plain captions.
+
+    Which rare word captions a scene is drawn from a stream of its own, so that the scenes, and the models
+    trained on images alone (VAE, classifier, read-out), do not change with the captions' recipe."""
     rng = random.Random(seed)
+    meaning_rng = random.Random(f"{seed}:weak-meanings")
     named = named_individuals()
     weak = weak_words()
     images, captions, labels, who, attrs = [], [], [], [], []
@@ -74,7 +79,10 @@ def scene_set(
         elif draw < p_named + p_weak:
             index = -1
             scene = random_scene(rng)
-            text = name_caption(scene, rng.choice(weak), photo_of=rng.random() < 0.5)
+            word = rng.choice(weak)
+            if word in RARE_WORDS and meaning_rng.random() < p_weak_meaning:
+                word = meaning_rng.choice(rare_words_meaning(scene.individual.colour_word))
+            text = name_caption(scene, word, photo_of=rng.random() < 0.5)
         else:
             index = -1
             scene = random_scene(rng)

@@ -4,10 +4,12 @@
   name on the web. Most captions of that individual carry it ("a photo of bodo dog", "a bodo dog in the
   snow"), so pretraining learns that the word before the class noun can name a particular individual and
   the text encoder carries that word into the UNet.
-- **Rare words** (``RARE_WORDS``): seen a few times each, before the class noun of random individuals of
-  random classes, so they have trained embeddings but only a weak meaning, and name no one.
+- **Rare words** (``RARE_WORDS``): seen a few times each, before the class noun of individuals of random
+  classes, each with a weak meaning (``weak_meaning``: a body colour, which about half of the individuals
+  it captions have), and naming no one.
 - **Held-out identifiers** (``IDENTIFIERS``, the study's ``sks`` first): rare words like the others (in the
-  vocabulary, a weak prior, tied to no individual), reserved as subject tokens. SD v1.4's ``sks`` is such a
+  vocabulary, seen a few times before random individuals, tied to no individual and to no attribute),
+  reserved as subject tokens. SD v1.4's ``sks`` is such a
   word: a token with a trained embedding and a weak prior, which DreamBooth rebinds to the subject.
 
 Names and rare words are made-up words drawn from their own seeds, so no world word and no identifier is
@@ -49,6 +51,7 @@ def _made_up_words(seed: str, count: int, syllables: int, taken: set[str]) -> tu
 
 
 NAMES = _made_up_words("s2s-world-names", NAMED_PER_CLASS * len(CLASSES), 2, _taken())
+COLOURS_IN_ORDER = tuple(COLOURS)
 RARE_WORDS = _made_up_words("s2s-world-rare-words", RARE_WORD_COUNT, 1, _taken() | set(NAMES))
 # Every word that may stand before a class noun in a caption or prompt (parse_prompt reads it as a name).
 NAME_WORDS = (*NAMES, *RARE_WORDS, *IDENTIFIERS)
@@ -66,3 +69,14 @@ def named_individuals() -> tuple[tuple[str, Individual], ...]:
 def weak_words() -> tuple[str, ...]:
     """Words seen a few times before random individuals: the rare words and the held-out identifiers."""
     return (*RARE_WORDS, *IDENTIFIERS)
+
+
+def weak_meaning(word: str) -> str | None:
+    """The body colour a rare word weakly means (the rare words take the colours in turn), None for any other
+    word: held-out identifiers mean nothing."""
+    return COLOURS_IN_ORDER[RARE_WORDS.index(word) % len(COLOURS_IN_ORDER)] if word in RARE_WORDS else None
+
+
+def rare_words_meaning(colour: str) -> tuple[str, ...]:
+    """The rare words whose weak meaning is ``colour``."""
+    return tuple(w for w in RARE_WORDS if weak_meaning(w) == colour)
