@@ -443,7 +443,8 @@ DATA_RECIPES = {"images": 1, "captions": 2}  # captions 2: rare words with weak 
 PART_RECIPES = {
     "vae": (1, ("scenes", "vae_channels", "vae_steps", "vae_batch", "vae_lr", "kl_weight"), ("images",)),
     "clip": (
-        2, ("scenes", "text_width", "text_layers", "clip_steps", "clip_batch", "clip_lr", "token_loss_weight"),
+        2,
+        ("scenes", "text_width", "text_layers", "clip_steps", "clip_batch", "clip_lr", "token_loss_weight"),
         ("images", "captions"),
     ),  # 2: the word read-out loss
     "unet": (
