@@ -121,6 +121,23 @@ def test_a_stopped_build_resumes_by_part_and_retrains_what_changed(tmp_path, mon
     assert record["files"]["clip/model.safetensors"] != whole["files"]["clip/model.safetensors"]
 
 
+def test_clip_is_trained_to_read_each_word_back_from_its_state(tmp_path):
+    """The word read-out term is in CLIP's loss: the same few steps with and without it train different
+    weights (the committed encoder's effect: test_world_names, identifiers kept apart from "a")."""
+    from transformers import CLIPTokenizer
+
+    from s2s.world.build import train_clip
+    from s2s.world.data import scene_set
+    from s2s.world.tokenizer import write_world_tokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(write_world_tokenizer(tmp_path / "tokenizer"))
+    data = scene_set(32, seed=0)
+    settings = replace(load_settings("short"), clip_steps=2, autocast=False)
+    with_words = train_clip(data, tokenizer, settings).text_model.state_dict()
+    without = train_clip(data, tokenizer, replace(settings, token_loss_weight=0.0)).text_model.state_dict()
+    assert any(not torch.equal(with_words[k], without[k]) for k in with_words)
+
+
 def test_every_build_setting_belongs_to_a_part():
     """A setting no part lists would change the build without retraining anything on resume."""
     from dataclasses import fields

@@ -40,31 +40,47 @@ HIDDEN_BY = {
 
 
 class AttributeReadout(nn.Module):
-    """A small CNN with one head per attribute (``ATTRIBUTES``); input uint8 [N, 3, 64, 64] or [-1, 1]."""
+    """A small CNN with one head per attribute (``ATTRIBUTES``); input uint8 [N, 3, 64, 64] or [-1, 1].
 
-    def __init__(self, width: int = 32, input_size: int = 64) -> None:
+    Colours and marking kinds survive global pooling; proportions do not: a large head is told from a small
+    one only against the rest of the body, whose size varies with the pose's scale and the build. With
+    ``spatial`` channels the heads also see the last feature map position by position (and the input gets
+    two coordinate channels), so they can compare parts of the body with each other."""
+
+    def __init__(self, width: int = 32, input_size: int = 64, spatial: int = 0) -> None:
         super().__init__()
-        self.width, self.input_size = width, input_size
+        self.width, self.input_size, self.spatial = width, input_size, spatial
 
         def block(cin, cout, stride):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
 
         w = width
         self.convs = nn.Sequential(
-            block(3, w, 1), block(w, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
+            block(5 if spatial else 3, w, 1), block(w, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
             block(2 * w, 4 * w, 2), block(4 * w, 4 * w, 1), block(4 * w, 4 * w, 2),
         )  # fmt: skip
-        self.heads = nn.ModuleDict({k: nn.Linear(8 * w, len(v)) for k, v in ATTRIBUTES.items()})
+        features = 8 * w
+        if spatial:
+            self.reduce = nn.Conv2d(4 * w, spatial, 1)
+            features += spatial * (input_size // 8) ** 2
+        self.heads = nn.ModuleDict({k: nn.Linear(features, len(v)) for k, v in ATTRIBUTES.items()})
 
     def config(self) -> dict:
-        return {"width": self.width, "input_size": self.input_size}
+        return {"width": self.width, "input_size": self.input_size, "spatial": self.spatial}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", antialias=True)
+        if self.spatial:
+            ramp = torch.linspace(-1, 1, self.input_size, device=x.device, dtype=x.dtype)
+            ys, xs = torch.meshgrid(ramp, ramp, indexing="ij")
+            x = torch.cat([x, xs.expand(len(x), 1, -1, -1), ys.expand(len(x), 1, -1, -1)], dim=1)
         h = self.convs(x)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # max: small markings count
+        parts = [h.mean(dim=(2, 3)), h.amax(dim=(2, 3))]  # max: small markings count
+        if self.spatial:
+            parts.append(F.silu(self.reduce(h)).flatten(1))
+        pooled = torch.cat(parts, dim=1)
         return {k: head(pooled) for k, head in self.heads.items()}
 
     @torch.no_grad()
