@@ -79,9 +79,10 @@ class BuildSettings:
     identity_photos: int = 12
     identity_steps: int = 2000
     identity_batch: int = 64
-    readout_scenes: int = 12000  # scenes passed through the VAE for the read-out
-    readout_steps: int = 2000
+    readout_scenes: int = 20000  # scenes passed through the VAE for the read-out
+    readout_steps: int = 3000
     readout_batch: int = 64
+    readout_spatial: int = 16  # channels of the read-out's position-by-position features (0: pooled only)
     warmup_steps: int = 200
 
 
@@ -414,7 +415,7 @@ def train_readout(data: SceneSet, vae, s: BuildSettings) -> AttributeReadout:
         for key in HIDDEN_BY.get(ALL_CONTEXTS[context], ()):
             labels[row, keys.index(key)] = -100  # cross_entropy's ignore_index
     torch.manual_seed(s.seed + 5)
-    model = AttributeReadout()
+    model = AttributeReadout(spatial=s.readout_spatial)
     optimizer = _optimizer(model.parameters(), 2e-3)
     rng, gen = np.random.default_rng(s.seed + 5), torch.Generator().manual_seed(s.seed + 5)
     progress = _Progress("readout", s.readout_steps)
@@ -454,7 +455,11 @@ PART_RECIPES = {
     ),
     "classifier": (1, ("scenes", "classifier_steps", "classifier_batch"), ("images",)),
     "identity": (1, ("identity_individuals", "identity_photos", "identity_steps", "identity_batch"), ()),
-    "readout": (1, ("scenes", "readout_scenes", "readout_steps", "readout_batch"), ("images", "vae")),
+    "readout": (
+        2,
+        ("scenes", "readout_scenes", "readout_steps", "readout_batch", "readout_spatial"),
+        ("images", "vae"),
+    ),  # 2: position-by-position features
 }  # fmt: skip
 
 
