@@ -68,20 +68,25 @@ def demo(tmp_path_factory, world_models) -> tuple[Path, dict]:
 
 
 METHODS = ["textual_inversion", "dreambooth", "lora"]
-# Measured on the demo (seed 0) after the world was rebuilt with names and held-out identifiers (issue 21):
-# identification over the study's 20 prompts x 4 seeds, base 0.00.
-IDENTIFY_MEASURED = {"textual_inversion": 0.15, "dreambooth": 0.05, "lora": 0.00}
-# ... and in 16 samples of "a photo of sks dog" (seeds 200-215), base 0.06 (1 of 16).
-INSTANCE_MEASURED = {"textual_inversion": 0.31, "dreambooth": 0.12, "lora": 0.25}
+# Measured on the demo (seed 0) on the third world build (identifiers kept apart from "a" in the text
+# encoder, issue 21): identification over the study's 20 prompts x 4 seeds, base 0.013; TI reaches 0.425.
+IDENTIFY_MEASURED = {"dreambooth": 0.125, "lora": 0.163}
+# ... and in 16 samples of "a photo of sks dog" (seeds 200-215), base 0.00 (none of 16).
+INSTANCE_MEASURED = {"textual_inversion": 0.44, "dreambooth": 0.19, "lora": 0.06}
+UNET_ONLY_SHORT = (
+    "at the demo's budget the UNet-only methods bind the identifier to the subject's body colour (DreamBooth "
+    "94% of 'a photo of sks dog' samples, LoRA 81%) but not to its marking (0% and 12%) or accent colour "
+    "(44% and 0%), though the text encoder now keeps 'sks' apart from 'a' (cosine 0.04 at its position); "
+    "the base UNet still answers 'sks' weakly (0.043 rms against 0.107 for a colour word): README, 'The "
+    "miniature world'"
+)
 INSTANCE_SHORT = (
     "issue 21's target (>= 0.50 of 'a photo of sks dog' samples, base <= 0.05) is not reached at the demo's "
-    "settings: measured {rate:.2f}, base 0.06 (see IDENTIFY_SHORT)"
+    "settings: measured {rate:.2f}, base 0.00; " + UNET_ONLY_SHORT
 )
 IDENTIFY_SHORT = (
     "issue 21's target (>= 0.30 over the 20 prompts) is not reached at the demo's settings: measured "
-    "{rate:.2f} (base 0.00). The identifier is still weak in the world's text encoder (its state's cosine "
-    "with that of 'a' is 0.94; base UNet change 0.041 rms against 0.077 for a colour word), and samples get "
-    "the subject's colour more often than its marking (README, 'The miniature world')"
+    "{rate:.2f} (base 0.013); " + UNET_ONLY_SHORT
 )
 
 
@@ -112,8 +117,11 @@ def _minus_base(companion: pd.DataFrame, metric: str, method: str) -> tuple[floa
 @pytest.mark.parametrize(
     "method",
     [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=IDENTIFY_SHORT.format(rate=r)))
-        for m, r in IDENTIFY_MEASURED.items()
+        "textual_inversion",
+        *(
+            pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=IDENTIFY_SHORT.format(rate=r)))
+            for m, r in IDENTIFY_MEASURED.items()
+        ),
     ],
 )
 def test_method_identifies_the_subject_over_the_study_prompts(demo, method):
@@ -149,7 +157,11 @@ def instance_samples(demo):
 @pytest.mark.parametrize(
     "method",
     [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=INSTANCE_SHORT.format(rate=r)))
+        # TI's 7 of 16 is one sample short of the target: not strict, since one sample drawn otherwise on
+        # another machine's arithmetic would reach it.
+        pytest.param(
+            m, marks=pytest.mark.xfail(strict=m != "textual_inversion", reason=INSTANCE_SHORT.format(rate=r))
+        )
         for m, r in INSTANCE_MEASURED.items()
     ],
 )
