@@ -68,17 +68,19 @@ def demo(tmp_path_factory, world_models) -> tuple[Path, dict]:
 
 
 METHODS = ["textual_inversion", "dreambooth", "lora"]
-# Measured on the demo (seed 0) on the third world build (identifiers kept apart from "a" in the text
-# encoder, issue 21): identification over the study's 20 prompts x 4 seeds, base 0.013; TI reaches 0.425.
-IDENTIFY_MEASURED = {"dreambooth": 0.125, "lora": 0.163}
-# ... and in 16 samples of "a photo of sks dog" (seeds 200-215), base 0.00 (none of 16).
-INSTANCE_MEASURED = {"textual_inversion": 0.44, "dreambooth": 0.19, "lora": 0.06}
+# Measured on the demo (seed 0; DreamBooth 400 steps, LoRA 600) on the third world build (identifiers kept
+# apart from "a" in the text encoder, issue 21): identification over the study's 20 prompts x 4 seeds, base
+# 0.013; TI reaches 0.425.
+IDENTIFY_MEASURED = {"dreambooth": 0.275, "lora": 0.113}
+# ... and in 16 samples of "a photo of sks dog" (seeds 200-215), base 0.00 (none of 16); DreamBooth 0.69.
+INSTANCE_MEASURED = {"textual_inversion": 0.44, "lora": 0.31}
+# Within two samples of a target: not strict, since a sample drawn otherwise by another machine's
+# arithmetic would reach it (TI's 7 of 16 on the instance prompt, DreamBooth's 22 of 80 over the prompts).
+NEAR_TARGET = {"textual_inversion", "dreambooth"}
 UNET_ONLY_SHORT = (
-    "at the demo's budget the UNet-only methods bind the identifier to the subject's body colour (DreamBooth "
-    "94% of 'a photo of sks dog' samples, LoRA 81%) but not to its marking (0% and 12%) or accent colour "
-    "(44% and 0%), though the text encoder now keeps 'sks' apart from 'a' (cosine 0.04 at its position); "
-    "the base UNet still answers 'sks' weakly (0.043 rms against 0.107 for a colour word): README, 'The "
-    "miniature world'"
+    "LoRA binds the identifier to the subject's body colour (69% of 'a photo of sks dog' samples) more than "
+    "to its marking (12%) or accent colour (38%); it gains with steps (6% of those samples identified at "
+    "300 steps, 31% at 600) and is not yet there at the demo's budget. README, 'The miniature world'"
 )
 INSTANCE_SHORT = (
     "issue 21's target (>= 0.50 of 'a photo of sks dog' samples, base <= 0.05) is not reached at the demo's "
@@ -86,7 +88,8 @@ INSTANCE_SHORT = (
 )
 IDENTIFY_SHORT = (
     "issue 21's target (>= 0.30 over the 20 prompts) is not reached at the demo's settings: measured "
-    "{rate:.2f} (base 0.013); " + UNET_ONLY_SHORT
+    "{rate:.2f} (base 0.013); in a context the subject is found less often than on a plain background "
+    "(DreamBooth 0.69 of 'a photo of sks dog' samples). " + UNET_ONLY_SHORT
 )
 
 
@@ -119,7 +122,9 @@ def _minus_base(companion: pd.DataFrame, metric: str, method: str) -> tuple[floa
     [
         "textual_inversion",
         *(
-            pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=IDENTIFY_SHORT.format(rate=r)))
+            pytest.param(
+                m, marks=pytest.mark.xfail(strict=m not in NEAR_TARGET, reason=IDENTIFY_SHORT.format(rate=r))
+            )
             for m, r in IDENTIFY_MEASURED.items()
         ),
     ],
@@ -157,12 +162,13 @@ def instance_samples(demo):
 @pytest.mark.parametrize(
     "method",
     [
-        # TI's 7 of 16 is one sample short of the target: not strict, since one sample drawn otherwise on
-        # another machine's arithmetic would reach it.
-        pytest.param(
-            m, marks=pytest.mark.xfail(strict=m != "textual_inversion", reason=INSTANCE_SHORT.format(rate=r))
-        )
-        for m, r in INSTANCE_MEASURED.items()
+        "dreambooth",
+        *(
+            pytest.param(
+                m, marks=pytest.mark.xfail(strict=m not in NEAR_TARGET, reason=INSTANCE_SHORT.format(rate=r))
+            )
+            for m, r in INSTANCE_MEASURED.items()
+        ),
     ],
 )
 def test_method_identifies_the_subject_in_its_instance_prompt(instance_samples, method):
