@@ -90,7 +90,7 @@ def test_table_rows_columns_and_published_values(tmp_path, jsons):
         out / "t.html",
         published=PUBLISHED,
         provenance=PROVENANCE,
-        tiny_models=True,
+        models="tiny",
     )
     csv = pd.read_csv(out / "t.csv")
     pd.testing.assert_frame_equal(csv, frame.reset_index(drop=True), check_dtype=False)
@@ -134,7 +134,7 @@ def test_table_rows_columns_and_published_values(tmp_path, jsons):
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
 
 
-def test_table_without_published_or_tiny_models(tmp_path, jsons):
+def test_table_without_published_values_on_hub_models(tmp_path, jsons):
     del jsons["base"]
     make_table(jsons, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.html", provenance=PROVENANCE)
     csv = pd.read_csv(tmp_path / "t.csv")
