@@ -1,9 +1,12 @@
-"""Typed, validated configuration.
+"""The config: its check, its typed views, the models a run uses, and what each rule depends on.
 
 ``config/schema.yaml`` is the single source of truth for keys, types and defaults. ``check_config``
 turns the first schema violation, and the checks a schema cannot express (folders that must exist,
-unsafe names), into one line that names the key and the fix. ``load`` builds frozen dataclasses so
-that stage functions take the sub-config they need instead of reaching into nested dicts.
+unsafe names, keys that are gone), into one line that names the key and the fix, and fills the
+defaults. ``train_config`` and ``subject`` build frozen dataclasses so that stage functions take the
+sub-config they need instead of reaching into nested dicts. ``model_kind`` reads the ``models`` choice
+(hub, tiny, rehearsal, world), and ``base_model`` and ``metric_models`` turn it into the models' paths.
+The ``depends_*`` functions give each rule's ``params``: the part of the config its outputs depend on.
 """
 
 from __future__ import annotations
