@@ -45,16 +45,14 @@ SAMPLE_METHODS = s2s_config.sample_methods(config)
 PROMPTS = s2s_config.prompts_by_id(config)
 PROMPT_IDS = list(PROMPTS)
 SEEDS = config["sampling"]["seeds"]
-TINY = config["tiny_models"]
-REHEARSAL = config["rehearsal_models"]
-WORLD = config["world_models"]
+MODELS = s2s_config.model_kind(config)
 WORLD_DIR = str(s2s_config.world_dir(config))
 # GPU stages run one at a time locally (profiles/default limits gpu_jobs to 1) because they share the
 # first GPU; a CPU run (device: cpu) has no GPU to share, so its stages run side by side.
 GPU_JOBS = 0 if config["device"] == "cpu" else 1
 # Jobs on the tiny and the world models are mostly start-up (imports, loading): one core each, two side
 # by side, beats two cores each. Real models use both.
-MODEL_THREADS = 1 if TINY or WORLD else 2
+MODEL_THREADS = 1 if MODELS in ("tiny", "world") else 2
 EDITS_ON = bool(config["edits"]["manifest"])
 EDIT_PLAN = (
     s2s_plan.plan_manifest(
@@ -76,37 +74,36 @@ wildcard_constraints:
 
 
 def base_model_inputs():
-    """The tiny and the rehearsal base models are workflow outputs; a real one is outside the DAG."""
-    if TINY:
-        return [f"{RESULTS}/tiny_models/sd/model_index.json"]
-    if REHEARSAL:
-        return [rehearsal_file("sd")]
-    if WORLD:
-        return [f"{WORLD_DIR}/sd/model_index.json"]
-    return []
+    """The base model's files in the DAG: the tiny and the rehearsal models are workflow outputs, the
+    world's are committed files; a hub model is outside the DAG."""
+    return {
+        "hub": [],
+        "tiny": [f"{RESULTS}/tiny_models/sd/model_index.json"],
+        "rehearsal": [rehearsal_file("sd")],
+        "world": [f"{WORLD_DIR}/sd/model_index.json"],
+    }[MODELS]
 
 
 def metric_model_inputs():
-    if TINY:
-        return [
+    return {
+        "hub": [],
+        "tiny": [
             f"{RESULTS}/tiny_models/inception_like.safetensors",
             f"{RESULTS}/tiny_models/clip/config.json",
-        ]
-    if REHEARSAL:
-        return [
+        ],
+        "rehearsal": [
             rehearsal_file(k)
             for k in ("clip", "dino", "fid_inception", "imagenet_inception")
-        ]
-    if WORLD:
-        return [
+        ],
+        "world": [
             f"{WORLD_DIR}/{name}"
             for name in (
                 "clip/config.json",
                 "identity/config.json",
                 "classifier.safetensors",
             )
-        ]
-    return []
+        ],
+    }[MODELS]
 
 
 def rehearsal_file(key):
@@ -208,7 +205,7 @@ def all_targets():
             f"{RESULTS}/{subject}/grids/{{method}}.png", method=SAMPLE_METHODS
         )
         targets.append(f"{RESULTS}/{subject}/loss_curves.png")
-        if WORLD:
+        if MODELS == "world":
             targets.append(f"{RESULTS}/{subject}/metrics/world_prompt_fidelity.json")
         if EDITS_ON:
             targets += edit_targets(subject)

@@ -1,9 +1,12 @@
-"""Typed, validated configuration.
+"""The config: its check, its typed views, the models a run uses, and what each rule depends on.
 
 ``config/schema.yaml`` is the single source of truth for keys, types and defaults. ``check_config``
 turns the first schema violation, and the checks a schema cannot express (folders that must exist,
-unsafe names), into one line that names the key and the fix. ``load`` builds frozen dataclasses so
-that stage functions take the sub-config they need instead of reaching into nested dicts.
+unsafe names, keys that are gone), into one line that names the key and the fix, and fills the
+defaults. ``train_config`` and ``subject`` build frozen dataclasses so that stage functions take the
+sub-config they need instead of reaching into nested dicts. ``model_kind`` reads the ``models`` choice
+(hub, tiny, rehearsal, world), and ``base_model`` and ``metric_models`` turn it into the models' paths.
+The ``depends_*`` functions give each rule's ``params``: the part of the config its outputs depend on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from s2s.io import PICKLE_SUFFIXES, S2SError, check_safe_name
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 METHODS = ("textual_inversion", "dreambooth", "lora")
+# The models a run uses (config key `models`): the hub's (model.name_or_path and the evaluation.*
+# models), tiny random ones or random ones with the study's architectures (both built by the workflow
+# into results_dir/TINY_DIR or REHEARSAL_DIR), or the miniature world's (committed in world.models).
+MODEL_KINDS = ("hub", "tiny", "rehearsal", "world")
+# The boolean keys that `models` replaced, and the choice each one made.
+GONE_MODEL_KEYS = {"tiny_models": "tiny", "rehearsal_models": "rehearsal", "world_models": "world"}
 TINY_DIR = "tiny_models"
 REHEARSAL_DIR = "rehearsal_models"
 # Files of the rehearsal's stand-in models (s2s.rehearsal), relative to results/rehearsal_models.
@@ -91,6 +100,7 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
 
     schema = load_schema()
     config = copy.deepcopy(raw or {})
+    _check_gone_model_keys(config)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.path)))
     if errors:
@@ -267,15 +277,38 @@ def results_dir(config: dict) -> Path:
     return Path(config.get("results_dir", "results"))
 
 
+def _check_gone_model_keys(config: dict) -> None:
+    """An old config's tiny_models / rehearsal_models / world_models: one line naming `models`."""
+    for key, kind in GONE_MODEL_KEYS.items():
+        if key in config:
+            fix = f"write 'models: {kind}'" if config[key] else "remove it ('models: hub' is the default)"
+            raise S2SError(f"config key {key!r} is gone: {fix}")
+
+
+def model_kind(config: dict) -> str:
+    """The run's models, config key `models`: hub (the default), tiny, rehearsal or world. The one place
+    that reads the choice: everything that depends on it asks here."""
+    _check_gone_model_keys(config)
+    kind = config.get("models", "hub")
+    if kind not in MODEL_KINDS:
+        raise S2SError(f"config key models: {kind!r} is not one of: {', '.join(MODEL_KINDS)}")
+    return kind
+
+
+def models_dir(config: dict) -> Path | None:
+    """The folder of the run's models (None for the hub's, which are named one by one)."""
+    return {
+        "hub": None,
+        "tiny": results_dir(config) / TINY_DIR,
+        "rehearsal": results_dir(config) / REHEARSAL_DIR,
+        "world": world_dir(config),
+    }[model_kind(config)]
+
+
 def base_model(config: dict) -> str:
-    """The base model's hub id or folder (the tiny one when tiny_models is on)."""
-    if config.get("tiny_models"):
-        return str(results_dir(config) / TINY_DIR / "sd")
-    if config.get("rehearsal_models"):
-        return str(results_dir(config) / REHEARSAL_DIR / "sd")
-    if config.get("world_models"):
-        return str(world_dir(config) / "sd")
-    return config["model"]["name_or_path"]
+    """The base model's hub id or folder (model.name_or_path, or the `models` choice's sd/ folder)."""
+    folder = models_dir(config)
+    return config["model"]["name_or_path"] if folder is None else str(folder / "sd")
 
 
 def _check_world_token(name: str, token: str) -> None:
@@ -299,33 +332,37 @@ def world_dir(config: dict) -> Path:
     return Path(__file__).resolve().parents[1] / path
 
 
+METRIC_MODEL_KEYS = ("clip_model", "dino_model", "feature_extractor", "study_feature_extractor")
+# The metric models of each `models` choice but hub, relative to its folder (models_dir).
+METRIC_MODEL_FILES = {
+    "tiny": {
+        "clip_model": "clip",
+        "dino_model": "dino",
+        "feature_extractor": "inception_like.safetensors",
+        "study_feature_extractor": "inception_like.safetensors",
+    },
+    "rehearsal": {
+        "clip_model": "clip",
+        "dino_model": "dino",
+        "feature_extractor": REHEARSAL_FILES["fid_inception"],
+        "study_feature_extractor": REHEARSAL_FILES["imagenet_inception"],
+    },
+    "world": {
+        "clip_model": "clip",
+        "dino_model": "identity",
+        "feature_extractor": "classifier.safetensors",
+        "study_feature_extractor": "classifier.safetensors",
+    },
+}
+
+
 def metric_models(config: dict) -> dict[str, str | None]:
-    ev = config["evaluation"]
-    if config.get("tiny_models"):
-        tiny = results_dir(config) / TINY_DIR
-        return {
-            "clip_model": str(tiny / "clip"),
-            "dino_model": str(tiny / "dino"),
-            "feature_extractor": str(tiny / "inception_like.safetensors"),
-            "study_feature_extractor": str(tiny / "inception_like.safetensors"),
-        }
-    if config.get("rehearsal_models"):
-        stand_in = results_dir(config) / REHEARSAL_DIR
-        return {
-            "clip_model": str(stand_in / "clip"),
-            "dino_model": str(stand_in / "dino"),
-            "feature_extractor": str(stand_in / REHEARSAL_FILES["fid_inception"]),
-            "study_feature_extractor": str(stand_in / REHEARSAL_FILES["imagenet_inception"]),
-        }
-    if config.get("world_models"):
-        world = world_dir(config)
-        return {
-            "clip_model": str(world / "clip"),
-            "dino_model": str(world / "identity"),
-            "feature_extractor": str(world / "classifier.safetensors"),
-            "study_feature_extractor": str(world / "classifier.safetensors"),
-        }
-    return {k: ev[k] for k in ("clip_model", "dino_model", "feature_extractor", "study_feature_extractor")}
+    """CLIP, DINO and the two feature networks: the evaluation.* keys for hub models, else the `models`
+    choice's own."""
+    folder = models_dir(config)
+    if folder is None:
+        return {key: config["evaluation"][key] for key in METRIC_MODEL_KEYS}
+    return {key: str(folder / name) for key, name in METRIC_MODEL_FILES[model_kind(config)].items()}
 
 
 def prompt_ids(config: dict) -> list[str]:

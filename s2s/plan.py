@@ -1,8 +1,8 @@
 """What the Snakefile needs at parse time, with no torch, diffusers, transformers or PIL.
 
 Snakemake parses the Snakefile for every dry run and again inside every cluster job, and a plain
-Snakemake install must be able to read it: this module (with s2s.config and s2s.io) is the whole
-import path of the rules. It holds:
+Snakemake install must be able to read it: this module (with s2s.config, s2s.preflight and s2s.io) is
+the whole import path of the rules. It holds:
 
 - the edit manifest's reader and planner (rows, edit ids, images, models) and its parse-time checks
   (everything that needs no tokenizer or model; ``s2s.edit.batch.validate_manifest`` re-checks all
@@ -11,8 +11,8 @@ import path of the rules. It holds:
   folder and no output ever lists images of a prompt the config no longer has;
 - the cheap check of a subject's photo folder (count, suffixes, sizes, file headers), every problem
   in one line;
-- the part of the config each rule depends on (its ``params``), so that Snakemake's params rerun
-  trigger re-runs exactly the jobs a config change affects.
+- ``stable``, the canonical JSON string of a rule's ``params`` (the ``depends_*`` functions of
+  s2s.config choose what goes in: the part of the config the rule's outputs depend on).
 """
 
 from __future__ import annotations

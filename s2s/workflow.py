@@ -206,7 +206,7 @@ def evaluate(smk, config) -> None:
     reference = config["evaluation"]["reference_images"]
     world = {}
     subject = cfgmod.subject(config, smk.wildcards.subject)
-    if config["world_models"] and subject.world is not None:
+    if cfgmod.model_kind(config) == "world" and subject.world is not None:
         from s2s.world.study import subject_measures
 
         measures = subject_measures(
@@ -257,8 +257,7 @@ def table(smk, config) -> None:
         smk.output.html,
         published=PUBLISHED if config["evaluation"]["compare_published"] else None,
         provenance=provenance,
-        tiny_models=bool(config["tiny_models"] or config["rehearsal_models"]),
-        world_models=bool(config["world_models"]),
+        models=cfgmod.model_kind(config),
         companion=(smk.output.companion_csv, smk.output.companion_md, smk.output.companion_html)
         if hasattr(smk.output, "companion_csv")
         else None,
@@ -308,7 +307,7 @@ def draw_demo_edit_photo(smk, config) -> None:
 
     resolution = config["model"]["resolution"]
     rng = random.Random(config["seed"] + sum(map(ord, smk.wildcards.name)))
-    if config["world_models"]:
+    if cfgmod.model_kind(config) == "world":
         # A world photo of what its name says ("a_brown_dog_on_the_beach"), at a seed the build never used.
         from s2s.world.subjects import draw_world_photo
 

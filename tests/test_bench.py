@@ -192,7 +192,7 @@ def quick_parts(tmp_path_factory) -> list[Path]:
     """The training and edit parts with minimal repetitions (tiny model, CPU)."""
     root = tmp_path_factory.mktemp("bench")
     config = check_config(
-        {"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "device": "cpu", "tiny_models": True}
+        {"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "device": "cpu", "models": "tiny"}
     )
     bench = bench_settings({"bench": QUICK})
     files = []

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from s2s.config import check_config, load_schema, train_config
+from s2s.config import (
+    MODEL_KINDS,
+    base_model,
+    check_config,
+    load_schema,
+    metric_models,
+    model_kind,
+    train_config,
+)
 from s2s.io import S2SError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +53,8 @@ def with_(**changes):
             "instance_prompt: 'a photo of a dog' must contain the subject",
         ),
         (with_(methods=["dreambooth", "hypernetwork"]), "methods.1: 'hypernetwork' is not one of"),
+        (with_(models="sd14"), "config key models: 'sd14' is not one of: hub, tiny, rehearsal, world"),
+        (with_(models=True), "config key models: True is not of type 'string'"),
         (
             {"subjects": {"dog": {"class": "dog", "images": "no/such/folder"}}},
             "subjects.dog.images: folder no/such/folder",
@@ -66,6 +76,88 @@ def test_bad_config_gives_one_clear_line(config, expected):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("world_models", True, "config key 'world_models' is gone: write 'models: world'"),
+        ("tiny_models", True, "config key 'tiny_models' is gone: write 'models: tiny'"),
+        ("rehearsal_models", True, "config key 'rehearsal_models' is gone: write 'models: rehearsal'"),
+        ("tiny_models", False, "config key 'tiny_models' is gone: remove it ('models: hub' is the default)"),
+    ],
+)
+def test_an_old_models_flag_names_the_models_key(key, value, expected):
+    # Before the schema's own check (which would call it an unknown key), also beside a `models:` key.
+    for config in (with_(**{key: value}), with_(models="world", **{key: value})):
+        with pytest.raises(S2SError) as info:
+            check_config(config)
+        assert str(info.value) == expected
+    # Code that reads the choice of a config that skipped check_config refuses the old flag too.
+    with pytest.raises(S2SError) as info:
+        model_kind({key: value})
+    assert str(info.value) == expected
+
+
+# What each `models` choice means: the base model and the four metric models (the values the three
+# boolean flags gave before `models` replaced them).
+RESULTS = "runs/r1"
+WORLD = "/models/w"
+MODEL_PATHS = {
+    "hub": (
+        "CompVis/stable-diffusion-v1-4",
+        {
+            "clip_model": "openai/clip-vit-large-patch14",
+            "dino_model": "facebook/dino-vits16",
+            "feature_extractor": "inception-v3-compat",
+            "study_feature_extractor": "inception-v3-imagenet",
+        },
+    ),
+    "tiny": (
+        f"{RESULTS}/tiny_models/sd",
+        {
+            "clip_model": f"{RESULTS}/tiny_models/clip",
+            "dino_model": f"{RESULTS}/tiny_models/dino",
+            "feature_extractor": f"{RESULTS}/tiny_models/inception_like.safetensors",
+            "study_feature_extractor": f"{RESULTS}/tiny_models/inception_like.safetensors",
+        },
+    ),
+    "rehearsal": (
+        f"{RESULTS}/rehearsal_models/sd",
+        {
+            "clip_model": f"{RESULTS}/rehearsal_models/clip",
+            "dino_model": f"{RESULTS}/rehearsal_models/dino",
+            "feature_extractor": f"{RESULTS}/rehearsal_models/inception-v3-compat.safetensors",
+            "study_feature_extractor": f"{RESULTS}/rehearsal_models/inception-v3-imagenet.safetensors",
+        },
+    ),
+    "world": (
+        f"{WORLD}/sd",
+        {
+            "clip_model": f"{WORLD}/clip",
+            "dino_model": f"{WORLD}/identity",
+            "feature_extractor": f"{WORLD}/classifier.safetensors",
+            "study_feature_extractor": f"{WORLD}/classifier.safetensors",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_the_models_choice_decides_the_base_and_metric_models(kind):
+    assert set(MODEL_PATHS) == set(MODEL_KINDS)
+    config = check_config(with_(models=kind, results_dir=RESULTS, world={"models": WORLD}))
+    assert model_kind(config) == kind
+    assert (base_model(config), metric_models(config)) == MODEL_PATHS[kind]
+
+
+def test_models_default_to_the_hubs():
+    assert model_kind(GOOD) == "hub"
+    config = check_config(with_(results_dir=RESULTS))
+    assert config["models"] == "hub" and model_kind(config) == "hub"
+    assert (base_model(config), metric_models(config)) == MODEL_PATHS["hub"]
+    mine = check_config(with_(model={"name_or_path": "me/my-sd"}, evaluation={"clip_model": "me/my-clip"}))
+    assert base_model(mine) == "me/my-sd" and metric_models(mine)["clip_model"] == "me/my-clip"
 
 
 def test_method_options_merge_shared_then_method():
@@ -95,6 +187,24 @@ def test_shipped_configs_are_valid(shared_data):
     # paper.yaml names the study's photos in ../shared/data (skipped where that folder is absent)
     for name in ("config.yaml", "paper.yaml"):
         check_config(yaml.safe_load((REPO / "config" / name).read_text()), base_dir=REPO)
+
+
+def test_workflow_refuses_an_old_models_flag_before_any_job(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        yaml.safe_dump({"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "world_models": True})
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(old)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert (
+        "s2s config error: config key 'world_models' is gone: write 'models: world'"
+        in proc.stderr + proc.stdout
+    )
 
 
 def test_workflow_reports_config_error_before_any_job(tmp_path):

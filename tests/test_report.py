@@ -216,6 +216,18 @@ def test_tables_page_splits_table1_and_lists_cost(report_pages):
     assert "testrun" in text
 
 
+@pytest.mark.parametrize(
+    ("models", "note"), [("hub", None), ("tiny", "TINY"), ("rehearsal", "REHEARSAL"), ("world", "WORLD")]
+)
+def test_report_note_follows_the_models_choice(models, note):
+    from s2s import report
+    from s2s.report.steps import _note
+
+    assert _note({"models": models}) == (getattr(report, f"{note}_NOTE") if note else None)
+    if models == "hub":
+        assert _note({}) is None  # hub is the default
+
+
 def test_scan_folder_does_not_report_snakemake_marker(tmp_path):
     from s2s.data import scan_folder
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 CONFIG = {
     "run_name": "reruns",
     # Real model ids, so that changing one means something; no job runs, so nothing is downloaded.
-    "tiny_models": False,
+    "models": "hub",
     "device": "cpu",
     "model": {"name_or_path": "example/base-model", "resolution": 64},
     "subjects": {"toy": {"synthetic": True, "class": "toy"}},

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 
 from s2s.io import S2SError, write_json
-from s2s.metrics.table import COLUMNS, PUBLISHED, TINY_STATEMENT, make_table
+from s2s.metrics.table import COLUMNS, PUBLISHED, TINY_STATEMENT, WORLD_STATEMENT, make_table
 
 METRIC_KEYS = [key for key, _, _ in COLUMNS]
 
@@ -90,7 +90,7 @@ def test_table_rows_columns_and_published_values(tmp_path, jsons):
         out / "t.html",
         published=PUBLISHED,
         provenance=PROVENANCE,
-        tiny_models=True,
+        models="tiny",
     )
     csv = pd.read_csv(out / "t.csv")
     pd.testing.assert_frame_equal(csv, frame.reset_index(drop=True), check_dtype=False)
@@ -134,7 +134,7 @@ def test_table_rows_columns_and_published_values(tmp_path, jsons):
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
 
 
-def test_table_without_published_or_tiny_models(tmp_path, jsons):
+def test_table_without_published_values_on_hub_models(tmp_path, jsons):
     del jsons["base"]
     make_table(jsons, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.html", provenance=PROVENANCE)
     csv = pd.read_csv(tmp_path / "t.csv")
@@ -142,6 +142,17 @@ def test_table_without_published_or_tiny_models(tmp_path, jsons):
     assert not [c for c in csv.columns if c.startswith("published_")]
     md = (tmp_path / "t.md").read_text()
     assert TINY_STATEMENT not in md and "(published)" not in md and "Published values" not in md
+
+
+@pytest.mark.parametrize(
+    ("models", "statement"),
+    [("hub", None), ("tiny", TINY_STATEMENT), ("rehearsal", TINY_STATEMENT), ("world", WORLD_STATEMENT)],
+)
+def test_table_states_what_the_models_make_of_the_numbers(tmp_path, jsons, models, statement):
+    make_table(jsons, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.html", models=models)
+    md = (tmp_path / "t.md").read_text()
+    for text in (TINY_STATEMENT, WORLD_STATEMENT):
+        assert (text in md) == (text == statement), (models, text)
 
 
 def test_table_names_a_missing_metrics_file(tmp_path, jsons):

@@ -72,6 +72,44 @@ def test_demo_dry_run_lists_every_stage(tmp_path):
     assert len(set(pngs)) == 4 * 20 * 4, len(set(pngs))
 
 
+def job_blocks(dry_run_output: str, rule: str) -> list[str]:
+    """The dry run's listing of each job of ``rule`` (its input, output, threads, ... lines)."""
+    return [block.split("\n[", 1)[0] for block in dry_run_output.split(f"rule {rule}:\n")[1:]]
+
+
+# What each `models` choice puts into the DAG: the rule that builds its models, the base model file a
+# sampling job waits for, and the threads of a model job (start-up bound small models take one).
+MODELS_IN_THE_DAG = {
+    "hub": (None, None, 2),
+    "tiny": ("build_tiny_models", "{results}/tiny_models/sd/model_index.json", 1),
+    "rehearsal": ("build_rehearsal_models", "{results}/rehearsal_models/sd/model_index.json", 2),
+    "world": (None, "models/world/sd/model_index.json", 1),
+}
+
+
+@pytest.mark.parametrize("models", sorted(MODELS_IN_THE_DAG))
+def test_the_models_choice_decides_what_the_dag_builds_and_loads(tmp_path, models):
+    builder, base_file, threads = MODELS_IN_THE_DAG[models]
+    results = tmp_path / "results"
+    config = yaml.safe_load(TEST_CONFIG.read_text()) | {"models": models, "results_dir": str(results)}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    # Online for hub models: a dry run downloads nothing (offline, the preflight wants them cached).
+    out = snakemake(
+        "-n", "--cores", "2", "--configfile", str(tmp_path / "config.yaml"), offline=models != "hub"
+    ).stdout
+    counts = job_counts(out)
+    for rule in ("build_tiny_models", "build_rehearsal_models"):
+        assert (rule in counts) == (rule == builder), (rule, counts)
+    assert ("world_prompt_fidelity" in counts) == (models == "world"), counts
+    sample = next(block for block in job_blocks(out, "sample") if "method=base" in block)
+    inputs = sample.split("input: ", 1)[1].split("\n", 1)[0] if "input: " in sample else ""
+    if base_file is None:
+        assert "model_index.json" not in inputs, sample
+    else:
+        assert base_file.format(results=results) in inputs.split(", "), sample
+    assert ("threads: 2" in sample) == (threads == 2), sample
+
+
 def test_paper_dry_run_shows_the_complete_dag(shared_data):
     # Online: a dry run downloads nothing (offline, the preflight wants the models cached: next test).
     out = snakemake("-n", "--cores", "1", "--configfile", "config/paper.yaml", offline=False).stdout

@@ -154,10 +154,10 @@ def test_a_world_subjects_token_must_be_a_held_out_identifier():
     from s2s import config as cfgmod
     from s2s.io import S2SError
 
-    raw = {"world_models": True, "subjects": {"rex": {"world": 1, "class": "dog", "token": "ohwx"}}}
+    raw = {"models": "world", "subjects": {"rex": {"world": 1, "class": "dog", "token": "ohwx"}}}
     assert cfgmod.check_config(raw)["subjects"]["rex"]["token"] == "ohwx"
     for token in (NAMES[0], "brown", "dog", "qqq"):
-        bad = {"world_models": True, "subjects": {"rex": {"world": 1, "class": "dog", "token": token}}}
+        bad = {"models": "world", "subjects": {"rex": {"world": 1, "class": "dog", "token": token}}}
         with pytest.raises(S2SError, match=r"subjects\.rex\.token: .* held-out identifiers \(sks, ohwx"):
             cfgmod.check_config(bad)
 

@@ -7,27 +7,13 @@ warm-up run); the spread is over those calls.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from s2s.bench.settings import EditBench
 from s2s.bench.stats import ratio, summarize
-
-log = logging.getLogger(__name__)
-
-
-def _edit_functions():
-    """The edit package's benchmark functions, or the reason they cannot be used."""
-    try:
-        from s2s.edit import bench
-    except ImportError as exc:
-        return None, f"s2s.edit.bench cannot be imported ({exc})"
-    missing = [name for name in ("bench_p2p_vs_plain", "bench_inversion") if not hasattr(bench, name)]
-    if missing:
-        return None, f"s2s.edit.bench has no {', '.join(missing)}"
-    return bench, None
+from s2s.edit.bench import bench_inversion, bench_p2p_vs_plain
 
 
 def _inversion_image(config: dict, work: Path, size: int):
@@ -43,10 +29,6 @@ def bench_edit(settings: EditBench, config: dict, work: Path, peak_tflops: float
     from s2s.bench.models import load_pipeline, unet_flops
     from s2s.models import pick_device, pick_dtype
 
-    bench, reason = _edit_functions()
-    if bench is None:
-        log.warning("edit benchmarks not available: %s", reason)
-        return {"available": False, "reason": reason}
     device = pick_device(config["device"])
     dtype = pick_dtype(config["training"].get("mixed_precision", "no"), device)
     work.mkdir(parents=True, exist_ok=True)
@@ -57,7 +39,7 @@ def bench_edit(settings: EditBench, config: dict, work: Path, peak_tflops: float
     }
 
     # 3. P2P edit of 2 prompts vs plain 2-prompt generation, same steps
-    calls = [bench.bench_p2p_vs_plain(pipe, steps=settings.steps, reps=1) for _ in range(settings.p2p_reps)]
+    calls = [bench_p2p_vs_plain(pipe, steps=settings.steps, reps=1) for _ in range(settings.p2p_reps)]
     plain = summarize([c["plain_s"] for c in calls], "s")
     p2p = summarize([c["p2p_s"] for c in calls], "s")
     size = settings.resolution
@@ -91,7 +73,7 @@ def bench_edit(settings: EditBench, config: dict, work: Path, peak_tflops: float
     # 4. null-text vs negative-prompt inversion: time, UNet calls, reconstruction error
     image = _inversion_image(config, work, size)
     runs = [
-        bench.bench_inversion(pipe, image, reps=1, steps=settings.inversion_steps)
+        bench_inversion(pipe, image, reps=1, steps=settings.inversion_steps)
         for _ in range(settings.inversion_reps)
     ]
     inversion: dict = {"steps": settings.inversion_steps, "guidance_scale": runs[-1]["guidance_scale"]}

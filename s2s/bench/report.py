@@ -110,8 +110,6 @@ def _training(part: dict) -> list[str]:
 
 
 def _edit(part: dict) -> list[str]:
-    if not part.get("available", False):
-        return [f"Not available: {part.get('reason', 'unknown')}."]
     s = part["settings"]
     p, inv = part["p2p"], part["inversion"]
     lines = [

@@ -34,18 +34,7 @@ from s2s.edit.p2p import _token_labels, convert_prompt, generate_edit
 from s2s.edit.seq_aligner import EditSpecError
 from s2s.io import S2SError, atomic_dir, check_safe_name, load_safetensors, save_png, write_json
 from s2s.models import METHODS, SAMPLE_METHODS, load_method_pipeline, method_weights_path
-from s2s.plan import (  # noqa: F401 - manifest_rows, plan_manifest, read_manifest: this module's API too
-    COLUMNS,
-    REQUIRED,
-    Where,
-    check_row_columns,
-    clean_row,
-    edit_slug,
-    manifest_rows,
-    parse_params,
-    plan_manifest,
-    read_manifest,
-)
+from s2s.plan import Where, check_row_columns, clean_row, edit_slug, parse_params, read_manifest
 from s2s.plots import attention_sheet, before_after
 from s2s.progress import Progress
 
@@ -83,14 +72,7 @@ class EditRow:
     spec: dict = field(default_factory=dict)  # controller spec: edit + P2P parameters, defaults applied
 
 
-# The manifest's reader lives in s2s.plan, which the Snakefile imports without torch.
-_Where = Where
-_clean = clean_row
-_slug = edit_slug
-_parse_params = parse_params
-
-
-def _check_image(path: Path, where: _Where, row: int) -> None:
+def _check_image(path: Path, where: Where, row: int) -> None:
     try:
         with Image.open(path) as image:
             image.verify()
@@ -107,9 +89,7 @@ def _subject_model(defaults: dict, model_dirs: dict) -> str | None:
     return trained[0] if len(trained) == 1 else None
 
 
-def parse_row(
-    raw: dict, row: int, where: _Where, base_dir: Path, defaults: dict, model_dirs: dict
-) -> EditRow:
+def parse_row(raw: dict, row: int, where: Where, base_dir: Path, defaults: dict, model_dirs: dict) -> EditRow:
     """One manifest row checked for everything that needs no model: columns, enums, files, params."""
     check_row_columns(raw, row, where)
     edit = raw["edit"]
@@ -153,13 +133,13 @@ def parse_row(
             row, "inversion", f"unknown inversion {inversion!r}; use one of {', '.join(INVERSIONS)}"
         )
 
-    edit_id = str(raw.get("edit_id") or _slug(row, raw["source_prompt"], raw["target_prompt"]))
+    edit_id = str(raw.get("edit_id") or edit_slug(row, raw["source_prompt"], raw["target_prompt"]))
     try:
         check_safe_name(edit_id, "edit_id")
     except S2SError as exc:
         raise where.error(row, "edit_id", str(exc)) from exc
 
-    params = _parse_params(raw.get("params"), where, row)
+    params = parse_params(raw.get("params"), where, row)
     spec = {"edit": edit, **{k: defaults[k] for k in DEFAULT_SPEC}, **params}
     return EditRow(
         row,
@@ -206,9 +186,9 @@ def validate_manifest(manifest, base_model: str, model_dirs: dict, defaults: dic
     manifest, row and column of the first problem."""
     if isinstance(manifest, str | Path):
         path = Path(manifest)
-        where, base_dir, raws = _Where(str(path)), path.parent, read_manifest(path)
+        where, base_dir, raws = Where(str(path)), path.parent, read_manifest(path)
     else:
-        where, base_dir, raws = _Where("manifest rows"), Path.cwd(), [_clean(dict(r)) for r in manifest]
+        where, base_dir, raws = Where("manifest rows"), Path.cwd(), [clean_row(dict(r)) for r in manifest]
     if not raws:
         raise S2SError(f"{where.manifest}: no edits listed")
     rows, seen = [], {}

@@ -135,15 +135,17 @@ PUBLISHED_FORMAT = "{:g}"
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "torchmetrics")
 
 TINY_STATEMENT = (
-    "These numbers come from randomly initialised models (tiny_models or rehearsal_models: true). They show "
+    "These numbers come from randomly initialised models (models: tiny or rehearsal). They show "
     "that the pipeline runs end to end; they mean nothing about image quality or subject fidelity."
 )
 WORLD_STATEMENT = (
-    "These numbers come from the miniature world's models (world_models: true): a small Stable Diffusion, "
+    "These numbers come from the miniature world's models (models: world): a small Stable Diffusion, "
     "CLIP, identity network (in the DINO column) and classifier (the FID/IS network) pretrained on "
     "procedurally drawn 64 px scenes. They compare the methods within that world; they are not SD v1.4 "
     "numbers and the published values beside them are not comparable."
 )
+# What the numbers are, by the run's `models` choice (s2s.config.model_kind).
+STATEMENTS = {"hub": None, "tiny": TINY_STATEMENT, "rehearsal": TINY_STATEMENT, "world": WORLD_STATEMENT}
 
 
 def ordered_methods(methods) -> list[str]:
@@ -479,16 +481,15 @@ def make_table(
     out_html: str | Path,
     published: dict | None = None,
     provenance: dict | None = None,
-    tiny_models: bool = False,
     companion: tuple[str | Path, str | Path, str | Path] | None = None,
-    world_models: bool = False,
+    models: str = "hub",
 ) -> pd.DataFrame:
     """Write the results table as CSV, Markdown and HTML (atomically); return the CSV's data frame.
 
     ``metric_jsons`` maps method -> the JSON written by ``evaluate_method``. ``published`` (e.g.
-    ``PUBLISHED``) adds the published values beside ours. ``tiny_models`` adds the statement that the
-    numbers come from random tiny models, ``world_models`` the statement that they are the miniature
-    world's. ``companion``: (csv, md, html) paths of the companion table
+    ``PUBLISHED``) adds the published values beside ours. ``models`` (config key ``models``: hub, tiny,
+    rehearsal or world) picks the statement of what the numbers are (``STATEMENTS``; none for hub
+    models). ``companion``: (csv, md, html) paths of the companion table
     of paired differences between methods (``write_companion``).
     """
     if not metric_jsons:
@@ -500,7 +501,7 @@ def make_table(
     published_rows = _published_rows(published)
     notes = _notes(jsons, published)
     provenance = full_provenance(provenance)
-    statement = TINY_STATEMENT if tiny_models else WORLD_STATEMENT if world_models else None
+    statement = STATEMENTS[models]
     write_text(out_md, _markdown(header, rows, published_rows, notes, provenance, statement))
     write_text(out_html, _html(header, rows, published_rows, notes, provenance, statement))
     if companion is not None:

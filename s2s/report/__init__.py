@@ -12,19 +12,21 @@ from s2s.report import pages
 log = logging.getLogger(__name__)
 
 TINY_NOTE = (
-    "This run used tiny, randomly initialised models (tiny_models: true): the images are noise-like and "
+    "This run used tiny, randomly initialised models (models: tiny): the images are noise-like and "
     "the numbers mean nothing about quality. They show that every stage runs."
 )
 WORLD_NOTE = (
-    "This run used the miniature world's pretrained models (world_models: true, models/world): 64 px "
+    "This run used the miniature world's pretrained models (models: world, models/world): 64 px "
     "procedurally drawn scenes, a small Stable Diffusion, CLIP, identity network and classifier. Its numbers "
     "compare the methods within that world; they are not SD v1.4 numbers."
 )
 REHEARSAL_NOTE = (
     "This run used random weights with the architectures of SD v1.4, CLIP ViT-L/14, DINO ViT-S/16 and the "
-    "Inception-v3s (rehearsal_models: true): the images are noise and the numbers mean nothing about "
+    "Inception-v3s (models: rehearsal): the images are noise and the numbers mean nothing about "
     "quality. It shows that the study's run finishes."
 )
+# The report's note on the models, by the run's `models` choice (s2s.config.model_kind).
+NOTES = {"hub": None, "tiny": TINY_NOTE, "rehearsal": REHEARSAL_NOTE, "world": WORLD_NOTE}
 
 
 def build_subject_pages(

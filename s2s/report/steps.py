@@ -5,15 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from s2s import config as cfgmod
-from s2s.report import REHEARSAL_NOTE, TINY_NOTE, WORLD_NOTE, build_subject_pages, build_tables_page
+from s2s.report import NOTES, build_subject_pages, build_tables_page
 
 
 def _note(config) -> str | None:
-    if config.get("tiny_models"):
-        return TINY_NOTE
-    if config.get("world_models"):
-        return WORLD_NOTE
-    return REHEARSAL_NOTE if config.get("rehearsal_models") else None
+    return NOTES[cfgmod.model_kind(config)]
 
 
 def report_subject(smk, config) -> None:
