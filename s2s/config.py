@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
         raise S2SError(_schema_error_line(errors[0]))
     _fill_defaults(config, schema)
     base_dir = Path(base_dir)
+    photo_counts = {name: config["data"]["synthetic_count"] for name in config["subjects"]}
     for name, subject in config["subjects"].items():
         check_safe_name(name, "subject name")
         if subject.get("world") is not None:
@@ -129,7 +131,7 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
                     f"config key subjects.{name}.images: folder {images} does not exist "
                     f"(relative paths are taken from {base_dir.resolve()})"
                 )
-            plan.check_photo_folder(
+            photo_counts[name] = plan.check_photo_folder(
                 base_dir / images,
                 f"subjects.{name}.images",
                 config["data"]["min_photos"],
@@ -138,6 +140,7 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
         class_images = subject.get("class_images")
         if class_images and not (base_dir / class_images).is_dir():
             raise S2SError(f"config key subjects.{name}.class_images: folder {class_images} does not exist")
+    _check_validation_split(config, photo_counts)
     ti = config["training"].get("textual_inversion", {})
     if ti.get("with_prior_preservation"):
         raise S2SError(
@@ -175,6 +178,42 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
             str(results_dir(config)),
         )
     return config
+
+
+# ---------------------------------------------------------------- held-out photos (training.validation_split)
+
+
+def held_out_count(n_photos: int, validation_split: float) -> int:
+    """How many of a subject's photos ``validation_split`` holds out: the nearest whole number, halves up."""
+    return math.floor(n_photos * validation_split + 0.5)
+
+
+def check_held_out(n_photos: int, validation_split: float, key: str, subject_name: str) -> int:
+    """The number of held-out photos; one line naming the key if the split leaves none on either side."""
+    held = held_out_count(n_photos, validation_split)
+    if validation_split > 0 and held == 0:
+        raise S2SError(
+            f"config key {key}: {validation_split:g} of subject {subject_name}'s {n_photos} photos holds out "
+            f"none; set at least {1 / n_photos:.3g} to hold out one photo, or 0 to train on all of them"
+        )
+    if held >= n_photos:
+        raise S2SError(
+            f"config key {key}: {validation_split:g} of subject {subject_name}'s {n_photos} photos holds out "
+            f"all of them and leaves none to train on; set at most {(n_photos - 1) / n_photos:.3g}"
+        )
+    return held
+
+
+def _check_validation_split(config: dict, photo_counts: dict[str, int]) -> None:
+    """Every trained method's split against every subject's photo count, before any job runs."""
+    training = config["training"]
+    for method in config["methods"]:
+        split = train_config(config, method).validation_split
+        key = f"training.{method}.validation_split"
+        if "validation_split" not in training.get(method, {}):
+            key = "training.validation_split"
+        for name, count in photo_counts.items():
+            check_held_out(count, split, key, name)
 
 
 # ---------------------------------------------------------------- typed views
@@ -219,6 +258,10 @@ class TrainConfig:
     alpha: float = 4.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    # loss options (every method)
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    validation_split: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -274,13 +274,14 @@ def validation_strip(
 
 
 def read_loss_csv(path: Path | str) -> dict[str, np.ndarray]:
-    """loss.csv as columns: ``step``, ``loss`` and (where present) ``prior_loss``."""
+    """loss.csv as columns: ``step``, ``loss`` and (where present) ``prior_loss`` and ``validation_loss``
+    (the held-out loss, NaN at the steps without a checkpoint)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     columns = {"step": np.array([int(r["step"]) for r in rows], dtype=int)}
-    for key in ("loss", "prior_loss"):
+    for key in ("loss", "prior_loss", "validation_loss"):
         if rows and key in rows[0]:
-            columns[key] = np.array([float(r[key]) for r in rows])
+            columns[key] = np.array([float(r[key]) if r[key] else np.nan for r in rows])
     return columns
 
 
@@ -303,8 +304,9 @@ def smooth(values, alpha: float | None = None) -> np.ndarray:
 
 def loss_curves(curves: dict, out: Path | str) -> None:
     """One panel per method (each on its own y scale): the loss per step (faint) and its smoothed
-    curve, and the prior-preservation term where the method used it. ``curves`` maps method to
-    :func:`read_loss_csv`'s columns (or to a list of (step, loss) pairs)."""
+    curve, the prior-preservation term where the method used it, and the held-out loss at each checkpoint
+    where training.validation_split held photos out. ``curves`` maps method to :func:`read_loss_csv`'s
+    columns (or to a list of (step, loss) pairs)."""
     curves = {m: _as_columns(c) for m, c in curves.items()}
     methods = [m for m in ordered(curves) if curves[m]["step"].size]
     if not methods:
@@ -326,9 +328,21 @@ def loss_curves(curves: dict, out: Path | str) -> None:
                 linestyle="--",
                 label="prior-preservation term (smoothed)",
             )
+        held_out = data.get("validation_loss")
+        if held_out is not None and np.isfinite(held_out).any():
+            at = np.isfinite(held_out)
+            ax.plot(
+                data["step"][at],
+                held_out[at],
+                color="#2ca02c",
+                marker="o",
+                markersize=4,
+                linewidth=1.5,
+                label="held-out photos (per checkpoint)",
+            )
         ax.set_title(method_label(method), fontsize=11)
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("training loss (MSE)")
+        ax.set_ylabel("denoising loss (MSE)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7.5, loc="best", framealpha=0.85)
     fig.tight_layout()

@@ -105,7 +105,10 @@ def training_figures(
     if curves:
         path = out / "loss_curves.png"
         plots.loss_curves(curves, path)
-        figures.append(Figure(path, "Training loss", "one panel per method, each on its own scale"))
+        caption = "one panel per method, each on its own scale"
+        if any("validation_loss" in c for c in curves.values()):
+            caption += "; the held-out photos' loss (training.validation_split) at each checkpoint"
+        figures.append(Figure(path, "Training loss", caption))
     if summaries:
         path = out / "training_cost.png"
         plots.training_cost(summaries, path)

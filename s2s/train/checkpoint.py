@@ -35,6 +35,8 @@ class Restored:
     step: int
     #: (step, loss, prior_loss) of every step up to ``step``
     losses: list[tuple[int, float, float]] = field(default_factory=list)
+    #: step -> held-out loss of every checkpoint up to ``step`` (training.validation_split)
+    validation_losses: dict[int, float] = field(default_factory=dict)
 
 
 def settings_hash(settings: dict) -> str:
@@ -67,6 +69,7 @@ def save_checkpoint(
     settings: dict | None = None,
     losses: list[tuple[int, float, float]] | None = None,
     scaler=None,
+    validation_losses: dict[int, float] | None = None,
 ) -> Path:
     target = folder / f"checkpoint-{step}"
     opt_state = optimizer.state_dict()
@@ -84,6 +87,7 @@ def save_checkpoint(
         "grad_scaler": scaler_state(scaler),
         # floats survive JSON exactly (repr round trip), so a resumed loss.csv equals a straight run's
         "losses": [list(row) for row in losses or []],
+        "validation_losses": [[s, v] for s, v in sorted((validation_losses or {}).items())],
     }
     with atomic_dir(target) as tmp:
         save_safetensors(trainable, tmp / "trainable.safetensors")
@@ -182,4 +186,5 @@ def load_checkpoint(
     if scaler is not None and scaler.is_enabled() and meta.get("grad_scaler"):
         scaler.load_state_dict(meta["grad_scaler"])
     losses = [(int(s), float(v), float(p)) for s, v, p in meta.get("losses", [])]
-    return Restored(int(meta["step"]), losses)
+    validation_losses = {int(s): float(v) for s, v in meta.get("validation_losses", [])}
+    return Restored(int(meta["step"]), losses, validation_losses)

@@ -40,6 +40,7 @@ from s2s.train.checkpoint import (
     save_checkpoint,
 )
 from s2s.train.methods import make_method
+from s2s.train.objective import denoising_loss, prediction_target
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,31 @@ def _batch_indices(seed: int, micro_index: int, batch_size: int, n: int, salt: i
     return torch.tensor(out)
 
 
+def sample_draws(
+    gen: torch.Generator, shape: tuple[int, ...], num_timesteps: int, noise_offset: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample's random draws, in this order: the latent's posterior draw, the noise, the timestep.
+
+    With ``noise_offset`` the noise gets ``noise_offset`` times one normal draw per channel added, constant
+    over the image (diffusers' ``--noise_offset``: ``noise += noise_offset * randn(b, c, 1, 1)``); it is
+    drawn last, so the other draws are those of a run without it.
+    """
+    eps = torch.randn(shape, generator=gen)
+    noise = torch.randn(shape, generator=gen)
+    timestep = torch.randint(0, num_timesteps, (1,), generator=gen)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((shape[0], 1, 1), generator=gen)
+    return eps, noise, timestep
+
+
 def _batch_draws(
-    seed: int, micro_index: int, batch_size: int, shape: tuple[int, ...], num_timesteps: int, salt: int = 0
+    seed: int,
+    micro_index: int,
+    batch_size: int,
+    shape: tuple[int, ...],
+    num_timesteps: int,
+    salt: int = 0,
+    noise_offset: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random draws of one micro-batch: per sample, the latent's posterior draw, the noise, the timestep.
 
@@ -99,9 +123,9 @@ def _batch_draws(
     start = micro_index * batch_size
     for pos in range(start, start + batch_size):
         gen = torch.Generator().manual_seed(seed * 2**40 + pos * 4 + salt)
-        eps.append(torch.randn(shape, generator=gen))
-        noise.append(torch.randn(shape, generator=gen))
-        timesteps.append(torch.randint(0, num_timesteps, (1,), generator=gen))
+        draws = sample_draws(gen, shape, num_timesteps, noise_offset)
+        for out, value in zip((eps, noise, timesteps), draws):
+            out.append(value)
     return torch.stack(eps), torch.stack(noise), torch.cat(timesteps)
 
 
@@ -295,6 +319,7 @@ def train(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from s2s.models import check_model_source, offline_hint, pick_device
+    from s2s.train.heldout import HeldOutLoss, split_photos
 
     started = time.perf_counter()
     out_dir, checkpoint_dir, instance_dir = Path(out_dir), Path(checkpoint_dir), Path(instance_dir)
@@ -353,10 +378,13 @@ def train(
             if p.requires_grad:
                 p.data = p.data.float()
 
-    # ---- data: instance (and class) images, encoded once
-    instance_paths = list_images(instance_dir)
-    if not instance_paths:
+    # ---- data: instance (and class) images, encoded once; validation_split holds some photos out
+    photos = list_images(instance_dir)
+    if not photos:
         raise S2SError(f"{instance_dir}: no prepared instance images; run the prepare rule first")
+    instance_paths, held_out_paths = split_photos(
+        photos, cfg.validation_split, cfg.seed, f"training.{cfg.method}.validation_split", subject.name
+    )
     use_prior = method.uses_prior
     class_paths: list[Path] = []
     if use_prior:
@@ -382,6 +410,13 @@ def train(
         with torch.no_grad():
             for p in dict.fromkeys(train_prompts + ([class_prompt] if use_prior else [])):
                 text_cache[p] = encode_prompt(tokenizer, text_encoder, p, accelerator.device)
+    held_out = None
+    if held_out_paths:
+        held_mean, held_std = encode_latent_distributions(vae, _pixels(held_out_paths, resolution))
+        held_out = HeldOutLoss(
+            held_mean, held_std, vae.config.scaling_factor, train_prompts[0], noise_scheduler, cfg,
+            text=text_cache.get(train_prompts[0]),
+        )  # fmt: skip
 
     # ---- optimizer, schedule, accelerate
     trainable = method.trainable()
@@ -422,10 +457,11 @@ def train(
 
     # ---- resume, only from a checkpoint of these very settings
     settings = training_settings(
-        cfg, subject, base_model, resolution, instance_prompt, class_prompt, instance_paths, class_paths
+        cfg, subject, base_model, resolution, instance_prompt, class_prompt, photos, class_paths
     )
     start_step = 0
     losses: list[tuple[int, float, float]] = []
+    validation_losses: dict[int, float] = {}  # step -> held-out loss, at each checkpoint
     checkpoint, stale, why = resumable(checkpoint_dir, settings)
     if stale:
         instead = "starting fresh" if checkpoint is None else f"resuming {checkpoint.name} instead"
@@ -436,14 +472,17 @@ def train(
     if checkpoint is not None:
         restored = load_checkpoint(checkpoint, trainable, optimizer, lr_scheduler, accelerator.scaler)
         start_step, losses = restored.step, restored.losses
+        validation_losses = restored.validation_losses
         log.info("resuming from checkpoint %s (step %d of %d)", checkpoint, start_step, cfg.max_train_steps)
     else:
         log.info("starting %s training from scratch (%d steps)", cfg.method, cfg.max_train_steps)
     log.info(
-        "run: method=%s instance_images=%d class_images=%d batch=%d accumulation=%d lr=%g "
-        "trainable_params=%d prior=%s cache_latents=%s device=%s precision=%s",
+        "run: method=%s instance_images=%d held_out_images=%d class_images=%d batch=%d accumulation=%d "
+        "lr=%g trainable_params=%d prior=%s cache_latents=%s snr_gamma=%s noise_offset=%g device=%s "
+        "precision=%s",
         cfg.method,
         len(instance_paths),
+        len(held_out_paths),
         len(class_paths),
         cfg.train_batch_size,
         cfg.gradient_accumulation_steps,
@@ -451,11 +490,12 @@ def train(
         n_trainable,
         use_prior,
         cfg.cache_latents,
+        cfg.snr_gamma,
+        cfg.noise_offset,
         accelerator.device,
         mixed_precision,
     )
 
-    prediction_type = noise_scheduler.config.prediction_type
     scaling = vae.config.scaling_factor
     num_timesteps = noise_scheduler.config.num_train_timesteps
     step_times: list[float] = []
@@ -497,7 +537,9 @@ def train(
             torch.manual_seed(cfg.seed * 2**40 + micro_index * 4 + 3)
             # 1. pick images; draw latents from their (cached) posterior
             idx = _batch_indices(cfg.seed, micro_index, bs, len(instance_paths))
-            eps, noise, timesteps = _batch_draws(cfg.seed, micro_index, bs, latent_shape, num_timesteps)
+            eps, noise, timesteps = _batch_draws(
+                cfg.seed, micro_index, bs, latent_shape, num_timesteps, noise_offset=cfg.noise_offset
+            )
             prompt_idx, flips = _augment_draws(cfg.seed, micro_index, bs, len(train_prompts))
             if cfg.random_flip:
                 idx = idx + len(instance_paths) * flips
@@ -508,7 +550,7 @@ def train(
             if use_prior:
                 cidx = _batch_indices(cfg.seed, micro_index, bs, len(class_paths), salt=1)
                 c_eps, c_noise, c_timesteps = _batch_draws(
-                    cfg.seed, micro_index, bs, latent_shape, num_timesteps, salt=1
+                    cfg.seed, micro_index, bs, latent_shape, num_timesteps, 1, noise_offset=cfg.noise_offset
                 )
                 c_lat = latents_for(
                     cidx, c_eps, *(cls_mean, cls_std) if cfg.cache_latents else (None, None), class_pixels
@@ -519,29 +561,26 @@ def train(
                 prompts += [class_prompt] * bs
             texts = texts_for(prompts)
             latents = latents * scaling
-            # 2. noise at random timesteps
+            # 2. noise (with noise_offset, offset per channel) at random timesteps
             noise = noise.to(latents)
             timesteps = timesteps.to(latents.device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            # 3. predict and pick the target by prediction type
+            # 3. predict, and the target by prediction type (noise or velocity)
             with accelerator.autocast():
                 model_pred = unet(noisy.to(unet_dtype), timesteps, texts.to(unet_dtype)).sample
-            if prediction_type == "epsilon":
-                target = noise
-            elif prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                raise S2SError(f"{base_model}: unknown scheduler prediction_type {prediction_type!r}")
-            # 4. loss: instance term, plus the weighted class prior-preservation term
+            target = prediction_target(noise_scheduler, latents, noise, timesteps)
+            # 4. loss: instance term (min-SNR weighted with snr_gamma), plus the weighted class
+            #    prior-preservation term (not SNR-weighted, as in diffusers' train_dreambooth.py)
             if use_prior:
                 pred_inst, pred_cls = model_pred.float().chunk(2)
                 tgt_inst, tgt_cls = target.float().chunk(2)
-                instance_loss = F.mse_loss(pred_inst, tgt_inst)
+                t_inst, _ = timesteps.chunk(2)
+                instance_loss = denoising_loss(pred_inst, tgt_inst, t_inst, noise_scheduler, cfg.snr_gamma)
                 prior_loss = F.mse_loss(pred_cls, tgt_cls)
                 loss = instance_loss + cfg.prior_loss_weight * prior_loss
                 step_prior += _mean_over_processes(accelerator, prior_loss) / cfg.gradient_accumulation_steps
             else:
-                loss = F.mse_loss(model_pred.float(), target.float())
+                loss = denoising_loss(model_pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
             if not torch.isfinite(loss):
                 last = list_checkpoints(checkpoint_dir)
                 kept = (
@@ -575,6 +614,22 @@ def train(
             # The last step is checkpointed too, before validation and saving: a failure in either
             # resumes at the end instead of training again (or forever).
             if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
+                if held_out is not None:
+                    validation_losses[global_step] = held_out(
+                        accelerator,
+                        accelerator.unwrap_model(unet),
+                        accelerator.unwrap_model(text_encoder),
+                        tokenizer,
+                        unet_dtype,
+                    )
+                    log.info(
+                        "%s: step %d, held-out loss %.4f on %d photo(s), training loss %.4f",
+                        cfg.method,
+                        global_step,
+                        validation_losses[global_step],
+                        len(held_out_paths),
+                        step_loss,
+                    )
                 save_checkpoint(
                     checkpoint_dir,
                     global_step,
@@ -585,6 +640,7 @@ def train(
                     settings=settings,
                     losses=losses,
                     scaler=accelerator.scaler,
+                    validation_losses=validation_losses,
                 )
             if cfg.validation_prompt and global_step % cfg.validation_steps == 0:
                 _validation_image(
@@ -623,6 +679,8 @@ def train(
         "trainable_params": n_trainable,
         "learning_rate": lr,
         "with_prior_preservation": use_prior,
+        "held_out_images": [p.name for p in held_out_paths],
+        "final_validation_loss": validation_losses.get(cfg.max_train_steps),
         "cache_latents": cfg.cache_latents,
         "mixed_precision": mixed_precision,
         "weight_dtypes": weight_dtypes,
@@ -642,10 +700,7 @@ def train(
         with atomic_dir(out_dir) as tmp:
             method.save(tmp, base_model, unwrapped_unet, unwrapped_text, tokenizer)
             write_json(tmp / "train_summary.json", summary)
-            write_text(
-                tmp / "loss.csv",
-                "step,loss,prior_loss\n" + "".join(f"{s},{v:.6f},{p:.6f}\n" for s, v, p in losses),
-            )
+            write_text(tmp / "loss.csv", _loss_csv(losses, None if held_out is None else validation_losses))
         log.info(
             "finished %s: %d steps, final loss %.4f, %.3f s/step median",
             cfg.method,
@@ -656,6 +711,18 @@ def train(
         if not cfg.keep_checkpoints:
             _delete_checkpoints_after_save(checkpoint_dir)
     return summary
+
+
+def _loss_csv(losses: list[tuple[int, float, float]], validation_losses: dict[int, float] | None) -> str:
+    """Every step's loss and prior term; with validation_split, the held-out loss at each checkpoint's step
+    (empty at the others)."""
+    if validation_losses is None:
+        return "step,loss,prior_loss\n" + "".join(f"{s},{v:.6f},{p:.6f}\n" for s, v, p in losses)
+    rows = []
+    for s, v, p in losses:
+        held = f"{validation_losses[s]:.6f}" if s in validation_losses else ""
+        rows.append(f"{s},{v:.6f},{p:.6f},{held}\n")
+    return "step,loss,prior_loss,validation_loss\n" + "".join(rows)
 
 
 def _delete_checkpoints_after_save(checkpoint_dir: Path) -> None:
