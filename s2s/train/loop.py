@@ -77,6 +77,17 @@ def encode_prompt(tokenizer, text_encoder, prompt: str | list[str], device) -> t
     return text_encoder(ids)[0]
 
 
+def stream_seed(seed: int, pos: int, salt: int) -> int:
+    """The seed of one sample's generator: stream ``salt`` at data-stream position ``pos`` of training seed
+    ``seed``.
+
+    torch's CPU generator keeps only the low 32 bits of a seed, so the training seed must change those:
+    ``seed * 2**40 + ...`` (the old form) gave every training seed the draws of seed 0. Seed 0's streams
+    are unchanged (``pos * 4 + salt``); another seed shifts them by an odd multiple of the golden-ratio
+    constant, which no position of a run reaches."""
+    return (pos * 4 + salt + seed * 0x9E3779B1) % 2**32
+
+
 def _batch_indices(seed: int, micro_index: int, batch_size: int, n: int, salt: int = 0) -> torch.Tensor:
     """Indices of one micro-batch: consecutive slices of per-epoch permutations (pure function)."""
     start = micro_index * batch_size
@@ -122,7 +133,7 @@ def _batch_draws(
     eps, noise, timesteps = [], [], []
     start = micro_index * batch_size
     for pos in range(start, start + batch_size):
-        gen = torch.Generator().manual_seed(seed * 2**40 + pos * 4 + salt)
+        gen = torch.Generator().manual_seed(stream_seed(seed, pos, salt))
         draws = sample_draws(gen, shape, num_timesteps, noise_offset)
         for out, value in zip((eps, noise, timesteps), draws):
             out.append(value)
@@ -140,7 +151,7 @@ def _augment_draws(
     prompt_idx, flips = [], []
     start = micro_index * batch_size
     for pos in range(start, start + batch_size):
-        gen = torch.Generator().manual_seed(seed * 2**40 + pos * 4 + 2)
+        gen = torch.Generator().manual_seed(stream_seed(seed, pos, 2))
         prompt_idx.append(int(torch.randint(0, num_prompts, (1,), generator=gen)))
         flips.append(bool(torch.rand(1, generator=gen) < 0.5))
     return prompt_idx, torch.tensor(flips)
@@ -534,7 +545,7 @@ def train(
         for micro in range(cfg.gradient_accumulation_steps):
             micro_index = (step * cfg.gradient_accumulation_steps + micro) * world + rank
             # Dropout (LoRA dropout) draws from torch's global generator: seed it per micro-batch too.
-            torch.manual_seed(cfg.seed * 2**40 + micro_index * 4 + 3)
+            torch.manual_seed(stream_seed(cfg.seed, micro_index, 3))
             # 1. pick images; draw latents from their (cached) posterior
             idx = _batch_indices(cfg.seed, micro_index, bs, len(instance_paths))
             eps, noise, timesteps = _batch_draws(
