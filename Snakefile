@@ -19,6 +19,7 @@ include: "rules/bench.smk"
 include: "rules/prefetch.smk"
 include: "rules/report.smk"
 include: "rules/world.smk"
+include: "rules/edit_bench.smk"
 
 
 report: "report/workflow.rst"

@@ -292,3 +292,17 @@ def report_targets():
     if Path(f"{RESULTS}/world/check.json").exists():
         targets.append(f"{RESULTS}/report/world.html")
     return targets
+
+
+# ---------------------------------------------------------------- world edit benchmark (rules/edit_bench.smk)
+
+
+def edit_bench_inputs(wildcards):
+    # A file of the build, not its folder: the benchmark never starts a rebuild (see world_check).
+    files = {"build": f"{world_path('models')}/BUILD.json"}
+    subject = s2s_plan.edit_bench_subject(config)
+    if subject is not None:
+        files["subject_model"] = trained_model_file(
+            subject, config["edit_bench"]["subject_model"]
+        )
+    return files

@@ -367,3 +367,41 @@ def prompt_folder(prompt: str) -> str:
 def stable(value) -> str:
     """A canonical JSON string of a params value (dict order and float spelling fixed)."""
     return json.dumps(value, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------- world edit benchmark
+
+# The subject of the benchmark's subject edits: kept equal to s2s.world.edit_cases.SUBJECT and
+# SUBJECT_TOKEN (tests/test_edit_bench_run.py checks it; that module draws scenes with PIL).
+EDIT_BENCH_SUBJECT = {"class": "dog", "world": 1, "token": "sks"}
+
+
+def edit_bench_subject(config: dict) -> str | None:
+    """The config subject whose trained model (``edit_bench.subject_model``) makes the benchmark's subject
+    edits: the world's dog 1 with the token sks. None when the subject edits use the base model or are
+    not run."""
+    bench = config["edit_bench"]
+    if "subject" not in bench["edit_types"] or bench["subject_model"] == "base":
+        return None
+    wanted = EDIT_BENCH_SUBJECT
+    fix = (
+        f"add the subject {{world: {wanted['world']}, class: {wanted['class']}, token: {wanted['token']}}}, "
+        "set edit_bench.subject_model: base, or leave subject out of edit_bench.edit_types"
+    )
+    if not config.get("world_models"):
+        raise S2SError(
+            f"config key edit_bench.subject_model: a trained {bench['subject_model']} model of the world's "
+            "subject needs world_models: true (the benchmark's cases are world scenes); set it, or set "
+            "edit_bench.subject_model: base"
+        )
+    for name, raw in config["subjects"].items():
+        if (raw.get("class"), raw.get("world"), raw.get("token", "sks")) == tuple(wanted.values()):
+            return name
+    raise S2SError(
+        f"config key edit_bench.subject_model: no subject is the world's subject of the edits; {fix}"
+    )
+
+
+def depends_edit_bench(config: dict) -> str:
+    """The benchmark's settings (its models and the subject's trained model are its inputs)."""
+    return stable({"edit_bench": config["edit_bench"], "subject": edit_bench_subject(config)})

@@ -391,3 +391,35 @@ def world_check(smk, config) -> None:
 
 STEPS["build_world"] = build_world
 STEPS["world_check"] = world_check
+
+
+def edit_bench(smk, config) -> None:
+    from s2s.world.edit_bench import run_edit_bench
+
+    bench = config["edit_bench"]
+    subject = smk.params.subject
+    subject_model = None
+    if subject is not None:
+        method = bench["subject_model"]
+        subject_model = (method, cfgmod.results_dir(config) / subject / "models" / method)
+    run_edit_bench(
+        Path(smk.input.build).parent,
+        smk.output.cases,
+        smk.output.csv,
+        smk.output.summary,
+        cases=bench["cases"],
+        seed=bench["seed"],
+        methods=bench["methods"],
+        edit_types=bench["edit_types"],
+        num_inference_steps=bench["num_inference_steps"],
+        guidance_scale=bench["guidance_scale"],
+        null_text_inner_steps=bench["null_text_inner_steps"],
+        null_text_sources=bench["null_text_sources"],
+        blend_threshold=bench["blend_threshold"],
+        subject_model=subject_model,
+        n_boot=bench["n_boot"],
+        jobs=bench["jobs"],
+    )
+
+
+STEPS["edit_bench"] = edit_bench

@@ -138,6 +138,32 @@ def test_negative_prompt_inversion_is_one_inversion_plus_one_generation(pipe, ph
     assert _latent_error(pipe, inversion)[0] < _latent_error(pipe, ddim)[0]
 
 
+def test_negative_prompt_inversion_samples_with_the_source_prompt_as_unconditional(pipe, photo):
+    """Miyake et al.: the unconditional ("negative") embedding of every sampling step, for both branches
+    of an edit, is the source prompt's own embedding (nothing optimised); DDIM inversion samples with the
+    empty prompt's."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        seen.append(kwargs["encoder_hidden_states"].detach().clone())
+
+    cond = pipe.encode_prompt(PROMPT, "cpu", 1, False)[0][0]
+    empty = pipe.encode_prompt("", "cpu", 1, False)[0][0]
+    for method, uncond in (("negative_prompt", cond), ("ddim", empty)):
+        inversion = invert(pipe, photo, PROMPT, method, STEPS, 7.5)
+        seen.clear()
+        handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            generate_edit(pipe, PROMPT, "a horse on the beach", {"edit": "replace"}, inversion=inversion,
+                          num_inference_steps=STEPS)  # fmt: skip
+        finally:
+            handle.remove()
+        assert len(seen) == STEPS and all(states.shape[0] == 4 for states in seen)  # [uncond x 2, cond x 2]
+        for states in seen:
+            assert torch.equal(states[0], uncond) and torch.equal(states[1], uncond), method
+            assert torch.equal(states[2], cond), method
+
+
 def test_direct_inversion_puts_source_back_on_the_trajectory(pipe, photo):
     inversion = invert(pipe, photo, PROMPT, "direct", STEPS, 7.5)
     error, result = _latent_error(pipe, inversion)
