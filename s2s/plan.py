@@ -380,6 +380,8 @@ def edit_bench_subject(config: dict) -> str | None:
     """The config subject whose trained model (``edit_bench.subject_model``) makes the benchmark's subject
     edits: the world's dog 1 with the token sks. None when the subject edits use the base model or are
     not run."""
+    from s2s.config import model_kind  # s2s.config imports this module
+
     bench = config["edit_bench"]
     if "subject" not in bench["edit_types"] or bench["subject_model"] == "base":
         return None
@@ -388,10 +390,10 @@ def edit_bench_subject(config: dict) -> str | None:
         f"add the subject {{world: {wanted['world']}, class: {wanted['class']}, token: {wanted['token']}}}, "
         "set edit_bench.subject_model: base, or leave subject out of edit_bench.edit_types"
     )
-    if not config.get("world_models"):
+    if model_kind(config) != "world":
         raise S2SError(
             f"config key edit_bench.subject_model: a trained {bench['subject_model']} model of the world's "
-            "subject needs world_models: true (the benchmark's cases are world scenes); set it, or set "
+            "subject needs models: world (the benchmark's cases are world scenes); set it, or set "
             "edit_bench.subject_model: base"
         )
     for name, raw in config["subjects"].items():

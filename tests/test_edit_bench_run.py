@@ -43,7 +43,7 @@ def test_parse_time_subject_is_the_edit_cases_subject():
 def test_parse_time_subject_lookup():
     bench = {"edit_types": list(EDIT_TYPES), "subject_model": "lora"}
     config = {
-        "world_models": True,
+        "models": "world",
         "edit_bench": bench,
         "subjects": {"toy": {"class": "toy", "synthetic": True}, "rex": {"class": "dog", "world": 1}},
     }
@@ -53,8 +53,8 @@ def test_parse_time_subject_lookup():
     assert plan.edit_bench_subject(no_subject) is None
     with pytest.raises(plan.S2SError, match="edit_bench.subject_model: no subject"):
         plan.edit_bench_subject({**config, "subjects": {"rex": {"class": "dog", "world": 2}}})
-    with pytest.raises(plan.S2SError, match="world_models"):
-        plan.edit_bench_subject({**config, "world_models": False})
+    with pytest.raises(plan.S2SError, match="needs models: world"):
+        plan.edit_bench_subject({**config, "models": "tiny"})
 
 
 def test_cases_are_a_prefix_of_the_seed_cases_with_every_type():
