@@ -30,6 +30,7 @@ try:
         workflow.basedir,
     )
     s2s_preflight.check_precision(config)
+    s2s_preflight.check_prediction_type(s2s_config.base_model(config))
     s2s_preflight.check_offline_models(
         {"model.name_or_path": s2s_config.base_model(config)}
         | {f"evaluation.{k}": v for k, v in s2s_config.metric_models(config).items()}

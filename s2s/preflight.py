@@ -3,7 +3,8 @@
 - optional dependencies a config names: 8-bit Adam needs bitsandbytes in the environment the training
   jobs run in (this one, or with ``--use-conda`` the training rules' conda environment file);
 - offline mode (``HF_HUB_OFFLINE=1``): every hub model the config names is in the local cache, else one
-  line naming the model and ``snakemake prefetch``.
+  line naming the model and ``snakemake prefetch``;
+- the base model's prediction type (epsilon or v_prediction), where its scheduler config is on disk.
 
 A training job's GPU memory is checked at the job's start instead (``s2s.memory``): only the node that
 runs it knows its card.
@@ -12,6 +13,7 @@ runs it knows its card.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -64,6 +66,36 @@ def check_precision(config: dict) -> None:
                 f"config key training.{method}.mixed_precision: fp16 needs a CUDA GPU and device is cpu; "
                 "use bf16 (autocast works on CPU) or no"
             )
+
+
+# The prediction types training, sampling, inversion and editing support (s2s.train.objective, s2s.edit).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def check_prediction_type(name_or_path: str, key: str = "model.name_or_path") -> None:
+    """The base model's scheduler must predict the noise or the velocity. Read from a local folder or the
+    hub cache; a model not there yet (built by a rule, or downloaded by the first job) is checked by the
+    jobs that load it (training and inversion raise the same error)."""
+    found = None
+    local = Path(name_or_path) / "scheduler" / "scheduler_config.json"
+    if local.is_file():
+        found = local
+    elif is_hub_id(name_or_path):
+        snapshots = hub_cache() / f"models--{name_or_path.replace('/', '--')}" / "snapshots"
+        candidates = sorted(snapshots.glob("*/scheduler/scheduler_config.json")) if snapshots.is_dir() else []
+        found = candidates[0] if candidates else None
+    if found is None:
+        return
+    try:
+        prediction_type = json.loads(found.read_text()).get("prediction_type", "epsilon")
+    except (OSError, ValueError) as exc:
+        raise S2SError(f"config key {key}: {found} is not readable JSON ({exc})") from exc
+    if prediction_type not in PREDICTION_TYPES:
+        raise S2SError(
+            f"config key {key}: {name_or_path}'s scheduler ({found}) has prediction_type "
+            f"{prediction_type!r}; training, sampling and inversion support "
+            f"{' and '.join(PREDICTION_TYPES)}: use a model trained for one of them"
+        )
 
 
 def is_hub_id(name: str) -> bool:

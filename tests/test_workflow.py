@@ -200,3 +200,20 @@ def test_demo_dag_runs_end_to_end(tmp_path):
         str(tmp_path / "report.html"),
     )
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_a_model_predicting_neither_noise_nor_velocity_stops_the_run_when_the_workflow_is_read(tmp_path):
+    scheduler = tmp_path / "sd" / "scheduler"
+    scheduler.mkdir(parents=True)
+    (scheduler / "scheduler_config.json").write_text(json.dumps({"prediction_type": "sample"}))
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"models": "hub", "model": {"name_or_path": str(tmp_path / "sd")}}))
+    proc = snakemake(
+        "-n", "--cores", "1", "--configfile", str(TEST_CONFIG), str(overlay), "--directory", str(tmp_path),
+        check=False, offline=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "s2s config error: config key model.name_or_path:" in out
+    assert "prediction_type 'sample'" in out and "epsilon and v_prediction" in out
+    assert "Traceback" not in out

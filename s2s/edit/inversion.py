@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from s2s.edit.processors import count_unet_calls
 from s2s.io import S2SError
+from s2s.preflight import PREDICTION_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,14 @@ def _check_ddim(pipe) -> None:
             f"inversion needs a DDIMScheduler in the pipeline, not {type(pipe.scheduler).__name__}: "
             "set pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)"
         )
+    # Inversion and editing step through diffusers' DDIM schedulers, which read the prediction type from
+    # the config: epsilon and v_prediction models invert alike (tests/test_edit_v_prediction.py).
+    prediction_type = pipe.scheduler.config.prediction_type
+    if prediction_type not in PREDICTION_TYPES:
+        raise S2SError(
+            f"the model's scheduler has prediction_type {prediction_type!r}; inversion and editing support "
+            f"{' and '.join(PREDICTION_TYPES)}"
+        )
 
 
 @torch.no_grad()
@@ -85,16 +94,33 @@ def ddim_invert(pipe, image_latent: torch.Tensor, prompt_embeds: torch.Tensor, n
     from diffusers import DDIMInverseScheduler
 
     # DDIMInverseScheduler with the sampler's config steps through exactly the reversed timesteps of
-    # DDIMScheduler.set_timesteps (same spacing, offset and final alpha), which inversion needs.
-    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    # DDIMScheduler.set_timesteps (same spacing, offset and final alpha), which inversion needs. It reads
+    # the model's output as noise: see noise_estimate.
+    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
     inverse.set_timesteps(num_inference_steps, device=image_latent.device)
     latent = image_latent
     trajectory = [latent]
     for t in inverse.timesteps:
-        noise_pred = pipe.unet(latent, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        output = pipe.unet(latent, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+        noise_pred = noise_estimate(pipe.scheduler, output, latent, t)
         latent = inverse.step(noise_pred, t, latent, return_dict=False)[0]
         trajectory.append(latent)
     return trajectory
+
+
+def noise_estimate(scheduler, output: torch.Tensor, latent: torch.Tensor, t) -> torch.Tensor:
+    """The model's estimate of the noise in ``latent`` read at timestep ``t``, the one the UNet was given.
+
+    DDIM inversion (P2P's and diffusers') evaluates the UNet at the next, noisier timestep on the current
+    latent and uses its prediction as the noise of the current step: a good shortcut for the noise, which
+    barely depends on the level, but not for a velocity, whose meaning does. Read as velocity at the
+    current level, a v-prediction model's inversion lands 7 dB below the same denoiser's in epsilon form (the
+    world model at 20 steps, tests/test_edit_v_prediction.py); converted to noise at the timestep it was
+    asked about, it inverts exactly as that denoiser does."""
+    if scheduler.config.prediction_type == "epsilon":
+        return output
+    abar = scheduler.alphas_cumprod[torch.as_tensor(t).long().cpu()].to(latent.device, latent.dtype)
+    return abar.sqrt() * output + (1 - abar).sqrt() * latent  # v_prediction (checked by _check_ddim)
 
 
 @contextlib.contextmanager

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from s2s.io import S2SError
-
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+from s2s.preflight import PREDICTION_TYPES
 
 
 def _unknown(prediction_type: str) -> S2SError:
