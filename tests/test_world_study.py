@@ -75,9 +75,8 @@ IDENTIFY_MEASURED = {"dreambooth": 0.275, "lora": 0.113}
 # ... and in 16 samples of "a photo of sks dog" (seeds 200-215), base 0.00 (none of 16); DreamBooth 0.69.
 INSTANCE_MEASURED = {"textual_inversion": 0.44, "lora": 0.31}
 # On training seed 1 (`training: {seed: 1}`, README) the same measures read TI 0.36, DreamBooth 0.31,
-# LoRA 0.44
-# over the prompts and 0.56 / 0.44 / 0.50 on the instance prompt: which method misses which target is the
-# seed's doing as much as the method's; these tests pin the demo's seed 0.
+# LoRA 0.44 over the prompts and 0.56 / 0.44 / 0.50 on the instance prompt: which method misses which target
+# is the seed's doing as much as the method's; these tests pin the demo's seed 0.
 # Within two samples of a target: not strict, since a sample drawn otherwise by another machine's
 # arithmetic would reach it (TI's 7 of 16 on the instance prompt, DreamBooth's 22 of 80 over the prompts).
 NEAR_TARGET = {"textual_inversion", "dreambooth"}
