@@ -4,6 +4,11 @@
 #   snakemake --cores 2 edit_bench      # results_dir/world/edit_bench{/, .csv, .json}
 # Subject edits use the trained model (edit_bench.subject_model) of the world subject {world: 1, class:
 # dog, token: sks}, trained first if missing; edit_bench.subject_model: base runs them on the base model.
+# `snakemake --cores 2 report_edit_bench` adds its report page (results_dir/report/edit_bench.html).
+
+
+localrules:
+    report_edit_bench,
 
 
 rule edit_bench:
@@ -29,3 +34,26 @@ rule edit_bench:
         depends=lambda wildcards: s2s_plan.depends_edit_bench(config),
     script:
         "../workflow_scripts/edit_bench.py"
+
+
+rule report_edit_bench:
+    # The benchmark's report page: `snakemake --cores 2 report_edit_bench` runs the benchmark first.
+    input:
+        summary=rules.edit_bench.output.summary,
+        cases=rules.edit_bench.output.cases,
+    output:
+        report(
+            f"{RESULTS}/report/edit_bench.html",
+            caption="../report/edit_bench.rst",
+            category="Edit benchmark",
+        ),
+    log:
+        f"{LOGS}/report_edit_bench.log",
+    conda:
+        "../envs/s2s.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/report.py"

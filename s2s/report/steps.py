@@ -53,3 +53,12 @@ def report_world(smk, config) -> None:
 
 
 STEPS["report_world"] = report_world
+
+
+def report_edit_bench(smk, config) -> None:
+    from s2s.report.edit_bench_page import edit_bench_page
+
+    edit_bench_page(Path(smk.input.summary), Path(smk.input.cases), Path(smk.output[0]))
+
+
+STEPS["report_edit_bench"] = report_edit_bench

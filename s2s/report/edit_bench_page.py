@@ -1,0 +1,107 @@
+"""The world edit benchmark's report page (``snakemake edit_bench_report``): its summary as tables of
+methods x edit types, with intervals, and a grid of cases (source, ground truth, each method's edit).
+
+Everything comes from the benchmark's files (``s2s.world.edit_bench``): the summary JSON for the tables,
+each case's ``case.json`` and PNGs for the grid, so the page shows exactly what was scored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from s2s.io import write_text
+from s2s.report.pages import E, img, page
+
+# The columns the page tables, with how to read them (docs/edit_bench.md defines each).
+TABLES = (
+    ("target_attribute_correct", "target attribute found (share of cases)", "{:.2f}"),
+    ("gt_psnr", "PSNR against the ground truth, dB (whole image)", "{:.1f}"),
+    ("background_psnr", "background PSNR against the source, dB (PnPInversion's convention)", "{:.1f}"),
+    ("structure_distance", "structure distance x 1000 (lower: closer to the source's layout)", "{:.2f}"),
+    ("seconds", "seconds per edit from the photo (its share of the source's inversion included)", "{:.2f}"),
+)
+SCALE = {"structure_distance": 1000.0}
+CASES_PER_TYPE = 2
+CSS = (
+    "<style>.cases img{width:96px;height:96px;image-rendering:pixelated}"
+    ".cases td{text-align:center;font-size:11.5px}</style>"
+)
+
+
+def _cell(entry: dict | None, fmt: str, scale: float) -> str:
+    if not entry or entry.get("mean") is None:
+        return "<td></td>"
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    interval = (
+        ""
+        if low is None
+        else f'<span class="ci">[{fmt.format(low * scale)}, {fmt.format(high * scale)}]</span>'
+    )
+    return f'<td class="num">{fmt.format(entry["mean"] * scale)}{interval}</td>'
+
+
+def summary_tables(methods: dict, edit_types: list[str]) -> list[str]:
+    """One table per column of ``TABLES``: a row per method (the ground truth first), a column per edit
+    type and over all, each cell the mean over cases and its 95% interval (cases resampled)."""
+    groups = ["all", *edit_types]
+    out = []
+    for column, title, fmt in TABLES:
+        head = "".join(f"<th>{E(g)}</th>" for g in groups)
+        rows = []
+        for method, by_group in methods.items():
+            cells = "".join(
+                _cell(by_group.get(g, {}).get(column), fmt, SCALE.get(column, 1.0)) for g in groups
+            )
+            rows.append(f"<tr><td>{E(method)}</td>{cells}</tr>")
+        out.append(
+            f"<h3>{E(title)}</h3><table><thead><tr><th>method</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+    return out
+
+
+def case_grid(
+    cases_dir: Path, methods: list[str], edit_types: list[str], per_type: int = CASES_PER_TYPE
+) -> str:
+    """The first ``per_type`` cases of each edit type: source, ground truth and each method's edit."""
+    folders = sorted(p for p in Path(cases_dir).iterdir() if (p / "case.json").is_file())
+    chosen = []
+    for edit_type in edit_types:
+        chosen += [
+            f for f in folders if json.loads((f / "case.json").read_text()).get("edit_type") == edit_type
+        ][:per_type]
+    head = "".join(f"<th>{E(h)}</th>" for h in ("case", "source", "ground truth", *methods))
+    rows = []
+    for folder in chosen:
+        case = json.loads((folder / "case.json").read_text())
+        label = (
+            f"{folder.name}<br>{E(case.get('source_prompt', ''))} &rarr; {E(case.get('target_prompt', ''))}"
+        )
+        images = [folder / "source.png", folder / "target_gt.png", *(folder / f"{m}.png" for m in methods)]
+        cells = "".join(f"<td>{img(p, p.stem) if p.is_file() else ''}</td>" for p in images)
+        rows.append(f"<tr><td>{label}</td>{cells}</tr>")
+    return f'<table class="cases"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def edit_bench_page(
+    summary_json: Path | str, cases_dir: Path | str, out: Path | str, note: str | None = None
+) -> None:
+    summary = json.loads(Path(summary_json).read_text())
+    settings = summary["settings"]
+    edit_types = list(settings["edit_types"])
+    methods = [m for m in summary["methods"] if m != "ground_truth"]
+    body = [
+        CSS,
+        f"<p>{summary['n_cases']} world edit cases from {summary['n_sources']} sources (seed "
+        f"{settings['seed']}), {settings['num_inference_steps']} DDIM steps, guidance "
+        f"{settings['guidance_scale']}, subject edits on {E(settings['subject_model'])}; the benchmark took "
+        f"{summary['seconds']['total']:.0f} s. Every metric read back from the saved PNGs; intervals: 95% "
+        "percentile bootstrap over cases. The ground-truth row scores the renderer's target as if it were "
+        "an edit (the ceiling). Definitions: docs/edit_bench.md.</p>",
+        "<h2>Methods x edit types</h2>",
+        *summary_tables(summary["methods"], edit_types),
+        f"<h2>Cases</h2><p>The first {CASES_PER_TYPE} cases of each edit type.</p>",
+        case_grid(Path(cases_dir), methods, edit_types),
+    ]
+    write_text(out, page("World edit benchmark", body, note))
