@@ -1,25 +1,22 @@
-"""Glue between Snakemake rules and the package: one function per rule, called by a 3-line script.
+"""Glue between Snakemake rules and the package: one function per rule, reached through the step table.
 
-Each function takes the ``snakemake`` object, sends logging to the rule's log file, and calls one
-stage function with typed arguments. A user-facing ``S2SError`` ends the job with its one-line
-message (no traceback from deep inside a library); anything else keeps its traceback for debugging.
+A rule's 3-line script calls ``s2s.steps.run(snakemake, STEP)``, which sends logging to the rule's log
+file and calls the function ``s2s.steps.STEPS`` names; each function below takes the ``snakemake``
+object and the config and calls one stage function with typed arguments. A user-facing ``S2SError``
+ends the job with its one-line message (no traceback from deep inside a library); anything else keeps
+its traceback for debugging.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from s2s import config as cfgmod
 from s2s.io import S2SError
-from s2s.job import class_prompt_for, instance_prompt_for, run_step, setup_job
+from s2s.job import class_prompt_for, instance_prompt_for
 
 log = logging.getLogger("s2s")
-
-
-def run(smk, step: str) -> None:
-    run_step(STEPS[step], smk, setup_job(smk))
 
 
 # ---------------------------------------------------------------- one function per rule
@@ -154,19 +151,6 @@ def sample(smk, config) -> None:
     )
 
 
-STEPS = {
-    "build_tiny_models": build_tiny_models,
-    "build_rehearsal_models": build_rehearsal_models,
-    "draw_synthetic_subject": draw_synthetic_subject,
-    "prepare_instance": prepare_instance,
-    "class_priors": class_priors,
-    "train": train,
-    "sample": sample,
-}
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
 def loss_curves(smk, config) -> None:
     from s2s.plots import loss_curves as draw
     from s2s.plots import read_loss_csv
@@ -177,9 +161,6 @@ def loss_curves(smk, config) -> None:
         if (folder / "loss.csv").exists():
             curves[folder.name] = read_loss_csv(folder / "loss.csv")
     draw(curves, smk.output[0])
-
-
-STEPS["loss_curves"] = loss_curves
 
 
 def evaluate(smk, config) -> None:
@@ -264,10 +245,6 @@ def table(smk, config) -> None:
     )
 
 
-STEPS["evaluate"] = evaluate
-STEPS["table"] = table
-
-
 def world_prompt_fidelity(smk, config) -> None:
     """How often the world classifier finds the prompted class and context, per sampled method."""
     import json
@@ -294,9 +271,6 @@ def world_prompt_fidelity(smk, config) -> None:
             100 * result["class_rate"]["value"], 100 * result["context_rate"]["value"], result["n_images"],
         )  # fmt: skip
     write_json(smk.output[0], out)
-
-
-STEPS["world_prompt_fidelity"] = world_prompt_fidelity
 
 
 def draw_demo_edit_photo(smk, config) -> None:
@@ -348,17 +322,10 @@ def edit(smk, config) -> None:
     )
 
 
-STEPS["draw_demo_edit_photo"] = draw_demo_edit_photo
-STEPS["edit"] = edit
-
-
 def prefetch(smk, config) -> None:
     from s2s.prefetch import prefetch as fetch
 
     fetch(cfgmod.base_model(config), cfgmod.metric_models(config), smk.output[0])
-
-
-STEPS["prefetch"] = prefetch
 
 
 def build_world(smk, config) -> None:
@@ -389,10 +356,6 @@ def world_check(smk, config) -> None:
     )
 
 
-STEPS["build_world"] = build_world
-STEPS["world_check"] = world_check
-
-
 def edit_bench(smk, config) -> None:
     from s2s.world.edit_bench import run_edit_bench
 
@@ -420,6 +383,3 @@ def edit_bench(smk, config) -> None:
         n_boot=bench["n_boot"],
         jobs=bench["jobs"],
     )
-
-
-STEPS["edit_bench"] = edit_bench

@@ -1,4 +1,5 @@
-"""The report rules' steps (rules/report.smk), in the shape of ``s2s.workflow``'s: ``step(smk, config)``."""
+"""The report rules' steps (rules/report.smk), in the shape of ``s2s.workflow``'s: ``step(smk, config)``,
+reached through the step table (``s2s.steps``)."""
 
 from __future__ import annotations
 
@@ -42,14 +43,8 @@ def report_tables(smk, config) -> None:
     )
 
 
-STEPS = {"report_subject": report_subject, "report_tables": report_tables}
-
-
 def report_world(smk, config) -> None:
     from s2s.report.figures import read_json
     from s2s.report.pages import world_check_page
 
     world_check_page(read_json(Path(smk.input[0])), Path(smk.output[0]))
-
-
-STEPS["report_world"] = report_world
