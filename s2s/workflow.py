@@ -295,20 +295,8 @@ def edit(smk, config) -> None:
     from s2s.edit.batch import run_edit_batch
     from s2s.models import pick_device, pick_dtype
 
-    subject = smk.wildcards.subject
-    results = cfgmod.results_dir(config) / subject
-    edits = config["edits"]
+    results = cfgmod.results_dir(config) / smk.wildcards.subject
     device = pick_device(config["device"])
-    defaults = {
-        "num_inference_steps": edits["num_inference_steps"],
-        "guidance_scale": edits["guidance_scale"],
-        "cross_replace_steps": edits["cross_replace_steps"],
-        "self_replace_steps": edits["self_replace_steps"],
-        "inversion": edits["inversion"],
-        "null_text_inner_steps": edits["null_text_inner_steps"],
-        "subject_model": edits["subject_model"],
-        "clip_model": cfgmod.metric_models(config)["clip_model"],
-    }
     # One edit per job (its manifest row, edit_id filled in): a changed row re-runs only its edit.
     run_edit_batch(
         [smk.params.row],
@@ -317,7 +305,7 @@ def edit(smk, config) -> None:
         {m: results / "models" / m for m in config["methods"]},
         device,
         pick_dtype(config["training"].get("mixed_precision", "no"), device),
-        defaults,
+        cfgmod.edit_config(config),
         seed=config["seed"],
     )
 

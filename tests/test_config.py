@@ -220,3 +220,24 @@ def test_workflow_reports_config_error_before_any_job(tmp_path):
     )
     assert proc.returncode != 0
     assert "s2s config error: config: unknown key(s) methdos at the top level" in proc.stderr + proc.stdout
+
+
+def test_a_new_edit_key_reruns_edits_only_off_its_default():
+    """edits.blend_threshold / start_blend came after edit results existed: at their default an edit's params
+    and the config's hash are those of before (nothing re-runs); any other value re-runs the edits."""
+    from s2s.config import config_hash, depends_edit
+
+    row = {"edit_id": "e", "source_prompt": "a dog", "target_prompt": "a cat", "edit": "replace"}
+    before = check_config(GOOD)
+    for key, value in (("blend_threshold", 0.5), ("start_blend", 0.4)):
+        assert key in before["edits"] and key not in depends_edit(before, row)
+        changed = check_config(with_(edits={key: value}))
+        assert depends_edit(changed, row) != depends_edit(
+            before, row
+        ) and f'"{key}": {value}' in depends_edit(changed, row)
+        assert config_hash(changed) != config_hash(before)
+    old = {
+        **before,
+        "edits": {k: v for k, v in before["edits"].items() if k not in ("blend_threshold", "start_blend")},
+    }
+    assert config_hash(old) == config_hash(before)
