@@ -3,8 +3,11 @@
 ``config/schema.yaml`` is the single source of truth for keys, types and defaults. ``check_config``
 turns the first schema violation, and the checks a schema cannot express (folders that must exist,
 unsafe names, keys that are gone), into one line that names the key and the fix, and fills the
-defaults. ``train_config`` and ``subject`` build frozen dataclasses so that stage functions take the
-sub-config they need instead of reaching into nested dicts. ``model_kind`` reads the ``models`` choice
+defaults, once (rules/common.smk at parse time; jobs get that config). The typed views are frozen
+dataclasses built from the checked config alone, so that stage functions take the sub-config they need
+instead of reaching into nested dicts: ``train_config`` (a method's training, merging the shared
+settings under the method's), ``sampling_config``, ``class_images_config``, ``edit_config``,
+``evaluation_config``, ``world_config`` and ``subject``. ``model_kind`` reads the ``models`` choice
 (hub, tiny, rehearsal, world), and ``base_model`` and ``metric_models`` turn it into the models' paths.
 The ``depends_*`` functions give each rule's ``params``: the part of the config its outputs depend on.
 """
@@ -245,10 +248,15 @@ class TrainConfig:
     validation_prompt: str | None
     validation_steps: int
     seed: int
-    validation_inference_steps: int = 25
-    num_processes: int = 1
-    keep_checkpoints: bool = False
-    # method-specific
+    validation_inference_steps: int
+    num_processes: int
+    keep_checkpoints: bool
+    # loss options (every method)
+    snr_gamma: float | None
+    noise_offset: float
+    validation_split: float
+    # Method-specific: the method's own from its section; another method's stay at these values, which
+    # that method never reads (they are part of its params, so they stay as they are).
     num_vectors: int = 1
     initializer_token: str | None = None
     prompt_templates: str | None = None
@@ -258,10 +266,6 @@ class TrainConfig:
     alpha: float = 4.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
-    # loss options (every method)
-    snr_gamma: float | None = None
-    noise_offset: float = 0.0
-    validation_split: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -397,15 +401,15 @@ def schema_defaults(section: str) -> dict:
 
 
 def train_config(config: dict, method: str) -> TrainConfig:
+    """A method's training settings from the checked config: the schema's shared defaults (the training
+    object's default, which check_config leaves out of the config so that a method section overrides
+    only what it sets) < training.KEY < training.METHOD.KEY (its own defaults filled by check_config)."""
     if method not in METHODS:
         raise S2SError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    schema = load_schema()
-    training = config.get("training", {})
-    merged: dict[str, Any] = dict(schema["properties"]["training"]["default"])
+    training = config["training"]
+    merged: dict[str, Any] = dict(load_schema()["properties"]["training"]["default"])
     merged.update({k: v for k, v in training.items() if k not in METHODS})
-    method_schema = schema["properties"]["training"]["properties"][method]["properties"]
-    merged.update({k: v["default"] for k, v in method_schema.items() if "default" in v})
-    merged.update(training.get(method, {}))
+    merged.update(training[method])
     if method == "textual_inversion":
         merged["with_prior_preservation"] = False
     if "target_modules" in merged:

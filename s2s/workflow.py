@@ -83,16 +83,16 @@ def class_priors(smk, config) -> None:
     if subject.class_images:
         prepare_subject(subject.class_images, smk.output[0], resolution, config["data"]["small_images"])
         return
-    ci = config["class_images"]
+    ci = cfgmod.class_images_config(config)
     generate_class_images(
         cfgmod.base_model(config),
         class_prompt_for(config, subject),
-        ci["num_class_images"],
+        ci.num_class_images,
         smk.output[0],
         resolution,
-        ci["num_inference_steps"],
-        ci["guidance_scale"],
-        ci["batch_size"],
+        ci.num_inference_steps,
+        ci.guidance_scale,
+        ci.batch_size,
         seed=config["seed"],
         device=config["device"],
         precision=config["training"].get("mixed_precision", "no"),
@@ -128,7 +128,7 @@ def sample(smk, config) -> None:
 
     subject = cfgmod.subject(config, smk.wildcards.subject)
     method = smk.wildcards.method
-    sampling = config["sampling"]
+    sampling = cfgmod.sampling_config(config)
     by_id = cfgmod.prompts_by_id(config)
     # A per-prompt job has a prompt wildcard; a per-method job (sampling.jobs: per_method) samples all.
     pid = dict(smk.wildcards.items()).get("prompt")
@@ -139,13 +139,13 @@ def sample(smk, config) -> None:
         method,
         model_dir,
         prompts,
-        sampling["seeds"],
+        sampling.seeds,
         cfgmod.results_dir(config) / subject.name / "samples" / method,
         resolution=config["model"]["resolution"],
-        num_inference_steps=sampling["num_inference_steps"],
-        guidance_scale=sampling["guidance_scale"],
-        scheduler=sampling["scheduler"],
-        batch_size=sampling["batch_size"],
+        num_inference_steps=sampling.num_inference_steps,
+        guidance_scale=sampling.guidance_scale,
+        scheduler=sampling.scheduler,
+        batch_size=sampling.batch_size,
         device=config["device"],
         precision=config["training"].get("mixed_precision", "no"),
     )
@@ -171,20 +171,21 @@ def evaluate(smk, config) -> None:
     from s2s.plots import image_grid
 
     method = smk.wildcards.method
+    seeds = cfgmod.sampling_config(config).seeds
+    evaluation = cfgmod.evaluation_config(config)  # with the `models` choice's metric models
     samples_root = cfgmod.results_dir(config) / smk.wildcards.subject / "samples" / method
     samples, rows, labels = [], [], []
     for pid in cfgmod.prompt_ids(config):
         meta = json.loads((samples_root / pid / "prompt.json").read_text())
-        paths = [samples_root / pid / f"{seed}.png" for seed in config["sampling"]["seeds"]]
+        paths = [samples_root / pid / f"{seed}.png" for seed in seeds]
         samples += [
             {"prompt": meta["prompt"], "prompt_id": pid, "seed": seed, "path": str(p)}
-            for seed, p in zip(config["sampling"]["seeds"], paths)
+            for seed, p in zip(seeds, paths)
         ]
         rows.append(paths)
         labels.append(pid)
     image_grid(rows, smk.output.grid, row_labels=labels)
-    models = cfgmod.metric_models(config)
-    reference = config["evaluation"]["reference_images"]
+    reference = evaluation.reference_images
     world = {}
     subject = cfgmod.subject(config, smk.wildcards.subject)
     if cfgmod.model_kind(config) == "world" and subject.world is not None:
@@ -202,14 +203,14 @@ def evaluate(smk, config) -> None:
         samples,
         [str(p) for p in list_images(smk.input.instance)],
         smk.output.metrics,
-        clip_model=models["clip_model"],
-        dino_model=models["dino_model"],
-        feature_extractor=models["feature_extractor"],
+        clip_model=evaluation.clip_model,
+        dino_model=evaluation.dino_model,
+        feature_extractor=evaluation.feature_extractor,
         reference_images=[str(p) for p in sorted(Path(reference).iterdir())] if reference else None,
-        n_boot=config["evaluation"]["n_boot"],
+        n_boot=evaluation.n_boot,
         seed=config["seed"],
-        study_feature_extractor=models["study_feature_extractor"],
-        study_n_images=config["evaluation"]["study_n_images"],
+        study_feature_extractor=evaluation.study_feature_extractor,
+        study_n_images=evaluation.study_n_images,
         **world,
     )
 
@@ -218,6 +219,7 @@ def table(smk, config) -> None:
     from s2s.metrics.table import PUBLISHED, make_table
 
     subjects = list(config["subjects"])
+    sampling = cfgmod.sampling_config(config)
     metric_jsons = {}
     for path in smk.input.metrics:
         subject, method = Path(path).parent.parent.name, Path(path).stem
@@ -227,16 +229,16 @@ def table(smk, config) -> None:
         "config_hash": cfgmod.config_hash(config),
         "base_model": cfgmod.base_model(config),
         **{k: str(v) for k, v in cfgmod.metric_models(config).items()},
-        "seeds": config["sampling"]["seeds"],
+        "seeds": sampling.seeds,
         "subjects": subjects,
-        "prompts": len(config["sampling"]["prompts"]),
+        "prompts": len(sampling.prompts),
     }
     make_table(
         metric_jsons,
         smk.output.csv,
         smk.output.md,
         smk.output.html,
-        published=PUBLISHED if config["evaluation"]["compare_published"] else None,
+        published=PUBLISHED if cfgmod.evaluation_config(config).compare_published else None,
         provenance=provenance,
         models=cfgmod.model_kind(config),
         companion=(smk.output.companion_csv, smk.output.companion_md, smk.output.companion_html)
@@ -254,7 +256,8 @@ def world_prompt_fidelity(smk, config) -> None:
     from s2s.world.study import prompt_fidelity
 
     subject = cfgmod.subject(config, smk.wildcards.subject)
-    classifier = load_classifier(cfgmod.metric_models(config)["feature_extractor"])
+    seeds, evaluation = cfgmod.sampling_config(config).seeds, cfgmod.evaluation_config(config)
+    classifier = load_classifier(evaluation.feature_extractor)
     root = cfgmod.results_dir(config) / subject.name / "samples"
     out = {"subject_phrase": subject.phrase, "methods": {}}
     for method in cfgmod.sample_methods(config):
@@ -262,9 +265,8 @@ def world_prompt_fidelity(smk, config) -> None:
         for pid in cfgmod.prompt_ids(config):
             prompt = json.loads((root / method / pid / "prompt.json").read_text())["prompt"]
             folder = root / method / pid
-            samples += [{"path": folder / f"{s}.png", "prompt": prompt} for s in config["sampling"]["seeds"]]
-        n_boot = config["evaluation"]["n_boot"]
-        result = prompt_fidelity(samples, classifier, subject.phrase, n_boot=n_boot)
+            samples += [{"path": folder / f"{s}.png", "prompt": prompt} for s in seeds]
+        result = prompt_fidelity(samples, classifier, subject.phrase, n_boot=evaluation.n_boot)
         out["methods"][method] = result
         log.info(
             "%s: class found in %.0f%%, context in %.0f%% of %d samples", method,
@@ -333,14 +335,14 @@ def build_world(smk, config) -> None:
 def world_check(smk, config) -> None:
     from s2s.world.check import check_world
 
-    world = config["world"]
+    world = cfgmod.world_config(config)
     check_world(
         Path(smk.input.build).parent,
         smk.input.prompts,
         smk.output[0],
-        seeds=list(range(world["check_seeds"])),
-        num_inference_steps=world["check_inference_steps"],
-        guidance_scale=world["check_guidance_scale"],
+        seeds=list(range(world.check_seeds)),
+        num_inference_steps=world.check_inference_steps,
+        guidance_scale=world.check_guidance_scale,
     )
 
 

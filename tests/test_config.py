@@ -241,3 +241,39 @@ def test_a_new_edit_key_reruns_edits_only_off_its_default():
         "edits": {k: v for k, v in before["edits"].items() if k not in ("blend_threshold", "start_blend")},
     }
     assert config_hash(old) == config_hash(before)
+
+
+def test_stage_configs_are_built_from_the_checked_config_alone():
+    """Sampling, class images, edits, evaluation and world: typed, every schema key a field, every value
+    from the checked config (defaults only in the schema: no field has one, and an unchecked config is
+    refused instead of completed)."""
+    from dataclasses import MISSING, fields
+
+    from s2s import config as cfgmod
+
+    builders = {
+        "sampling": cfgmod.sampling_config,
+        "class_images": cfgmod.class_images_config,
+        "edits": cfgmod.edit_config,
+        "evaluation": cfgmod.evaluation_config,
+        "world": cfgmod.world_config,
+    }
+    ignored = {"sampling": {"prompt_chunk_size"}}  # a key kept so that old configs load; nothing reads it
+    changes = {
+        "sampling": {"seeds": [5], "scheduler": "euler"},
+        "class_images": {"batch_size": 3},
+        "edits": {"blend_threshold": 0.5, "inversion": "ddim"},
+        "evaluation": {"n_boot": 20},
+        "world": {"check_seeds": 3},
+    }
+    config = check_config(with_(**changes))
+    schema = load_schema()["properties"]
+    for section, build in builders.items():
+        typed = build(config)
+        names = {f.name for f in fields(typed)}
+        assert set(schema[section]["properties"]) - ignored.get(section, set()) <= names, section
+        assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(typed)), section
+        for key, value in changes[section].items():
+            assert getattr(typed, key) == value, (section, key)
+        with pytest.raises(KeyError):
+            build({**config, section: {}})

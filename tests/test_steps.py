@@ -80,3 +80,27 @@ def test_the_table_is_complete_and_the_only_one():
         assert not re.search(r"^STEPS\b", source, flags=re.M), module
     for path in SCRIPTS.glob("*.py"):
         assert "STEPS" not in path.read_text(), path.name
+
+
+def test_a_job_takes_the_checked_config_as_it_is(monkeypatch, one_torch_thread):
+    """The workflow checked the config at parse time (rules/common.smk); a job neither checks it again nor
+    merges the schema's defaults a second time: it gets Snakemake's config unchanged."""
+    import logging
+    from types import SimpleNamespace
+
+    from s2s import config as cfgmod
+    from s2s.job import setup_job
+
+    checked = cfgmod.check_config({"subjects": {"toy": {"class": "toy", "synthetic": True}}})
+
+    def check_again(*args, **kwargs):
+        raise AssertionError("the job checked the config again")
+
+    monkeypatch.setattr(cfgmod, "check_config", check_again)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        config = setup_job(SimpleNamespace(log=[], threads=1, config=checked))
+    finally:
+        root.handlers[:], root.level = handlers, level
+    assert config == checked

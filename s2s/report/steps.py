@@ -19,7 +19,7 @@ def report_subject(smk, config) -> None:
     build_subject_pages(
         cfgmod.results_dir(config) / subject,
         cfgmod.sample_methods(config),
-        config["sampling"]["seeds"],
+        cfgmod.sampling_config(config).seeds,
         smk.output.figures,
         smk.output.samples,
         smk.output.training,
