@@ -538,19 +538,23 @@ def sample_methods(config: dict) -> list[str]:
 
 
 def config_hash(config: dict) -> str:
-    config = {**config, "edits": _edits_as_before(config["edits"])} if "edits" in config else config
+    config = {
+        **config,
+        **{section: _as_before(config, section) for section in KEYS_ADDED if section in config},
+    }
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-# edits keys added after results existed (issue 24): left out of an edit's params and of the config's
-# hash at their schema default, so that results made before the keys (which used that same value) stay
-# up to date; any other value counts.
-EDIT_KEYS_ADDED = ("blend_threshold", "start_blend")
+# Keys added after results existed (issue 24), by section: left out of params (an edit's) and of the
+# config's hash (the table's provenance) at their schema default, so that results made before the keys
+# (which used that same value, or did not have the page) stay up to date; any other value counts.
+KEYS_ADDED = {"edits": ("blend_threshold", "start_blend"), "world": ("report_check",)}
 
 
-def _edits_as_before(edits: dict) -> dict:
-    added = schema_defaults("edits")
-    return {k: v for k, v in edits.items() if not (k in EDIT_KEYS_ADDED and v == added[k])}
+def _as_before(config: dict, section: str) -> dict:
+    added = schema_defaults(section)
+    keys = KEYS_ADDED[section]
+    return {k: v for k, v in config[section].items() if not (k in keys and v == added[k])}
 
 
 # ---------------------------------------------------------------- what each rule depends on
@@ -667,7 +671,7 @@ def depends_edit(config: dict, row: dict) -> str:
         {
             **_base(config),
             "row": row,
-            "defaults": {k: v for k, v in _edits_as_before(config["edits"]).items() if k != "manifest"},
+            "defaults": {k: v for k, v in _as_before(config, "edits").items() if k != "manifest"},
             "clip_model": metric_models(config)["clip_model"],
             "seed": config["seed"],
             "precision": _precision(config),

@@ -222,9 +222,9 @@ def test_workflow_reports_config_error_before_any_job(tmp_path):
     assert "s2s config error: config: unknown key(s) methdos at the top level" in proc.stderr + proc.stdout
 
 
-def test_a_new_edit_key_reruns_edits_only_off_its_default():
-    """edits.blend_threshold / start_blend came after edit results existed: at their default an edit's params
-    and the config's hash are those of before (nothing re-runs); any other value re-runs the edits."""
+def test_a_new_key_reruns_only_off_its_default():
+    """edits.blend_threshold / start_blend and world.report_check came after results existed: at their default
+    an edit's params and the config's hash are those of before (nothing re-runs); any other value counts."""
     from s2s.config import config_hash, depends_edit
 
     row = {"edit_id": "e", "source_prompt": "a dog", "target_prompt": "a cat", "edit": "replace"}
@@ -236,9 +236,11 @@ def test_a_new_edit_key_reruns_edits_only_off_its_default():
             before, row
         ) and f'"{key}": {value}' in depends_edit(changed, row)
         assert config_hash(changed) != config_hash(before)
+    assert config_hash(check_config(with_(world={"report_check": True}))) != config_hash(before)
     old = {
         **before,
         "edits": {k: v for k, v in before["edits"].items() if k not in ("blend_threshold", "start_blend")},
+        "world": {k: v for k, v in before["world"].items() if k != "report_check"},
     }
     assert config_hash(old) == config_hash(before)
 
