@@ -327,7 +327,7 @@ def build_world(smk, config) -> None:
         raise S2SError(f"config key world.build_settings: {spec!r} is neither short, full nor a YAML file")
     try:
         settings = load_settings(spec)
-    except SystemExit as exc:  # an unknown setting in the YAML file
+    except S2SError as exc:  # an unknown setting in the YAML file (load_settings names the file)
         raise S2SError(f"config key world.build_settings: {exc}") from None
     build(smk.output[0], settings, command=f"snakemake build_world (world.build_settings: {spec})")
 

@@ -104,3 +104,22 @@ def test_a_job_takes_the_checked_config_as_it_is(monkeypatch, one_torch_thread):
     finally:
         root.handlers[:], root.level = handlers, level
     assert config == checked
+
+
+def test_a_bad_build_settings_file_is_one_line_naming_the_key(tmp_path):
+    """build_world's settings file with an unknown setting: the library's S2SError, prefixed with the
+    config key (s2s.world.build raises no SystemExit any more)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from s2s.io import S2SError
+    from s2s.workflow import build_world
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("vae_stepz: 3\n")
+    smk = SimpleNamespace(params=SimpleNamespace(settings=str(settings)), output=[str(tmp_path / "world")])
+    with pytest.raises(
+        S2SError, match=r"^config key world.build_settings: .*unknown build setting.*vae_stepz"
+    ):
+        build_world(smk, {})
