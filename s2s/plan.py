@@ -12,7 +12,9 @@ the whole import path of the rules. It holds:
 - the cheap check of a subject's photo folder (count, suffixes, sizes, file headers), every problem
   in one line;
 - ``stable``, the canonical JSON string of a rule's ``params`` (the ``depends_*`` functions of
-  s2s.config choose what goes in: the part of the config the rule's outputs depend on).
+  s2s.config choose what goes in: the part of the config the rule's outputs depend on);
+- the report pages' paths (``report_*``, ``sample_files``, ``edit_targets``), from the config's choices
+  alone: what exists on disk never decides what the DAG holds.
 """
 
 from __future__ import annotations
