@@ -365,6 +365,7 @@ class WorldConfig:
     check_seeds: int
     check_inference_steps: int
     check_guidance_scale: float
+    report_check: bool  # the check's page in the report (planned by s2s.plan.report_targets)
 
 
 def _section(cls, values: dict):
