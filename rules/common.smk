@@ -173,11 +173,7 @@ def trained_model_file(subject, method):
 
 
 def sample_files(subject, method):
-    return expand(
-        f"{RESULTS}/{subject}/samples/{method}/{{pid}}/{{seed}}.png",
-        pid=PROMPT_IDS,
-        seed=SEEDS,
-    )
+    return s2s_plan.sample_files(RESULTS, subject, method, PROMPT_IDS, SEEDS)
 
 
 def edit_inputs(wildcards):
@@ -192,7 +188,7 @@ def edit_inputs(wildcards):
 
 
 def edit_targets(subject):
-    return expand(f"{RESULTS}/{subject}/edits/{{edit_id}}/edit.json", edit_id=EDIT_IDS)
+    return s2s_plan.edit_targets(RESULTS, subject, EDIT_IDS)
 
 
 def all_targets():
@@ -224,31 +220,27 @@ def world_path(key):
 
 
 # ---------------------------------------------------------------- report pages (rules/report.smk)
+# Their paths are planned by s2s.plan (report_*), from the config alone.
 
 
 def report_subject_inputs(wildcards):
-    subject = wildcards.subject
-    files = {
-        "samples": [f for m in SAMPLE_METHODS for f in sample_files(subject, m)],
-        "metrics": expand(
-            f"{RESULTS}/{subject}/metrics/{{method}}.json", method=SAMPLE_METHODS
-        ),
-        "summaries": expand(
-            f"{RESULTS}/{subject}/models/{{method}}/train_summary.json", method=METHODS
-        ),
-        "instance": f"{RESULTS}/{subject}/instance",
-    }
-    if any(uses_prior(m) for m in METHODS):
-        files["class_images"] = f"{RESULTS}/{subject}/class_images"
-    if EDITS_ON:
-        files["edits"] = edit_targets(subject)
-    return files
+    return s2s_plan.report_subject_inputs(
+        RESULTS,
+        wildcards.subject,
+        sample_methods=SAMPLE_METHODS,
+        methods=METHODS,
+        prompt_ids=PROMPT_IDS,
+        seeds=SEEDS,
+        edit_ids=EDIT_IDS if EDITS_ON else None,
+        class_images=any(uses_prior(m) for m in METHODS),
+    )
 
 
 def report_subject_outputs():
-    pages = {
+    pages = s2s_plan.report_subject_pages(RESULTS, EDITS_ON)
+    outputs = {
         "samples": report(
-            f"{RESULTS}/{{subject}}/report/samples.html",
+            pages["samples"],
             caption="../report/samples.rst",
             category="Samples",
             subcategory="{subject}",
@@ -258,7 +250,7 @@ def report_subject_outputs():
             },
         ),
         "training": report(
-            f"{RESULTS}/{{subject}}/report/training.html",
+            pages["training"],
             caption="../report/training.rst",
             category="Training and metrics",
             subcategory="{subject}",
@@ -267,32 +259,23 @@ def report_subject_outputs():
                 "page": "loss, cost, validation, metrics per prompt",
             },
         ),
-        "figures": directory(f"{RESULTS}/{{subject}}/report/figures"),
+        "figures": directory(pages["figures"]),
     }
     if EDITS_ON:
-        pages["edits"] = report(
-            f"{RESULTS}/{{subject}}/report/edits.html",
+        outputs["edits"] = report(
+            pages["edits"],
             caption="../report/edits.rst",
             category="Edits",
             subcategory="{subject}",
             labels={"subject": "{subject}", "page": "Prompt-to-Prompt edits"},
         )
-    return pages
+    return outputs
 
 
 def report_targets():
-    targets = [f"{RESULTS}/report/tables.html"]
-    for subject in SUBJECTS:
-        targets += [
-            f"{RESULTS}/{subject}/report/samples.html",
-            f"{RESULTS}/{subject}/report/training.html",
-        ]
-        if EDITS_ON:
-            targets.append(f"{RESULTS}/{subject}/report/edits.html")
-    # The world check's page once `snakemake world_check` has run.
-    if Path(f"{RESULTS}/world/check.json").exists():
-        targets.append(f"{RESULTS}/report/world.html")
-    return targets
+    return s2s_plan.report_targets(
+        RESULTS, SUBJECTS, EDITS_ON, config["world"]["report_check"]
+    )
 
 
 # ---------------------------------------------------------------- world edit benchmark (rules/edit_bench.smk)

@@ -1,5 +1,6 @@
 # The miniature world (issue 15): its models (world.models, committed as models/world with their
-# BUILD.json) and the evidence that they work. Neither is part of `all`:
+# BUILD.json) and the evidence that they work. Neither is part of `all` (the check is, with its report page,
+# when world.report_check is true):
 #   snakemake --cores 2 world_check                            # results_dir/world/check.json
 #   snakemake --cores 2 build_world --forcerun build_world     # rebuild the committed models
 

@@ -1,15 +1,13 @@
-"""What every rule's job does first, shared by the workflow glue (s2s.workflow) and the benchmarks'
-(s2s.bench.workflow): logging into the rule's log, torch threads, the config checked again; and the
-prompts built from a subject, which the training rules and the training benchmark both use."""
+"""What every rule's job does first (s2s.steps.run, for every step of the table): logging into the rule's
+log, torch threads, and the config as the workflow checked it; and the prompts built from a subject,
+which the training rules and the training benchmark both use."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import sys
-from pathlib import Path
 
-from s2s import config as cfgmod
 from s2s.io import S2SError
 
 log = logging.getLogger("s2s")
@@ -32,8 +30,9 @@ def setup_job(smk) -> dict:
     import torch
 
     torch.set_num_threads(max(1, int(smk.threads)))
-    # The workflow validated the config at parse time; validate again so a script run by hand is safe.
-    return cfgmod.check_config(dict(smk.config), base_dir=Path.cwd())
+    # The config rules/common.smk checked at parse time (s2s.config.check_config: validated, defaults
+    # filled); Snakemake hands the job that same config, so it is not checked again here.
+    return dict(smk.config)
 
 
 def run_step(step, smk, config) -> None:

@@ -12,7 +12,9 @@ the whole import path of the rules. It holds:
 - the cheap check of a subject's photo folder (count, suffixes, sizes, file headers), every problem
   in one line;
 - ``stable``, the canonical JSON string of a rule's ``params`` (the ``depends_*`` functions of
-  s2s.config choose what goes in: the part of the config the rule's outputs depend on).
+  s2s.config choose what goes in: the part of the config the rule's outputs depend on);
+- the report pages' paths (``report_*``, ``sample_files``, ``edit_targets``), from the config's choices
+  alone: what exists on disk never decides what the DAG holds.
 """
 
 from __future__ import annotations
@@ -407,3 +409,71 @@ def edit_bench_subject(config: dict) -> str | None:
 def depends_edit_bench(config: dict) -> str:
     """The benchmark's settings (its models and the subject's trained model are its inputs)."""
     return stable({"edit_bench": config["edit_bench"], "subject": edit_bench_subject(config)})
+
+
+# ---------------------------------------------------------------- the report's pages (rules/report.smk)
+#
+# Paths only, from the config's choices alone: what exists on disk never decides what is planned.
+
+
+def sample_files(
+    results: str, subject: str, method: str, prompt_ids: list[str], seeds: list[int]
+) -> list[str]:
+    """A method's sample images of a subject: one per prompt and seed."""
+    return [f"{results}/{subject}/samples/{method}/{pid}/{seed}.png" for pid in prompt_ids for seed in seeds]
+
+
+def edit_targets(results: str, subject: str, edit_ids: list[str]) -> list[str]:
+    return [f"{results}/{subject}/edits/{edit_id}/edit.json" for edit_id in edit_ids]
+
+
+def report_subject_pages(results: str, edits: bool) -> dict[str, str]:
+    """The report_subject rule's outputs ({subject} a wildcard): its pages and its figures folder."""
+    pages = {
+        "samples": f"{results}/{{subject}}/report/samples.html",
+        "training": f"{results}/{{subject}}/report/training.html",
+        "figures": f"{results}/{{subject}}/report/figures",
+    }
+    if edits:
+        pages["edits"] = f"{results}/{{subject}}/report/edits.html"
+    return pages
+
+
+def report_subject_inputs(
+    results: str,
+    subject: str,
+    *,
+    sample_methods: list[str],
+    methods: list[str],
+    prompt_ids: list[str],
+    seeds: list[int],
+    edit_ids: list[str] | None,
+    class_images: bool,
+) -> dict:
+    """What a subject's pages show: every sample, metrics, training summary, photo and edit (edit_ids None:
+    the edit stage is off)."""
+    files = {
+        "samples": [f for m in sample_methods for f in sample_files(results, subject, m, prompt_ids, seeds)],
+        "metrics": [f"{results}/{subject}/metrics/{m}.json" for m in sample_methods],
+        "summaries": [f"{results}/{subject}/models/{m}/train_summary.json" for m in methods],
+        "instance": f"{results}/{subject}/instance",
+    }
+    if class_images:
+        files["class_images"] = f"{results}/{subject}/class_images"
+    if edit_ids is not None:
+        files["edits"] = edit_targets(results, subject, edit_ids)
+    return files
+
+
+def report_targets(results: str, subjects: list[str], edits: bool, world_check: bool) -> list[str]:
+    """Every report page: the tables page, each subject's pages, and the world check's page when
+    world.report_check asks for it (the check then runs first if its check.json is missing)."""
+    targets = [f"{results}/report/tables.html"]
+    for subject in subjects:
+        pages = report_subject_pages(results, edits)
+        targets += [
+            pages[name].format(subject=subject) for name in ("samples", "training", "edits") if name in pages
+        ]
+    if world_check:
+        targets.append(f"{results}/report/world.html")
+    return targets

@@ -1,8 +1,10 @@
-"""Progress lines for long stages: "done/total, elapsed, ETA" at intervals, through logging.
+"""Progress lines for long stages: "done/total, elapsed, ETA" at intervals, through logging; the one
+progress logger of the package (sampling, edits, evaluation, training steps, the world's build).
 
 Log files are read after the fact and on shared file systems, so progress is a plain line per update
 (no carriage-return redraws as tqdm writes). A line is written when ``every_s`` seconds have passed since
-the last one, and always for the first and the last item: short stages log twice, long ones every so often.
+the last one, when ``every_items`` items have finished since the last one, for the first item (unless
+``first=False``) and always for the last: short stages log twice, long ones every so often.
 """
 
 from __future__ import annotations
@@ -35,43 +37,68 @@ class Progress:
         what: str,
         total: int,
         logger: logging.Logger | None = None,
-        every_s: float = 30.0,
+        every_s: float | None = 30.0,
         unit: str = "",
         clock=time.monotonic,
+        *,
+        every_items: int | None = None,
+        first: bool = True,
+        start: int = 0,
+        label: str = "",
     ):
+        """``start``: items finished before (a resumed run); ``label`` comes before the count ("step ")."""
         self.what = what
         self.total = int(total)
         self.log = logger or logging.getLogger("s2s.progress")
-        self.every_s = float(every_s)
+        self.every_s = None if every_s is None else float(every_s)
+        self.every_items = every_items
+        self.first = first
         self.unit = f" {unit}" if unit else ""
+        self.label = label
         self.clock = clock
         self.start = clock()
-        self.done = 0
+        self.done = self.started_at = self._last_done = int(start)
         self._last_line = self.start
         self.lines = 0
+        self.values: dict[str, str] = {}
+        self.seconds_per_item: float | None = None
 
     def eta_s(self) -> float | None:
-        """Seconds left at the average rate so far; None before the first item."""
-        if self.done <= 0:
+        """Seconds left at the rate given to ``update`` (else the average rate so far of this run's items);
+        None before the first item."""
+        remaining = max(self.total - self.done, 0)
+        if self.seconds_per_item is not None:
+            return self.seconds_per_item * remaining
+        if self.done <= self.started_at:
             return None
-        elapsed = self.clock() - self.start
-        return elapsed / self.done * max(self.total - self.done, 0)
+        return (self.clock() - self.start) / (self.done - self.started_at) * remaining
 
     def line(self) -> str:
         elapsed = self.clock() - self.start
         eta = self.eta_s()
         percent = 100.0 * self.done / self.total if self.total else 100.0
+        values = "".join(f", {name} {value}" for name, value in self.values.items())
         return (
-            f"{self.what}: {self.done}/{self.total}{self.unit} ({percent:.0f}%), "
+            f"{self.what}: {self.label}{self.done}/{self.total}{self.unit} ({percent:.0f}%){values}, "
             f"elapsed {format_seconds(elapsed)}, ETA {'?' if eta is None else format_seconds(eta)}"
         )
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, seconds_per_item: float | None = None, **values: str) -> None:
+        """``n`` more items finished; ``values`` (already formatted: ``loss="0.1234"``) go into the line,
+        and ``seconds_per_item`` (a recent rate) replaces the average rate in the ETA."""
         self.done += n
+        self.values = values
+        if seconds_per_item is not None:
+            self.seconds_per_item = seconds_per_item
         now = self.clock()
-        # The first item gives an early ETA; then every every_s seconds; and the end.
-        if self.lines == 0 or self.done >= self.total or now - self._last_line >= self.every_s:
-            self._last_line = now
+        due = (
+            (self.first and self.lines == 0)
+            or self.done >= self.total
+            or (self.every_s is not None and now - self._last_line >= self.every_s)
+            or (self.every_items is not None and self.done - self._last_done >= self.every_items)
+        )
+        if due:
+            self._last_line, self._last_done = now, self.done
             self.lines += 1
             self.log.info("%s", self.line())
 

@@ -18,6 +18,8 @@ from s2s.models import load_method_pipeline, pick_device, pick_dtype
 from s2s.progress import Progress
 
 log = logging.getLogger(__name__)
+# Beside each prompt's images: how long they took to sample (model compute, read by s2s.bench.dag).
+SAMPLING_RECORD = "sampling.json"
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -89,7 +91,8 @@ def sample_method(
     device: str = "auto",
     precision: str = "no",
 ) -> list[Path]:
-    """Write ``out_root/{prompt_id}/{seed}.png`` for each prompt id and seed, plus a prompt.json each."""
+    """Write ``out_root/{prompt_id}/{seed}.png`` for each prompt id and seed, plus a prompt.json each and a
+    sampling.json with the seconds its images took (the model compute the bench reads, s2s.bench.dag)."""
     dev = pick_device(device)
     pipe = load_method_pipeline(base_model, method, model_dir, dev, pick_dtype(precision, dev))
     set_scheduler(pipe, scheduler)
@@ -99,6 +102,7 @@ def sample_method(
     for prompt_id, prompt in prompts.items():
         check_safe_name(prompt_id, "prompt id")
         folder = Path(out_root) / prompt_id
+        prompt_started = time.perf_counter()
         images = generate(
             pipe, prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size, progress
         )
@@ -108,6 +112,10 @@ def sample_method(
         write_json(
             folder / "prompt.json",
             {"prompt_id": prompt_id, "prompt": prompt, "seeds": list(seeds), "method": method},
+        )
+        write_json(
+            folder / SAMPLING_RECORD,
+            {"images": len(images), "sampling_s": time.perf_counter() - prompt_started},
         )
     log.info("sampled %d images for %s in %.1f s", len(written), method, time.perf_counter() - started)
     return written

@@ -1,25 +1,22 @@
-"""Glue between Snakemake rules and the package: one function per rule, called by a 3-line script.
+"""Glue between Snakemake rules and the package: one function per rule, reached through the step table.
 
-Each function takes the ``snakemake`` object, sends logging to the rule's log file, and calls one
-stage function with typed arguments. A user-facing ``S2SError`` ends the job with its one-line
-message (no traceback from deep inside a library); anything else keeps its traceback for debugging.
+A rule's 3-line script calls ``s2s.steps.run(snakemake, STEP)``, which sends logging to the rule's log
+file and calls the function ``s2s.steps.STEPS`` names; each function below takes the ``snakemake``
+object and the config and calls one stage function with typed arguments. A user-facing ``S2SError``
+ends the job with its one-line message (no traceback from deep inside a library); anything else keeps
+its traceback for debugging.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from s2s import config as cfgmod
 from s2s.io import S2SError
-from s2s.job import class_prompt_for, instance_prompt_for, run_step, setup_job
+from s2s.job import class_prompt_for, instance_prompt_for
 
 log = logging.getLogger("s2s")
-
-
-def run(smk, step: str) -> None:
-    run_step(STEPS[step], smk, setup_job(smk))
 
 
 # ---------------------------------------------------------------- one function per rule
@@ -86,16 +83,16 @@ def class_priors(smk, config) -> None:
     if subject.class_images:
         prepare_subject(subject.class_images, smk.output[0], resolution, config["data"]["small_images"])
         return
-    ci = config["class_images"]
+    ci = cfgmod.class_images_config(config)
     generate_class_images(
         cfgmod.base_model(config),
         class_prompt_for(config, subject),
-        ci["num_class_images"],
+        ci.num_class_images,
         smk.output[0],
         resolution,
-        ci["num_inference_steps"],
-        ci["guidance_scale"],
-        ci["batch_size"],
+        ci.num_inference_steps,
+        ci.guidance_scale,
+        ci.batch_size,
         seed=config["seed"],
         device=config["device"],
         precision=config["training"].get("mixed_precision", "no"),
@@ -131,7 +128,7 @@ def sample(smk, config) -> None:
 
     subject = cfgmod.subject(config, smk.wildcards.subject)
     method = smk.wildcards.method
-    sampling = config["sampling"]
+    sampling = cfgmod.sampling_config(config)
     by_id = cfgmod.prompts_by_id(config)
     # A per-prompt job has a prompt wildcard; a per-method job (sampling.jobs: per_method) samples all.
     pid = dict(smk.wildcards.items()).get("prompt")
@@ -142,29 +139,16 @@ def sample(smk, config) -> None:
         method,
         model_dir,
         prompts,
-        sampling["seeds"],
+        sampling.seeds,
         cfgmod.results_dir(config) / subject.name / "samples" / method,
         resolution=config["model"]["resolution"],
-        num_inference_steps=sampling["num_inference_steps"],
-        guidance_scale=sampling["guidance_scale"],
-        scheduler=sampling["scheduler"],
-        batch_size=sampling["batch_size"],
+        num_inference_steps=sampling.num_inference_steps,
+        guidance_scale=sampling.guidance_scale,
+        scheduler=sampling.scheduler,
+        batch_size=sampling.batch_size,
         device=config["device"],
         precision=config["training"].get("mixed_precision", "no"),
     )
-
-
-STEPS = {
-    "build_tiny_models": build_tiny_models,
-    "build_rehearsal_models": build_rehearsal_models,
-    "draw_synthetic_subject": draw_synthetic_subject,
-    "prepare_instance": prepare_instance,
-    "class_priors": class_priors,
-    "train": train,
-    "sample": sample,
-}
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def loss_curves(smk, config) -> None:
@@ -179,9 +163,6 @@ def loss_curves(smk, config) -> None:
     draw(curves, smk.output[0])
 
 
-STEPS["loss_curves"] = loss_curves
-
-
 def evaluate(smk, config) -> None:
     import json
 
@@ -190,20 +171,21 @@ def evaluate(smk, config) -> None:
     from s2s.plots import image_grid
 
     method = smk.wildcards.method
+    seeds = cfgmod.sampling_config(config).seeds
+    evaluation = cfgmod.evaluation_config(config)  # with the `models` choice's metric models
     samples_root = cfgmod.results_dir(config) / smk.wildcards.subject / "samples" / method
     samples, rows, labels = [], [], []
     for pid in cfgmod.prompt_ids(config):
         meta = json.loads((samples_root / pid / "prompt.json").read_text())
-        paths = [samples_root / pid / f"{seed}.png" for seed in config["sampling"]["seeds"]]
+        paths = [samples_root / pid / f"{seed}.png" for seed in seeds]
         samples += [
             {"prompt": meta["prompt"], "prompt_id": pid, "seed": seed, "path": str(p)}
-            for seed, p in zip(config["sampling"]["seeds"], paths)
+            for seed, p in zip(seeds, paths)
         ]
         rows.append(paths)
         labels.append(pid)
     image_grid(rows, smk.output.grid, row_labels=labels)
-    models = cfgmod.metric_models(config)
-    reference = config["evaluation"]["reference_images"]
+    reference = evaluation.reference_images
     world = {}
     subject = cfgmod.subject(config, smk.wildcards.subject)
     if cfgmod.model_kind(config) == "world" and subject.world is not None:
@@ -221,14 +203,14 @@ def evaluate(smk, config) -> None:
         samples,
         [str(p) for p in list_images(smk.input.instance)],
         smk.output.metrics,
-        clip_model=models["clip_model"],
-        dino_model=models["dino_model"],
-        feature_extractor=models["feature_extractor"],
+        clip_model=evaluation.clip_model,
+        dino_model=evaluation.dino_model,
+        feature_extractor=evaluation.feature_extractor,
         reference_images=[str(p) for p in sorted(Path(reference).iterdir())] if reference else None,
-        n_boot=config["evaluation"]["n_boot"],
+        n_boot=evaluation.n_boot,
         seed=config["seed"],
-        study_feature_extractor=models["study_feature_extractor"],
-        study_n_images=config["evaluation"]["study_n_images"],
+        study_feature_extractor=evaluation.study_feature_extractor,
+        study_n_images=evaluation.study_n_images,
         **world,
     )
 
@@ -237,6 +219,7 @@ def table(smk, config) -> None:
     from s2s.metrics.table import PUBLISHED, make_table
 
     subjects = list(config["subjects"])
+    sampling = cfgmod.sampling_config(config)
     metric_jsons = {}
     for path in smk.input.metrics:
         subject, method = Path(path).parent.parent.name, Path(path).stem
@@ -246,26 +229,22 @@ def table(smk, config) -> None:
         "config_hash": cfgmod.config_hash(config),
         "base_model": cfgmod.base_model(config),
         **{k: str(v) for k, v in cfgmod.metric_models(config).items()},
-        "seeds": config["sampling"]["seeds"],
+        "seeds": sampling.seeds,
         "subjects": subjects,
-        "prompts": len(config["sampling"]["prompts"]),
+        "prompts": len(sampling.prompts),
     }
     make_table(
         metric_jsons,
         smk.output.csv,
         smk.output.md,
         smk.output.html,
-        published=PUBLISHED if config["evaluation"]["compare_published"] else None,
+        published=PUBLISHED if cfgmod.evaluation_config(config).compare_published else None,
         provenance=provenance,
         models=cfgmod.model_kind(config),
         companion=(smk.output.companion_csv, smk.output.companion_md, smk.output.companion_html)
         if hasattr(smk.output, "companion_csv")
         else None,
     )
-
-
-STEPS["evaluate"] = evaluate
-STEPS["table"] = table
 
 
 def world_prompt_fidelity(smk, config) -> None:
@@ -277,7 +256,8 @@ def world_prompt_fidelity(smk, config) -> None:
     from s2s.world.study import prompt_fidelity
 
     subject = cfgmod.subject(config, smk.wildcards.subject)
-    classifier = load_classifier(cfgmod.metric_models(config)["feature_extractor"])
+    seeds, evaluation = cfgmod.sampling_config(config).seeds, cfgmod.evaluation_config(config)
+    classifier = load_classifier(evaluation.feature_extractor)
     root = cfgmod.results_dir(config) / subject.name / "samples"
     out = {"subject_phrase": subject.phrase, "methods": {}}
     for method in cfgmod.sample_methods(config):
@@ -285,18 +265,14 @@ def world_prompt_fidelity(smk, config) -> None:
         for pid in cfgmod.prompt_ids(config):
             prompt = json.loads((root / method / pid / "prompt.json").read_text())["prompt"]
             folder = root / method / pid
-            samples += [{"path": folder / f"{s}.png", "prompt": prompt} for s in config["sampling"]["seeds"]]
-        n_boot = config["evaluation"]["n_boot"]
-        result = prompt_fidelity(samples, classifier, subject.phrase, n_boot=n_boot)
+            samples += [{"path": folder / f"{s}.png", "prompt": prompt} for s in seeds]
+        result = prompt_fidelity(samples, classifier, subject.phrase, n_boot=evaluation.n_boot)
         out["methods"][method] = result
         log.info(
             "%s: class found in %.0f%%, context in %.0f%% of %d samples", method,
             100 * result["class_rate"]["value"], 100 * result["context_rate"]["value"], result["n_images"],
         )  # fmt: skip
     write_json(smk.output[0], out)
-
-
-STEPS["world_prompt_fidelity"] = world_prompt_fidelity
 
 
 def draw_demo_edit_photo(smk, config) -> None:
@@ -321,20 +297,8 @@ def edit(smk, config) -> None:
     from s2s.edit.batch import run_edit_batch
     from s2s.models import pick_device, pick_dtype
 
-    subject = smk.wildcards.subject
-    results = cfgmod.results_dir(config) / subject
-    edits = config["edits"]
+    results = cfgmod.results_dir(config) / smk.wildcards.subject
     device = pick_device(config["device"])
-    defaults = {
-        "num_inference_steps": edits["num_inference_steps"],
-        "guidance_scale": edits["guidance_scale"],
-        "cross_replace_steps": edits["cross_replace_steps"],
-        "self_replace_steps": edits["self_replace_steps"],
-        "inversion": edits["inversion"],
-        "null_text_inner_steps": edits["null_text_inner_steps"],
-        "subject_model": edits["subject_model"],
-        "clip_model": cfgmod.metric_models(config)["clip_model"],
-    }
     # One edit per job (its manifest row, edit_id filled in): a changed row re-runs only its edit.
     run_edit_batch(
         [smk.params.row],
@@ -343,22 +307,15 @@ def edit(smk, config) -> None:
         {m: results / "models" / m for m in config["methods"]},
         device,
         pick_dtype(config["training"].get("mixed_precision", "no"), device),
-        defaults,
+        cfgmod.edit_config(config),
         seed=config["seed"],
     )
-
-
-STEPS["draw_demo_edit_photo"] = draw_demo_edit_photo
-STEPS["edit"] = edit
 
 
 def prefetch(smk, config) -> None:
     from s2s.prefetch import prefetch as fetch
 
     fetch(cfgmod.base_model(config), cfgmod.metric_models(config), smk.output[0])
-
-
-STEPS["prefetch"] = prefetch
 
 
 def build_world(smk, config) -> None:
@@ -370,7 +327,7 @@ def build_world(smk, config) -> None:
         raise S2SError(f"config key world.build_settings: {spec!r} is neither short, full nor a YAML file")
     try:
         settings = load_settings(spec)
-    except SystemExit as exc:  # an unknown setting in the YAML file
+    except S2SError as exc:  # an unknown setting in the YAML file (load_settings names the file)
         raise S2SError(f"config key world.build_settings: {exc}") from None
     build(smk.output[0], settings, command=f"snakemake build_world (world.build_settings: {spec})")
 
@@ -378,19 +335,15 @@ def build_world(smk, config) -> None:
 def world_check(smk, config) -> None:
     from s2s.world.check import check_world
 
-    world = config["world"]
+    world = cfgmod.world_config(config)
     check_world(
         Path(smk.input.build).parent,
         smk.input.prompts,
         smk.output[0],
-        seeds=list(range(world["check_seeds"])),
-        num_inference_steps=world["check_inference_steps"],
-        guidance_scale=world["check_guidance_scale"],
+        seeds=list(range(world.check_seeds)),
+        num_inference_steps=world.check_inference_steps,
+        guidance_scale=world.check_guidance_scale,
     )
-
-
-STEPS["build_world"] = build_world
-STEPS["world_check"] = world_check
 
 
 def edit_bench(smk, config) -> None:
@@ -420,6 +373,3 @@ def edit_bench(smk, config) -> None:
         n_boot=bench["n_boot"],
         jobs=bench["jobs"],
     )
-
-
-STEPS["edit_bench"] = edit_bench

@@ -157,7 +157,7 @@ localrule train_lora:
     threads: 2
 [Sun Nov 29 16:26:39 2026]
 localrule sample_chunk0:
-    output: {root}/toy/samples/base/p00/0.png
+    output: {root}/toy/samples/base/a/0.png, {root}/toy/samples/base/a/1.png, {root}/toy/samples/base/b/0.png
     log: {root}/logs/toy/sample_base_chunk0.log
     jobid: 4
 [Sun Nov 29 16:26:57 2026]
@@ -172,10 +172,12 @@ def test_dag_timing_from_snakemake_log_and_job_records(tmp_path):
     (tmp_path / "toy" / "models" / "lora" / "train_summary.json").write_text(
         json.dumps({"train_time_s": 12.5})
     )
-    (tmp_path / "logs" / "toy").mkdir(parents=True)
-    (tmp_path / "logs" / "toy" / "sample_base_chunk0.log").write_text(
-        "2026-11-29 16:27:08,000 INFO s2s.sample: sampled 8 images for base in 20.0 s\n"
-    )
+    # The sampling time beside each prompt's images (s2s.sample's record), each prompt counted once.
+    for prompt, seconds in (("a", 12.0), ("b", 8.0)):
+        (tmp_path / "toy" / "samples" / "base" / prompt).mkdir(parents=True)
+        (tmp_path / "toy" / "samples" / "base" / prompt / "sampling.json").write_text(
+            json.dumps({"images": 2, "sampling_s": seconds})
+        )
     jobs = parse_snakemake_log(SNAKEMAKE_LOG.format(root=tmp_path))
     assert [(j["rule"], j["end"] - j["start"]) for j in jobs] == [
         ("train_lora", 20.0),

@@ -220,3 +220,62 @@ def test_workflow_reports_config_error_before_any_job(tmp_path):
     )
     assert proc.returncode != 0
     assert "s2s config error: config: unknown key(s) methdos at the top level" in proc.stderr + proc.stdout
+
+
+def test_a_new_key_reruns_only_off_its_default():
+    """edits.blend_threshold / start_blend and world.report_check came after results existed: at their default
+    an edit's params and the config's hash are those of before (nothing re-runs); any other value counts."""
+    from s2s.config import config_hash, depends_edit
+
+    row = {"edit_id": "e", "source_prompt": "a dog", "target_prompt": "a cat", "edit": "replace"}
+    before = check_config(GOOD)
+    for key, value in (("blend_threshold", 0.5), ("start_blend", 0.4)):
+        assert key in before["edits"] and key not in depends_edit(before, row)
+        changed = check_config(with_(edits={key: value}))
+        assert depends_edit(changed, row) != depends_edit(
+            before, row
+        ) and f'"{key}": {value}' in depends_edit(changed, row)
+        assert config_hash(changed) != config_hash(before)
+    assert config_hash(check_config(with_(world={"report_check": True}))) != config_hash(before)
+    old = {
+        **before,
+        "edits": {k: v for k, v in before["edits"].items() if k not in ("blend_threshold", "start_blend")},
+        "world": {k: v for k, v in before["world"].items() if k != "report_check"},
+    }
+    assert config_hash(old) == config_hash(before)
+
+
+def test_stage_configs_are_built_from_the_checked_config_alone():
+    """Sampling, class images, edits, evaluation and world: typed, every schema key a field, every value
+    from the checked config (defaults only in the schema: no field has one, and an unchecked config is
+    refused instead of completed)."""
+    from dataclasses import MISSING, fields
+
+    from s2s import config as cfgmod
+
+    builders = {
+        "sampling": cfgmod.sampling_config,
+        "class_images": cfgmod.class_images_config,
+        "edits": cfgmod.edit_config,
+        "evaluation": cfgmod.evaluation_config,
+        "world": cfgmod.world_config,
+    }
+    ignored = {"sampling": {"prompt_chunk_size"}}  # a key kept so that old configs load; nothing reads it
+    changes = {
+        "sampling": {"seeds": [5], "scheduler": "euler"},
+        "class_images": {"batch_size": 3},
+        "edits": {"blend_threshold": 0.5, "inversion": "ddim"},
+        "evaluation": {"n_boot": 20},
+        "world": {"check_seeds": 3},
+    }
+    config = check_config(with_(**changes))
+    schema = load_schema()["properties"]
+    for section, build in builders.items():
+        typed = build(config)
+        names = {f.name for f in fields(typed)}
+        assert set(schema[section]["properties"]) - ignored.get(section, set()) <= names, section
+        assert all(f.default is MISSING and f.default_factory is MISSING for f in fields(typed)), section
+        for key, value in changes[section].items():
+            assert getattr(typed, key) == value, (section, key)
+        with pytest.raises(KeyError):
+            build({**config, section: {}})

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from s2s import config as cfgmod
 from s2s.edit.batch import OUTPUT_FILES, run_edit_batch, validate_manifest
 from s2s.edit.inversion import load_image, model_resolution
 from s2s.io import S2SError, save_safetensors
@@ -74,7 +76,15 @@ def draw_photo(path: Path) -> Path:
 GOOD_ROW = {"source_prompt": "a dog on the beach", "target_prompt": "a horse on the beach", "edit": "replace"}
 
 
-def run(models, manifest, out_root, **defaults):
+def settings(edits: dict | None = None, **changes) -> cfgmod.EditConfig:
+    """The edit settings of a checked config (``edits`` its edits.* keys, the rest the schema's defaults) at
+    STEPS steps, without CLIP and without a subject model unless ``changes`` give them."""
+    raw = {"subjects": {"toy": {"class": "toy", "synthetic": True}}, "edits": edits or {}}
+    changes = {"num_inference_steps": STEPS, "clip_model": None, "subject_model": None, **changes}
+    return replace(cfgmod.edit_config(cfgmod.check_config(raw)), **changes)
+
+
+def run(models, manifest, out_root, **changes):
     return run_edit_batch(
         manifest,
         out_root,
@@ -82,12 +92,16 @@ def run(models, manifest, out_root, **defaults):
         models["model_dirs"],
         "cpu",
         torch.float32,
-        {"num_inference_steps": STEPS, "subject_model": "textual_inversion", **defaults},
+        settings(**{"subject_model": "textual_inversion", **changes}),
         seed=3,
     )
 
 
-def test_batch_writes_every_output(models, tmp_path):
+def test_batch_writes_every_output(models, tmp_path, monkeypatch):
+    import s2s.edit.batch as batch
+
+    built, build = [], batch.build_controller
+    monkeypatch.setattr(batch, "build_controller", lambda *args: built.append(args[1:3]) or build(*args))
     draw_photo(tmp_path / "photo.png")
     manifest = write_manifest(
         tmp_path,
@@ -114,6 +128,8 @@ def test_batch_writes_every_output(models, tmp_path):
     records = run(models, manifest, out, clip_model=models["clip"])
     size = models["resolution"]  # unet sample_size x VAE scale factor: 16 px for the tiny model
     assert [r["edit_id"] for r in records] == ["001_horse", "002_sks", "003_big"]
+    # Each row's controller is built once: when the manifest is checked, before any model loads.
+    assert [prompts[1] for prompts in built] == [r["target_prompt"] for r in records]
     assert sorted(p.name for p in out.iterdir()) == [
         "001_horse",
         "002_sks",
@@ -215,14 +231,12 @@ def test_yaml_manifest_and_row_lists(models, tmp_path):
             [{**GOOD_ROW, "edit": "subject"}],
             models["base"],
             models["model_dirs"],
-            {**_defaults(), "subject_model": None},
+            settings(subject_model=None),
         )  # two trained models: which one?
 
 
 def _defaults():
-    from s2s.edit.batch import check_defaults
-
-    return check_defaults({"num_inference_steps": STEPS})
+    return settings()
 
 
 @pytest.mark.shared_data
@@ -239,3 +253,38 @@ def test_shared_manifest_validates_as_is(models):
     assert {r.model for r in rows if r.edit == "subject"} == {"textual_inversion"}
     assert {r.model for r in rows if r.edit != "subject"} == {"base"}
     assert all(r.inversion == "negative_prompt" for r in rows)
+
+
+def test_the_configs_blend_threshold_reaches_the_controller(models, monkeypatch):
+    """edits.blend_threshold: the edit step hands the batch the checked config's settings, and every row's
+    local blend gets their threshold unless the row's params set one."""
+    from types import SimpleNamespace
+
+    import s2s.edit.batch as batch
+    from s2s import workflow
+
+    config = cfgmod.check_config(
+        {"subjects": {"toy": {"class": "toy", "synthetic": True}}, "edits": {"blend_threshold": 0.55}}
+    )
+    handed = []
+    monkeypatch.setattr(batch, "run_edit_batch", lambda *args, **kwargs: handed.append(args[6]))
+    smk = SimpleNamespace(
+        wildcards=SimpleNamespace(subject="toy"), params=SimpleNamespace(row=dict(GOOD_ROW))
+    )
+    workflow.edit(smk, config)
+    assert handed == [cfgmod.edit_config(config)] and handed[0].blend_threshold == 0.55
+    blend = {"blend_words": ["dog", "horse"]}
+    rows = validate_manifest(
+        [
+            {**GOOD_ROW, "params": json.dumps(blend)},
+            {**GOOD_ROW, "params": json.dumps({**blend, "threshold": 0.9})},
+        ],
+        models["base"],
+        models["model_dirs"],
+        replace(handed[0], num_inference_steps=STEPS),
+    )
+    assert [row.controller.local_blend.threshold for row in rows] == [0.55, 0.9]
+    # Without the key: the schema's default, which is also the controllers' own default (one value).
+    from s2s.edit.controllers import DEFAULT_SPEC
+
+    assert settings().blend_threshold == DEFAULT_SPEC["threshold"] == 0.3

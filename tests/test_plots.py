@@ -197,6 +197,35 @@ def test_progress_lines_give_done_total_elapsed_and_eta(caplog):
     assert not any("\r" in line for line in lines)
 
 
+def test_one_progress_logger_serves_steps_parts_and_resumed_runs(caplog):
+    """The training loop's and the world build's policies through the one Progress: every N items and the
+    last, without the first (training), counting from a resumed step, with the step's values and a given
+    rate in the ETA."""
+    clock = Clock()
+    progress = Progress(
+        "lora", 20, logging.getLogger("t"), every_s=300.0, every_items=2, first=False, start=4, clock=clock,
+        label="step ",
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="t"):
+        for step in range(5, 21):
+            clock.now += 1.0
+            progress.update(seconds_per_item=0.5, loss=f"{1 / step:.4f}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [int(line.split("/")[0].split()[-1]) for line in lines] == list(range(6, 21, 2))
+    assert lines[0] == "lora: step 6/20 (30%), loss 0.1667, elapsed 2.0s, ETA 7.0s"
+    assert lines[-1] == "lora: step 20/20 (100%), loss 0.0500, elapsed 16.0s, ETA 0.0s"
+    caplog.clear()
+    part = Progress(
+        "vae", 100, logging.getLogger("t"), every_s=None, every_items=5, unit="steps", clock=clock
+    )
+    with caplog.at_level(logging.INFO, logger="t"):
+        for _ in range(100):
+            clock.now += 100.0  # time alone never writes a line here
+            part.update(mse="0.0100")
+    done = [int(r.getMessage().split("/")[0].split()[-1]) for r in caplog.records]
+    assert done == [1, *range(6, 100, 5), 100]
+
+
 def test_format_seconds():
     assert [format_seconds(s) for s in (4.25, 75, 3725)] == ["4.2s", "1m15s", "1h02m"]
 

@@ -112,7 +112,9 @@ def test_progress_is_logged_as_lines_without_redraws(
     ]
     steps = [int(re.match(r"textual_inversion: step (\d+)/", line).group(1)) for line in lines]
     assert steps == list(range(2, 21, 2))  # every 10% of the run
-    assert all(re.search(r"loss \d+\.\d+, lr .*, \d+\.\d+ s/step, ETA \d+m\d\ds$", line) for line in lines)
+    # s2s.progress's line: the step, its loss, lr and seconds per step, the elapsed time and the ETA.
+    pattern = r"step \d+/20 \(\d+%\), loss \d+\.\d+, lr .*, s/step \d+\.\d+, elapsed \S+, ETA \S+$"
+    assert all(re.search(pattern, line) for line in lines)
     # No redrawn training bar (tqdm's "textual_inversion:  50%|..." with carriage returns) on stderr.
     assert not re.search(r"textual_inversion:\s+\d+%\|", capfd.readouterr().err)
     summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())

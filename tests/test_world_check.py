@@ -313,12 +313,17 @@ def test_report_page_lists_each_target_value_and_verdict(checked, tmp_path):
     assert "a red dog in the snow" in page
 
 
-def test_report_has_the_world_page_once_the_check_has_run(checked, tmp_path):
+def test_report_has_the_world_page_when_the_config_asks(checked, tmp_path):
+    """world.report_check decides, not the files: with it the report plans the page (and uses a check.json
+    that is there, not running the check again); without it, no page even where check.json exists."""
     _, check_json = checked
     (tmp_path / "results" / "world").mkdir(parents=True)
     (tmp_path / "results" / "world" / "check.json").write_text(check_json.read_text())
-    args = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "1",
-            "--directory", str(tmp_path), "report"]  # fmt: skip
-    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "rule report_world:" in proc.stdout and "rule world_check:" not in proc.stdout
+    (tmp_path / "report_check.yaml").write_text("world: {report_check: true}\n")
+    for extra, planned in (([], False), ([str(tmp_path / "report_check.yaml")], True)):
+        args = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--cores", "1",
+                "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "config.yaml"), *extra,
+                "--", "report"]  # fmt: skip
+        proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert ("rule report_world:" in proc.stdout) == planned and "rule world_check:" not in proc.stdout

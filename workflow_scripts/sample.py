@@ -1,9 +1,9 @@
-"""Rule entry point: calls s2s.workflow.sample (all logic lives in the package)."""
+"""Rule entry point: step sample of s2s.steps (all logic lives in the package)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 - the package, also inside conda jobs
-from s2s.workflow import run  # noqa: E402
+from s2s.steps import run  # noqa: E402
 
 run(snakemake, "sample")  # noqa: F821

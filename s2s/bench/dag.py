@@ -4,7 +4,7 @@ The demo workflow runs with ``snakemake --cores N`` in a temporary working direc
 ``.snakemake`` metadata and lock) and a temporary ``results_dir``. Nothing is added to the rules:
 - job times come from Snakemake's own log (start and ``Finished jobid`` stamps, 1 s resolution);
 - model compute comes from what the jobs already record: ``train_time_s`` of each ``train_summary.json``
-  (the training steps) and the sampling time each sample job logs (``sampled N images ... in X s``).
+  (the training steps) and ``sampling_s`` of the ``sampling.json`` beside each prompt's sampled images.
 Jobs that record no compute time (class images, evaluation, tiny-model building, ...) count as job time only.
 """
 
@@ -33,7 +33,6 @@ JOBID = re.compile(r"^\s+jobid: (\d+)$")
 OUTPUT = re.compile(r"^\s+output: (.*)$")
 LOG = re.compile(r"^\s+log: (.*)$")
 FINISHED = re.compile(r"^Finished jobid: (\d+)")
-SAMPLED = re.compile(r"s2s\.sample: sampled \d+ images for \S+ in ([0-9.]+) s")
 
 
 def parse_snakemake_log(text: str) -> list[dict]:
@@ -80,13 +79,12 @@ def job_compute_s(job: dict, workdir: Path) -> float | None:
             path = workdir / out
             if path.exists():
                 return float(json.loads(path.read_text())["train_time_s"])
-    total = None
-    for name in job["logs"]:
-        path = workdir / name
-        if path.exists():
-            for m in SAMPLED.finditer(path.read_text(errors="replace")):
-                total = (total or 0.0) + float(m.group(1))
-    return total
+    from s2s.sample import SAMPLING_RECORD
+
+    # A sample job's outputs are its prompts' images; each prompt folder records its sampling time.
+    records = {(workdir / out).parent / SAMPLING_RECORD for out in job["outputs"] if out.endswith(".png")}
+    times = [float(json.loads(p.read_text())["sampling_s"]) for p in sorted(records) if p.exists()]
+    return sum(times) if times else None
 
 
 def summarize_dag(jobs: list[dict], workdir: Path, wall_s: float) -> dict:

@@ -1,4 +1,5 @@
-"""Glue between rules/bench.smk and the bench package: one function per rule, as in s2s.workflow."""
+"""Glue between rules/bench.smk and the bench package: one function per rule, as in s2s.workflow, reached
+through the step table (``s2s.steps``)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,3 @@ def bench(smk, config) -> None:
     from s2s.bench.report import write_report
 
     write_report(list(smk.input), smk.output.json, smk.output.md)
-
-
-STEPS = {"bench_part": bench_part, "bench": bench}
-
-
-def run(smk) -> None:
-    from s2s.job import run_step, setup_job
-
-    run_step(STEPS[smk.rule], smk, setup_job(smk))

@@ -7,7 +7,8 @@ Manifest (CSV with a header, or YAML: a list of mappings or ``{edits: [...]}``),
   from ``source_prompt`` with the batch seed;
 - ``edit_id``: output folder name; derived from the row number and the edited words when empty;
 - ``params``: JSON/YAML mapping of P2P parameters (cross_replace_steps, self_replace_steps, blend_words,
-  threshold, start_blend, equalizer, self_replace_max_res), over the batch defaults;
+  threshold, start_blend, equalizer, self_replace_max_res), over the batch's settings (the edits.* keys,
+  s2s.config.EditConfig);
 - ``model``: base | lora | textual_inversion | dreambooth; default base, and the subject model for
   ``subject`` edits (the photo is inverted and edited with that model);
 - ``inversion``: negative_prompt (default) | null_text | ddim | direct.
@@ -27,7 +28,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from s2s.edit.controllers import DEFAULT_SPEC, EDITS, build_controller
+from s2s.config import EditConfig
+from s2s.edit.controllers import EDITS, EditController, build_controller
 from s2s.edit.inversion import INVERSIONS, invert, load_image, model_resolution
 from s2s.edit.metrics import ClipScorer, edit_metrics
 from s2s.edit.p2p import _token_labels, convert_prompt, generate_edit
@@ -40,15 +42,6 @@ from s2s.progress import Progress
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "num_inference_steps": 50,
-    "guidance_scale": 7.5,
-    **DEFAULT_SPEC,
-    "inversion": "negative_prompt",
-    "null_text_inner_steps": 10,
-    "subject_model": None,  # method used by `subject` rows without a model; the only trained one if unset
-    "clip_model": None,  # CLIP folder or hub id for CLIP-T and directional similarity; None skips them
-}
 OUTPUT_FILES = (
     "source.png",
     "reconstruction.png",
@@ -70,6 +63,8 @@ class EditRow:
     model: str
     inversion: str | None
     spec: dict = field(default_factory=dict)  # controller spec: edit + P2P parameters, defaults applied
+    # Built once, when the manifest is checked (before any model loads), and used by the edit.
+    controller: EditController | None = None
 
 
 def _check_image(path: Path, where: Where, row: int) -> None:
@@ -82,21 +77,23 @@ def _check_image(path: Path, where: Where, row: int) -> None:
         ) from exc
 
 
-def _subject_model(defaults: dict, model_dirs: dict) -> str | None:
-    if defaults["subject_model"]:
-        return defaults["subject_model"]
+def _subject_model(settings: EditConfig, model_dirs: dict) -> str | None:
+    if settings.subject_model:
+        return settings.subject_model
     trained = [m for m in model_dirs if m in METHODS]
     return trained[0] if len(trained) == 1 else None
 
 
-def parse_row(raw: dict, row: int, where: Where, base_dir: Path, defaults: dict, model_dirs: dict) -> EditRow:
+def parse_row(
+    raw: dict, row: int, where: Where, base_dir: Path, settings: EditConfig, model_dirs: dict
+) -> EditRow:
     """One manifest row checked for everything that needs no model: columns, enums, files, params."""
     check_row_columns(raw, row, where)
     edit = raw["edit"]
     if edit not in EDITS:
         raise where.error(row, "edit", f"unknown edit {edit!r}; use one of {', '.join(EDITS)}")
 
-    model = raw.get("model") or (_subject_model(defaults, model_dirs) if edit == "subject" else "base")
+    model = raw.get("model") or (_subject_model(settings, model_dirs) if edit == "subject" else "base")
     if model is None:
         raise where.error(
             row,
@@ -127,7 +124,7 @@ def parse_row(raw: dict, row: int, where: Where, base_dir: Path, defaults: dict,
         image = Path(raw["image"])
         image = image if image.is_absolute() else base_dir / image
         _check_image(image, where, row)
-    inversion = raw.get("inversion", defaults["inversion"])
+    inversion = raw.get("inversion", settings.inversion)
     if inversion not in INVERSIONS:
         raise where.error(
             row, "inversion", f"unknown inversion {inversion!r}; use one of {', '.join(INVERSIONS)}"
@@ -140,7 +137,7 @@ def parse_row(raw: dict, row: int, where: Where, base_dir: Path, defaults: dict,
         raise where.error(row, "edit_id", str(exc)) from exc
 
     params = parse_params(raw.get("params"), where, row)
-    spec = {"edit": edit, **{k: defaults[k] for k in DEFAULT_SPEC}, **params}
+    spec = {"edit": edit, **settings.spec, **params}
     return EditRow(
         row,
         edit_id,
@@ -181,9 +178,9 @@ class _PromptTokenizer:
         return prompt
 
 
-def validate_manifest(manifest, base_model: str, model_dirs: dict, defaults: dict) -> list[EditRow]:
+def validate_manifest(manifest, base_model: str, model_dirs: dict, settings: EditConfig) -> list[EditRow]:
     """All rows checked, token alignment included, before any model is loaded; raise S2SError naming the
-    manifest, row and column of the first problem."""
+    manifest, row and column of the first problem. Each row keeps the controller that checked it."""
     if isinstance(manifest, str | Path):
         path = Path(manifest)
         where, base_dir, raws = Where(str(path)), path.parent, read_manifest(path)
@@ -193,7 +190,7 @@ def validate_manifest(manifest, base_model: str, model_dirs: dict, defaults: dic
         raise S2SError(f"{where.manifest}: no edits listed")
     rows, seen = [], {}
     for number, raw in enumerate(raws, start=1):
-        row = parse_row(raw, number, where, base_dir, defaults, model_dirs)
+        row = parse_row(raw, number, where, base_dir, settings, model_dirs)
         if row.edit_id in seen:
             raise where.error(
                 number, "edit_id", f"{row.edit_id!r} is also the edit_id of row {seen[row.edit_id]}"
@@ -207,12 +204,14 @@ def validate_manifest(manifest, base_model: str, model_dirs: dict, defaults: dic
             tokenizers[row.model] = _PromptTokenizer(base_model, row.model, model_dir)
         tok = tokenizers[row.model]
         try:
-            build_controller(
+            # The model's own tokenizer files, textual-inversion tokens added as the pipeline adds them:
+            # the controller the edit uses.
+            row.controller = build_controller(
                 tok.tokenizer,
                 tok.convert(row.source_prompt),
                 tok.convert(row.target_prompt),
                 row.spec,
-                int(defaults["num_inference_steps"]),
+                int(settings.num_inference_steps),
             )
         except EditSpecError as exc:
             column = {
@@ -222,21 +221,6 @@ def validate_manifest(manifest, base_model: str, model_dirs: dict, defaults: dic
             }
             raise where.error(row.row, column.get(exc.key, "params"), str(exc)) from exc
     return rows
-
-
-def check_defaults(defaults: dict | None) -> dict:
-    merged = dict(DEFAULTS)
-    unknown = set(defaults or {}) - set(DEFAULTS)
-    if unknown:
-        raise S2SError(f"edit defaults: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    merged.update({k: v for k, v in (defaults or {}).items() if v is not None})
-    if int(merged["num_inference_steps"]) < 1:
-        raise S2SError("edit defaults key num_inference_steps must be at least 1")
-    if merged["inversion"] not in INVERSIONS:
-        raise S2SError(
-            f"edit defaults key inversion: {merged['inversion']!r} is not one of {', '.join(INVERSIONS)}"
-        )
-    return merged
 
 
 def _ensure_ddim(pipe) -> None:
@@ -252,7 +236,7 @@ def _edit_row(
     pipe,
     row: EditRow,
     out_root: Path,
-    defaults: dict,
+    settings: EditConfig,
     seed: int,
     clip,
     load_s: float,
@@ -260,12 +244,10 @@ def _edit_row(
     model_dir,
 ) -> dict:
     start = time.perf_counter()
-    steps, guidance = int(defaults["num_inference_steps"]), float(defaults["guidance_scale"])
+    steps, guidance = int(settings.num_inference_steps), float(settings.guidance_scale)
     inversion = None
     target = convert_prompt(pipe, row.target_prompt)
-    controller = build_controller(
-        pipe.tokenizer, convert_prompt(pipe, row.source_prompt), target, row.spec, steps
-    )
+    controller = row.controller
     # The attention sheet shows the target prompt's maps too (its edited words); an edit controller
     # stores them only for a local blend. Storing them changes no image.
     controller.store_prompts = (0, 1)
@@ -278,7 +260,7 @@ def _edit_row(
             row.inversion,
             steps,
             guidance,
-            int(defaults["null_text_inner_steps"]),
+            settings.null_text_inner_steps,
         )
         result = generate_edit(
             pipe,
@@ -386,7 +368,7 @@ def run_edit_batch(
     model_dirs: dict,
     device: torch.device | str,
     dtype: torch.dtype,
-    defaults: dict | None,
+    settings: EditConfig,
     seed: int,
 ) -> list[dict]:
     """Edit every row of a manifest (a CSV/YAML path, or a list of row dicts); return each edit.json record.
@@ -394,9 +376,8 @@ def run_edit_batch(
     All rows are validated before any model is loaded; then rows are grouped by model so each pipeline
     is loaded once.
     """
-    defaults = check_defaults(defaults)
     model_dirs = {k: Path(v) for k, v in (model_dirs or {}).items()}
-    rows = validate_manifest(manifest_path_or_rows, base_model, model_dirs, defaults)
+    rows = validate_manifest(manifest_path_or_rows, base_model, model_dirs, settings)
     manifest = (
         str(manifest_path_or_rows) if isinstance(manifest_path_or_rows, str | Path) else "manifest rows"
     )
@@ -409,10 +390,10 @@ def run_edit_batch(
         manifest,
         ", ".join(models),
         device,
-        defaults["num_inference_steps"],
-        defaults["guidance_scale"],
+        settings.num_inference_steps,
+        settings.guidance_scale,
     )
-    clip = ClipScorer(defaults["clip_model"], device) if defaults["clip_model"] else None
+    clip = ClipScorer(settings.clip_model, device) if settings.clip_model else None
     records: dict[int, dict] = {}
     progress = Progress("edits", len(rows), log)
     for model in models:
@@ -423,7 +404,7 @@ def run_edit_batch(
         load_s = time.perf_counter() - start
         for row in (r for r in rows if r.model == model):
             records[row.row] = _edit_row(
-                pipe, row, out_root, defaults, seed, clip, load_s, manifest, model_dirs.get(model)
+                pipe, row, out_root, settings, seed, clip, load_s, manifest, model_dirs.get(model)
             )
             progress.update()
         del pipe

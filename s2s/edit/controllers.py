@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from s2s.config import schema_defaults
 from s2s.edit.seq_aligner import (
     EditSpecError,
     cross_replace_alphas,
@@ -54,7 +55,15 @@ SPEC_KEYS = {
     "threshold",
     "start_blend",
 }
-DEFAULT_SPEC = {"cross_replace_steps": 0.8, "self_replace_steps": 0.4, "threshold": 0.3, "start_blend": 0.2}
+_EDIT_DEFAULTS = schema_defaults("edits")
+# P2P's defaults for a spec that leaves a key out (the edit stage always gives all four: its EditConfig):
+# the edits.* defaults of config/schema.yaml, the one place they are written.
+DEFAULT_SPEC = {
+    "cross_replace_steps": _EDIT_DEFAULTS["cross_replace_steps"],
+    "self_replace_steps": _EDIT_DEFAULTS["self_replace_steps"],
+    "threshold": _EDIT_DEFAULTS["blend_threshold"],
+    "start_blend": _EDIT_DEFAULTS["start_blend"],
+}
 
 
 def map_hw(n_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -173,7 +182,7 @@ class LocalBlend:
     prompts' masks is kept. From ``start_step`` on, x_t = x_src + mask * (x_t - x_src) after every step.
     """
 
-    def __init__(self, source_positions, target_positions, threshold: float = 0.3, start_step: int = 0):
+    def __init__(self, source_positions, target_positions, threshold: float, start_step: int = 0):
         self.positions = (list(source_positions), list(target_positions))
         self.threshold = threshold
         self.start_step = start_step

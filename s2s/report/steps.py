@@ -1,4 +1,5 @@
-"""The report rules' steps (rules/report.smk), in the shape of ``s2s.workflow``'s: ``step(smk, config)``."""
+"""The report rules' steps (rules/report.smk), in the shape of ``s2s.workflow``'s: ``step(smk, config)``,
+reached through the step table (``s2s.steps``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def report_subject(smk, config) -> None:
     build_subject_pages(
         cfgmod.results_dir(config) / subject,
         cfgmod.sample_methods(config),
-        config["sampling"]["seeds"],
+        cfgmod.sampling_config(config).seeds,
         smk.output.figures,
         smk.output.samples,
         smk.output.training,
@@ -42,9 +43,6 @@ def report_tables(smk, config) -> None:
     )
 
 
-STEPS = {"report_subject": report_subject, "report_tables": report_tables}
-
-
 def report_world(smk, config) -> None:
     from s2s.report.figures import read_json
     from s2s.report.pages import world_check_page
@@ -52,13 +50,7 @@ def report_world(smk, config) -> None:
     world_check_page(read_json(Path(smk.input[0])), Path(smk.output[0]))
 
 
-STEPS["report_world"] = report_world
-
-
 def report_edit_bench(smk, config) -> None:
     from s2s.report.edit_bench_page import edit_bench_page
 
     edit_bench_page(Path(smk.input.summary), Path(smk.input.cases), Path(smk.output[0]))
-
-
-STEPS["report_edit_bench"] = report_edit_bench

@@ -31,6 +31,7 @@ from s2s.data import list_images, load_prepared
 from s2s.io import S2SError, atomic_dir, save_png, write_json, write_text
 from s2s.memory import check_fits, training_shape
 from s2s.memory import estimate as estimate_memory
+from s2s.progress import Progress
 from s2s.train.checkpoint import (
     delete_checkpoints,
     human_bytes,
@@ -247,41 +248,6 @@ def training_settings(
         class_images=files_digest(class_paths) if class_paths else None,
     )
     return settings
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-class _ProgressLog:
-    """Progress as plain log lines (a redrawn bar fills log files with carriage returns): about every
-    10% of the run, at least every ``every_s`` seconds, and at the last step."""
-
-    def __init__(self, name: str, start: int, total: int, every_s: float = 300.0):
-        self.name, self.total, self.every_s = name, total, every_s
-        self.interval = max(1, total // 10)
-        self.last_step, self.last_time = start, time.perf_counter()
-
-    def step(self, step: int, loss: float, lr: float, step_times: list[float]) -> None:
-        due = step - self.last_step >= self.interval or step == self.total
-        if not due and time.perf_counter() - self.last_time < self.every_s:
-            return
-        per_step = sum(step_times) / len(step_times)
-        log.info(
-            "%s: step %d/%d (%d%%), loss %.4f, lr %.2e, %.3f s/step, ETA %s",
-            self.name,
-            step,
-            self.total,
-            100 * step // self.total,
-            loss,
-            lr,
-            per_step,
-            _duration(per_step * (self.total - step)),
-        )
-        self.last_step, self.last_time = step, time.perf_counter()
 
 
 def _weight_dtypes(trainable: dict, **modules) -> dict[str, list[str]]:
@@ -538,7 +504,17 @@ def train(
     # Train mode also for a trained text encoder: transformers' gradient checkpointing acts only then.
     for module in trained_modules:
         module.train()
-    progress = _ProgressLog(cfg.method, start_step, cfg.max_train_steps)
+    # A line about every 10% of the run, at least every 5 minutes, and at the last step.
+    progress = Progress(
+        cfg.method,
+        cfg.max_train_steps,
+        log,
+        every_s=300.0,
+        every_items=max(1, cfg.max_train_steps // 10),
+        first=False,
+        start=start_step,
+        label="step ",
+    )
     for step in range(start_step, cfg.max_train_steps):
         t0 = time.perf_counter()
         step_loss = step_prior = 0.0
@@ -621,7 +597,13 @@ def train(
         step_times.append(time.perf_counter() - t0)
         losses.append((global_step, step_loss, step_prior))
         if accelerator.is_main_process:
-            progress.step(global_step, step_loss, lr_scheduler.get_last_lr()[0], step_times)
+            per_step = sum(step_times) / len(step_times)
+            progress.update(
+                seconds_per_item=per_step,
+                loss=f"{step_loss:.4f}",
+                lr=f"{lr_scheduler.get_last_lr()[0]:.2e}",
+                **{"s/step": f"{per_step:.3f}"},
+            )
             # The last step is checkpointed too, before validation and saving: a failure in either
             # resumes at the end instead of training again (or forever).
             if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:

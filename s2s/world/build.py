@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from s2s.io import S2SError, atomic_dir, sha256_file, write_json
+from s2s.progress import Progress
 from s2s.world.classifier import WorldClassifier, load_classifier, save_classifier
 from s2s.world.data import SceneSet, identity_set, individuals, scene_set
 from s2s.world.readout import AttributeReadout, load_readout, save_readout
@@ -145,17 +146,9 @@ def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x01 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-class _Progress:
-    def __init__(self, name: str, total: int):
-        self.name, self.total, self.start, self.next = name, total, time.perf_counter(), 0
-
-    def step(self, step: int, **values) -> None:
-        if step >= self.next or step == self.total - 1:
-            elapsed = time.perf_counter() - self.start
-            eta = elapsed / (step + 1) * (self.total - step - 1)
-            text = " ".join(f"{k} {v:.4f}" for k, v in values.items())
-            log.info("%s %d/%d %s, %.0f s, ETA %.0f s", self.name, step + 1, self.total, text, elapsed, eta)
-            self.next = step + max(1, self.total // 20)
+def _progress(name: str, total: int) -> Progress:
+    """A part's progress: a line at its first step, about every 5% of its steps, and at its last."""
+    return Progress(name, total, log, every_s=None, every_items=max(1, total // 20), unit="steps")
 
 
 def train_vae(data: SceneSet, s: BuildSettings):
@@ -177,7 +170,7 @@ def train_vae(data: SceneSet, s: BuildSettings):
     )
     optimizer = _optimizer(vae.parameters(), s.vae_lr)
     rng, gen = np.random.default_rng(s.seed), torch.Generator().manual_seed(s.seed)
-    progress = _Progress("vae", s.vae_steps)
+    progress = _progress("vae", s.vae_steps)
     for step in range(s.vae_steps):
         _set_lr(optimizer, lr_at(step, s.vae_steps, s.vae_lr, s.warmup_steps))
         x = _pixels(data.images, rng.integers(0, len(data.images), s.vae_batch), gen)
@@ -189,7 +182,7 @@ def train_vae(data: SceneSet, s: BuildSettings):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.step(step, mse=mse.item(), psnr=10 * math.log10(4 / max(mse.item(), 1e-10)))
+        progress.update(mse=f"{mse.item():.4f}", psnr=f"{10 * math.log10(4 / max(mse.item(), 1e-10)):.4f}")
     vae.eval().requires_grad_(False)
     # SD's convention: latents scaled to unit variance (SD v1's 0.18215 came from the same measurement).
     with torch.no_grad():
@@ -224,7 +217,7 @@ def train_clip(data: SceneSet, tokenizer, s: BuildSettings):
     ids = tokenizer(data.captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     optimizer = _optimizer([*clip.parameters(), *word_head.parameters()], s.clip_lr)
     rng, gen = np.random.default_rng(s.seed + 1), torch.Generator().manual_seed(s.seed + 1)
-    progress = _Progress("clip", s.clip_steps)
+    progress = _progress("clip", s.clip_steps)
     for step in range(s.clip_steps):
         _set_lr(optimizer, lr_at(step, s.clip_steps, s.clip_lr, s.warmup_steps))
         idx = rng.integers(0, len(data.images), s.clip_batch)
@@ -250,7 +243,7 @@ def train_clip(data: SceneSet, tokenizer, s: BuildSettings):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.step(step, contrastive=contrastive.item(), words=words.item())
+        progress.update(contrastive=f"{contrastive.item():.4f}", words=f"{words.item():.4f}")
     return clip.eval().requires_grad_(False)
 
 
@@ -313,7 +306,7 @@ def train_unet(data: SceneSet, vae, text_encoder, tokenizer, s: BuildSettings):
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimizer = _optimizer(unet.parameters(), s.unet_lr)
     rng, gen = np.random.default_rng(s.seed + 2), torch.Generator().manual_seed(s.seed + 2)
-    progress = _Progress("unet", s.unet_steps)
+    progress = _progress("unet", s.unet_steps)
     for step in range(s.unet_steps):
         _set_lr(optimizer, lr_at(step, s.unet_steps, s.unet_lr, s.warmup_steps))
         idx = torch.from_numpy(rng.integers(0, len(data.images), s.unet_batch))
@@ -337,7 +330,7 @@ def train_unet(data: SceneSet, vae, text_encoder, tokenizer, s: BuildSettings):
         with torch.no_grad():
             for e, p in zip(ema.parameters(), unet.parameters()):
                 e.lerp_(p, 1 - decay)
-        progress.step(step, loss=loss.item())
+        progress.update(loss=f"{loss.item():.4f}")
     return ema.eval()
 
 
@@ -347,7 +340,7 @@ def train_classifier(data: SceneSet, s: BuildSettings) -> WorldClassifier:
     optimizer = _optimizer(model.parameters(), 2e-3)
     rng, gen = np.random.default_rng(s.seed + 3), torch.Generator().manual_seed(s.seed + 3)
     labels = {"class": data.cls, "colour": data.colour, "context": data.context}
-    progress = _Progress("classifier", s.classifier_steps)
+    progress = _progress("classifier", s.classifier_steps)
     for step in range(s.classifier_steps):
         _set_lr(optimizer, lr_at(step, s.classifier_steps, 2e-3, s.warmup_steps))
         idx = rng.integers(0, len(data.images), s.classifier_batch)
@@ -357,7 +350,7 @@ def train_classifier(data: SceneSet, s: BuildSettings) -> WorldClassifier:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.step(step, loss=loss.item())
+        progress.update(loss=f"{loss.item():.4f}")
     return model.eval().requires_grad_(False)
 
 
@@ -377,7 +370,7 @@ def train_identity(s: BuildSettings):
     head = torch.nn.Parameter(torch.randn(len(people), 96) * 0.05)
     optimizer = _optimizer([*vit.parameters(), head], 1e-3)
     rng, gen = np.random.default_rng(s.seed + 4), torch.Generator().manual_seed(s.seed + 4)
-    progress = _Progress("identity", s.identity_steps)
+    progress = _progress("identity", s.identity_steps)
     for step in range(s.identity_steps):
         _set_lr(optimizer, lr_at(step, s.identity_steps, 1e-3, s.warmup_steps))
         idx = rng.integers(0, len(data.images), s.identity_batch)
@@ -390,7 +383,7 @@ def train_identity(s: BuildSettings):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.step(step, loss=loss.item())
+        progress.update(loss=f"{loss.item():.4f}")
     return vit.eval().requires_grad_(False)
 
 
@@ -418,7 +411,7 @@ def train_readout(data: SceneSet, vae, s: BuildSettings) -> AttributeReadout:
     model = AttributeReadout(spatial=s.readout_spatial)
     optimizer = _optimizer(model.parameters(), 2e-3)
     rng, gen = np.random.default_rng(s.seed + 5), torch.Generator().manual_seed(s.seed + 5)
-    progress = _Progress("readout", s.readout_steps)
+    progress = _progress("readout", s.readout_steps)
     for step in range(s.readout_steps):
         _set_lr(optimizer, lr_at(step, s.readout_steps, 2e-3, s.warmup_steps))
         idx = torch.from_numpy(rng.integers(0, n, s.readout_batch))
@@ -431,7 +424,7 @@ def train_readout(data: SceneSet, vae, s: BuildSettings) -> AttributeReadout:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.step(step, loss=loss.item())
+        progress.update(loss=f"{loss.item():.4f}")
     return model.eval().requires_grad_(False)
 
 
