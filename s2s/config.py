@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from s2s import plan
+from s2s import plan, registry
 from s2s.io import PICKLE_SUFFIXES, S2SError, check_safe_name
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
-METHODS = ("textual_inversion", "dreambooth", "lora")
+METHODS = registry.NAMES
 # The models a run uses (config key `models`): the hub's (model.name_or_path and the evaluation.*
 # models), tiny random ones or random ones with the study's architectures (both built by the workflow
 # into results_dir/TINY_DIR or REHEARSAL_DIR), or the miniature world's (committed in world.models).
@@ -140,13 +140,14 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
         class_images = subject.get("class_images")
         if class_images and not (base_dir / class_images).is_dir():
             raise S2SError(f"config key subjects.{name}.class_images: folder {class_images} does not exist")
+    _check_methods(config, schema)
     _check_validation_split(config, photo_counts)
-    ti = config["training"].get("textual_inversion", {})
-    if ti.get("with_prior_preservation"):
-        raise S2SError(
-            "config key training.textual_inversion.with_prior_preservation: Textual Inversion has no "
-            "prior-preservation loss; remove the key"
-        )
+    for method in registry.METHODS.values():
+        if not method.prior and config["training"].get(method.name, {}).get("with_prior_preservation"):
+            raise S2SError(
+                f"config key training.{method.name}.with_prior_preservation: {method.label} has no "
+                "prior-preservation loss; remove the key"
+            )
     model = config["model"]["name_or_path"]
     if Path(model).suffix.lower() in PICKLE_SUFFIXES:
         raise S2SError(
@@ -180,6 +181,39 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
     return config
 
 
+def _check_methods(config: dict, schema: dict) -> None:
+    """Each name in methods is a method or a declared variant; each variant's keys are its base method's
+    training keys (checked against that method's schema section)."""
+    import jsonschema
+
+    methods_schema = schema["properties"]["training"]["properties"]
+    for name, block in registry.variants(config).items():
+        check_safe_name(name, "variant name")
+        if name in registry.METHODS:
+            raise S2SError(
+                f"config key variants.{name}: {name!r} is a method's own name; give the variant another"
+            )
+        section = methods_schema[block["method"]]
+        keys = {k: v for k, v in block.items() if k not in registry.VARIANT_KEYS}
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(section).iter_errors(keys))
+        base = registry.METHODS[block["method"]]
+        if "with_prior_preservation" in keys and not base.prior:
+            raise S2SError(
+                f"config key variants.{name}.with_prior_preservation: {base.label} has no "
+                "prior-preservation loss; remove the key"
+            )
+        if error is not None:
+            line = _schema_error_line(error).replace("config key ", f"config key variants.{name}.", 1)
+            raise S2SError(line.replace("at the top level", f"under variants.{name}", 1))
+    for i, name in enumerate(config["methods"]):
+        if name not in registry.METHODS and name not in registry.variants(config):
+            declared = ", ".join(registry.variants(config)) or "none"
+            raise S2SError(
+                f"config key methods.{i}: {name!r} is not one of: {', '.join(registry.NAMES)}, nor a variant "
+                f"declared under variants: (declared: {declared})"
+            )
+
+
 # ---------------------------------------------------------------- held-out photos (training.validation_split)
 
 
@@ -209,8 +243,12 @@ def _check_validation_split(config: dict, photo_counts: dict[str, int]) -> None:
     training = config["training"]
     for method in config["methods"]:
         split = train_config(config, method).validation_split
-        key = f"training.{method}.validation_split"
-        if "validation_split" not in training.get(method, {}):
+        base = registry.base_method(config, method)
+        if "validation_split" in registry.overrides(config, method):
+            key = f"variants.{method}.validation_split"
+        elif "validation_split" in training.get(base, {}):
+            key = f"training.{base}.validation_split"
+        else:
             key = "training.validation_split"
         for name, count in photo_counts.items():
             check_held_out(count, split, key, name)
@@ -221,7 +259,7 @@ def _check_validation_split(config: dict, photo_counts: dict[str, int]) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str
+    method: str  # the method trained (a variant's base method)
     learning_rate: float
     max_train_steps: int
     train_batch_size: int
@@ -262,6 +300,13 @@ class TrainConfig:
     snr_gamma: float | None = None
     noise_offset: float = 0.0
     validation_split: float = 0.0
+    use_dora: bool = False
+    # the name the run trains under (its results folder): the method's own, or a variant's
+    name: str = ""
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.method
 
 
 @dataclass(frozen=True)
@@ -285,9 +330,10 @@ class Subject:
         return f"{self.token} {self.class_noun}"
 
 
-def train_config(config: dict, method: str) -> TrainConfig:
-    if method not in METHODS:
-        raise S2SError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+def train_config(config: dict, name: str) -> TrainConfig:
+    """The training settings of a method or variant: the training defaults < training.KEY <
+    training.METHOD.KEY < variants.NAME.KEY."""
+    method = registry.base_method(config, name)
     schema = load_schema()
     training = config.get("training", {})
     merged: dict[str, Any] = dict(schema["properties"]["training"]["default"])
@@ -295,12 +341,13 @@ def train_config(config: dict, method: str) -> TrainConfig:
     method_schema = schema["properties"]["training"]["properties"][method]["properties"]
     merged.update({k: v["default"] for k, v in method_schema.items() if "default" in v})
     merged.update(training.get(method, {}))
-    if method == "textual_inversion":
+    merged.update(registry.overrides(config, name))
+    if not registry.METHODS[method].prior:
         merged["with_prior_preservation"] = False
     if "target_modules" in merged:
         merged["target_modules"] = tuple(merged["target_modules"])
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(method=method, **{k: v for k, v in merged.items() if k in known})
+    return TrainConfig(method=method, name=name, **{k: v for k, v in merged.items() if k in known})
 
 
 def subject(config: dict, name: str) -> Subject:
@@ -448,6 +495,8 @@ NOT_TRAINING_SETTINGS = frozenset(
         "validation_inference_steps",
         "gradient_checkpointing",
         "cache_latents",
+        # the run's name (a variant's): it names the results folder, not what is learned
+        "name",
     }
 )
 
