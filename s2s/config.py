@@ -301,6 +301,7 @@ class TrainConfig:
     noise_offset: float = 0.0
     validation_split: float = 0.0
     use_dora: bool = False
+    text_encoder_lr: float | None = None
     # the name the run trains under (its results folder): the method's own, or a variant's
     name: str = ""
 

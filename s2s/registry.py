@@ -46,6 +46,13 @@ _METHODS = (
     MethodInfo(
         "lora", "LoRA", "#2ca02c", "pytorch_lora_weights.safetensors", "s2s.train.methods:LoRA", study=True
     ),
+    MethodInfo(
+        "pivotal",
+        "Pivotal tuning",
+        "#ff7f0e",
+        "pytorch_lora_weights.safetensors",
+        "s2s.train.pivotal:Pivotal",
+    ),
 )
 #: name -> method, in the study's order (new methods after the study's three)
 METHODS = {m.name: m for m in _METHODS}
