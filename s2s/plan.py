@@ -278,8 +278,7 @@ def check_manifest(
             raise where.error(
                 number,
                 "model",
-                "a subject edit needs a trained subject model (lora, textual_inversion, dreambooth), "
-                "not base",
+                f"a subject edit needs a trained subject model ({', '.join(TRAINED_MODELS)}), not base",
             )
         if model != "base" and model not in methods:
             raise where.error(

@@ -65,7 +65,7 @@ BASE_COLOUR = "#7f7f7f"
 # Colours of variants, picked by name (a variant is not its base method's colour).
 VARIANT_COLOURS = ("#9467bd", "#e377c2", "#bcbd22", "#17becf", "#7f3f00", "#003f7f")
 #: keys of a variant block that are not training keys
-VARIANT_KEYS = ("method", "label")
+VARIANT_KEYS = ("method",)
 
 
 def variants(config: dict) -> dict[str, dict]:
@@ -98,18 +98,6 @@ def info(config: dict, name: str) -> MethodInfo:
     return METHODS[base_method(config, name)]
 
 
-def label(name: str, config: dict | None = None) -> str:
-    """A row's label: the method's, a variant's own (its ``label`` key, else 'BASE LABEL (name)')."""
-    if name == BASE:
-        return BASE_LABEL
-    if name in METHODS:
-        return METHODS[name].label
-    block = variants(config or {}).get(name)
-    if block is None:
-        return name
-    return block.get("label") or f"{METHODS[block['method']].label} ({name})"
-
-
 def colour(name: str) -> str:
     """A row's colour in the plots: the method's, else (a variant) one picked by its name."""
     if name == BASE:
@@ -117,17 +105,6 @@ def colour(name: str) -> str:
     if name in METHODS:
         return METHODS[name].colour
     return VARIANT_COLOURS[zlib.crc32(name.encode()) % len(VARIANT_COLOURS)]
-
-
-def order(names, config: dict | None = None) -> list[str]:
-    """Methods in the registry's order, each followed by its variants (config order), then any other name."""
-    names = list(names)
-    declared = variants(config or {})
-    out = []
-    for method in NAMES:
-        out += [n for n in names if n == method]
-        out += [n for n in names if declared.get(n, {}).get("method") == method and n not in out]
-    return out + [n for n in names if n not in out]
 
 
 def method_class(name: str):
