@@ -302,6 +302,7 @@ class TrainConfig:
     validation_split: float = 0.0
     use_dora: bool = False
     text_encoder_lr: float | None = None
+    freeze_model: str = "crossattn_kv"
     # the name the run trains under (its results folder): the method's own, or a variant's
     name: str = ""
 

@@ -53,6 +53,13 @@ _METHODS = (
         "pytorch_lora_weights.safetensors",
         "s2s.train.pivotal:Pivotal",
     ),
+    MethodInfo(
+        "custom_diffusion",
+        "Custom Diffusion",
+        "#8c564b",
+        "pytorch_custom_diffusion_weights.safetensors",
+        "s2s.train.custom_diffusion:CustomDiffusion",
+    ),
 )
 #: name -> method, in the study's order (new methods after the study's three)
 METHODS = {m.name: m for m in _METHODS}
