@@ -15,7 +15,7 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -501,6 +501,19 @@ NOT_TRAINING_SETTINGS = frozenset(
         "name",
     }
 )
+# TrainConfig fields added after models were trained (issue 22's methods and options): left out while at
+# their default, so that adding them re-ran no training job and kept every checkpoint valid.
+SETTINGS_ADDED_WITH_DEFAULTS = ("use_dora", "text_encoder_lr", "freeze_model")
+
+
+def training_settings_of(tcfg: TrainConfig) -> dict:
+    """The fields of a TrainConfig that determine what it learns (its params, its checkpoints' settings)."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in SETTINGS_ADDED_WITH_DEFAULTS}
+    return {
+        k: v
+        for k, v in asdict(tcfg).items()
+        if k not in NOT_TRAINING_SETTINGS and not (k in defaults and v == defaults[k])
+    }
 
 
 def _precision(config: dict) -> str:
@@ -548,10 +561,8 @@ def depends_class_priors(config: dict, subject_name: str) -> str:
 
 
 def depends_training(config: dict, method: str, subject_name: str) -> str:
-    from dataclasses import asdict
-
     who = subject(config, subject_name)
-    tcfg = {k: v for k, v in asdict(train_config(config, method)).items() if k not in NOT_TRAINING_SETTINGS}
+    tcfg = training_settings_of(train_config(config, method))
     return plan.stable(
         {
             **_base(config),

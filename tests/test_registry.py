@@ -51,6 +51,9 @@ def test_a_variant_merges_over_its_methods_settings_and_keeps_its_name():
     other = _variant_config(lora_dora={"method": "lora", "use_dora": True, "alpha": 8})
     assert depends_training(other, "lora", "toy") == depends_training(config, "lora", "toy")
     assert depends_training(other, "lora_dora", "toy") != depends_training(config, "lora_dora", "toy")
+    # Options added with issue 22 are left out at their defaults (adding them re-ran no study job).
+    assert "use_dora" not in depends_training(config, "lora", "toy")
+    assert '"use_dora": true' in depends_training(config, "lora_dora", "toy")
     # The name is no training setting: a variant equal to its method has the method's params.
     same = _variant_config(copy={"method": "lora"})
     assert depends_training(same, "copy", "toy") == depends_training(same, "lora", "toy")

@@ -13,7 +13,6 @@ It reads top to bottom like the diffusers training examples (encode, noise, UNet
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from s2s.config import NOT_TRAINING_SETTINGS, Subject, TrainConfig
+from s2s.config import Subject, TrainConfig, training_settings_of
 from s2s.data import list_images, load_prepared
 from s2s.io import S2SError, atomic_dir, save_png, write_json, write_text
 from s2s.memory import check_fits, training_shape
@@ -228,7 +227,7 @@ def training_settings(
     class_paths: list[Path],
 ) -> dict:
     """Everything that determines what a run learns: a checkpoint is resumed only by the same."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAINING_SETTINGS}
+    settings = training_settings_of(cfg)
     settings.update(
         base_model=str(base_model),
         resolution=resolution,
