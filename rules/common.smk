@@ -12,6 +12,7 @@ sys.path.insert(0, workflow.basedir)
 from s2s import config as s2s_config  # noqa: E402
 from s2s import plan as s2s_plan  # noqa: E402
 from s2s import preflight as s2s_preflight  # noqa: E402
+from s2s import registry as s2s_registry  # noqa: E402
 from s2s.io import S2SError  # noqa: E402
 
 # Our own check first: one line naming the key and the fix (Snakemake's validate prints the whole
@@ -158,18 +159,13 @@ def sample_inputs(wildcards):
 
 
 def uses_prior(method):
-    return (
-        method != "textual_inversion"
-        and s2s_config.train_config(config, method).with_prior_preservation
-    )
+    return s2s_config.train_config(config, method).with_prior_preservation
 
 
 def trained_model_file(subject, method):
-    return {
-        "textual_inversion": f"{RESULTS}/{subject}/models/textual_inversion/learned_embeds.safetensors",
-        "lora": f"{RESULTS}/{subject}/models/lora/pytorch_lora_weights.safetensors",
-        "dreambooth": f"{RESULTS}/{subject}/models/dreambooth/model_index.json",
-    }[method]
+    """The file a method's (or variant's) training writes that the workflow tracks (s2s.registry)."""
+    marker = s2s_registry.info(config, method).marker
+    return f"{RESULTS}/{subject}/models/{method}/{marker}"
 
 
 def sample_files(subject, method):

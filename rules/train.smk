@@ -8,7 +8,8 @@
 # Snakemake refuses to overwrite protected outputs, so every config change would need a chmod first.
 
 
-for _method in ("textual_inversion", "dreambooth", "lora"):
+# One rule per method of the registry and per variant the config declares (s2s.registry).
+for _method in [*s2s_registry.NAMES, *s2s_registry.variants(config)]:
 
     rule:
         name:

@@ -18,17 +18,17 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from s2s import plan
+from s2s import plan, registry
 from s2s.io import PICKLE_SUFFIXES, S2SError, check_safe_name
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
-METHODS = ("textual_inversion", "dreambooth", "lora")
+METHODS = registry.NAMES
 # The models a run uses (config key `models`): the hub's (model.name_or_path and the evaluation.*
 # models), tiny random ones or random ones with the study's architectures (both built by the workflow
 # into results_dir/TINY_DIR or REHEARSAL_DIR), or the miniature world's (committed in world.models).
@@ -143,13 +143,14 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
         class_images = subject.get("class_images")
         if class_images and not (base_dir / class_images).is_dir():
             raise S2SError(f"config key subjects.{name}.class_images: folder {class_images} does not exist")
+    _check_methods(config, schema)
     _check_validation_split(config, photo_counts)
-    ti = config["training"].get("textual_inversion", {})
-    if ti.get("with_prior_preservation"):
-        raise S2SError(
-            "config key training.textual_inversion.with_prior_preservation: Textual Inversion has no "
-            "prior-preservation loss; remove the key"
-        )
+    for method in registry.METHODS.values():
+        if not method.prior and config["training"].get(method.name, {}).get("with_prior_preservation"):
+            raise S2SError(
+                f"config key training.{method.name}.with_prior_preservation: {method.label} has no "
+                "prior-preservation loss; remove the key"
+            )
     model = config["model"]["name_or_path"]
     if Path(model).suffix.lower() in PICKLE_SUFFIXES:
         raise S2SError(
@@ -183,6 +184,39 @@ def check_config(raw: dict, base_dir: Path | str = ".") -> dict:
     return config
 
 
+def _check_methods(config: dict, schema: dict) -> None:
+    """Each name in methods is a method or a declared variant; each variant's keys are its base method's
+    training keys (checked against that method's schema section)."""
+    import jsonschema
+
+    methods_schema = schema["properties"]["training"]["properties"]
+    for name, block in registry.variants(config).items():
+        check_safe_name(name, "variant name")
+        if name in registry.METHODS:
+            raise S2SError(
+                f"config key variants.{name}: {name!r} is a method's own name; give the variant another"
+            )
+        section = methods_schema[block["method"]]
+        keys = {k: v for k, v in block.items() if k not in registry.VARIANT_KEYS}
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(section).iter_errors(keys))
+        base = registry.METHODS[block["method"]]
+        if "with_prior_preservation" in keys and not base.prior:
+            raise S2SError(
+                f"config key variants.{name}.with_prior_preservation: {base.label} has no "
+                "prior-preservation loss; remove the key"
+            )
+        if error is not None:
+            line = _schema_error_line(error).replace("config key ", f"config key variants.{name}.", 1)
+            raise S2SError(line.replace("at the top level", f"under variants.{name}", 1))
+    for i, name in enumerate(config["methods"]):
+        if name not in registry.METHODS and name not in registry.variants(config):
+            declared = ", ".join(registry.variants(config)) or "none"
+            raise S2SError(
+                f"config key methods.{i}: {name!r} is not one of: {', '.join(registry.NAMES)}, nor a variant "
+                f"declared under variants: (declared: {declared})"
+            )
+
+
 # ---------------------------------------------------------------- held-out photos (training.validation_split)
 
 
@@ -212,8 +246,12 @@ def _check_validation_split(config: dict, photo_counts: dict[str, int]) -> None:
     training = config["training"]
     for method in config["methods"]:
         split = train_config(config, method).validation_split
-        key = f"training.{method}.validation_split"
-        if "validation_split" not in training.get(method, {}):
+        base = registry.base_method(config, method)
+        if "validation_split" in registry.overrides(config, method):
+            key = f"variants.{method}.validation_split"
+        elif "validation_split" in training.get(base, {}):
+            key = f"training.{base}.validation_split"
+        else:
             key = "training.validation_split"
         for name, count in photo_counts.items():
             check_held_out(count, split, key, name)
@@ -224,7 +262,7 @@ def _check_validation_split(config: dict, photo_counts: dict[str, int]) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str
+    method: str  # the method trained (a variant's base method)
     learning_rate: float
     max_train_steps: int
     train_batch_size: int
@@ -266,6 +304,15 @@ class TrainConfig:
     alpha: float = 4.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    use_dora: bool = False
+    text_encoder_lr: float | None = None
+    freeze_model: str = "crossattn_kv"
+    # the name the run trains under (its results folder): the method's own, or a variant's
+    name: str = ""
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.method
 
 
 @dataclass(frozen=True)
@@ -401,22 +448,24 @@ def schema_defaults(section: str) -> dict:
     return {key: value["default"] for key, value in properties.items() if "default" in value}
 
 
-def train_config(config: dict, method: str) -> TrainConfig:
-    """A method's training settings from the checked config: the schema's shared defaults (the training
-    object's default, which check_config leaves out of the config so that a method section overrides
-    only what it sets) < training.KEY < training.METHOD.KEY (its own defaults filled by check_config)."""
-    if method not in METHODS:
-        raise S2SError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    training = config["training"]
-    merged: dict[str, Any] = dict(load_schema()["properties"]["training"]["default"])
+def train_config(config: dict, name: str) -> TrainConfig:
+    """The training settings of a method or variant from the checked config: the schema's shared defaults
+    (the training object's default, which check_config leaves out of the config so that a method section
+    overrides only what it sets) < training.KEY < training.METHOD.KEY (its own defaults filled by
+    check_config) < variants.NAME.KEY."""
+    method = registry.base_method(config, name)
+    schema = load_schema()
+    training = config.get("training", {})
+    merged: dict[str, Any] = dict(schema["properties"]["training"]["default"])
     merged.update({k: v for k, v in training.items() if k not in METHODS})
-    merged.update(training[method])
-    if method == "textual_inversion":
+    merged.update(training.get(method, {}))  # its own defaults filled by check_config
+    merged.update(registry.overrides(config, name))
+    if not registry.METHODS[method].prior:
         merged["with_prior_preservation"] = False
     if "target_modules" in merged:
         merged["target_modules"] = tuple(merged["target_modules"])
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(method=method, **{k: v for k, v in merged.items() if k in known})
+    return TrainConfig(method=method, name=name, **{k: v for k, v in merged.items() if k in known})
 
 
 def subject(config: dict, name: str) -> Subject:
@@ -580,8 +629,23 @@ NOT_TRAINING_SETTINGS = frozenset(
         "validation_inference_steps",
         "gradient_checkpointing",
         "cache_latents",
+        # the run's name (a variant's): it names the results folder, not what is learned
+        "name",
     }
 )
+# TrainConfig fields added after models were trained (issue 22's methods and options): left out while at
+# their default, so that adding them re-ran no training job and kept every checkpoint valid.
+SETTINGS_ADDED_WITH_DEFAULTS = ("use_dora", "text_encoder_lr", "freeze_model")
+
+
+def training_settings_of(tcfg: TrainConfig) -> dict:
+    """The fields of a TrainConfig that determine what it learns (its params, its checkpoints' settings)."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in SETTINGS_ADDED_WITH_DEFAULTS}
+    return {
+        k: v
+        for k, v in asdict(tcfg).items()
+        if k not in NOT_TRAINING_SETTINGS and not (k in defaults and v == defaults[k])
+    }
 
 
 def _precision(config: dict) -> str:
@@ -629,10 +693,8 @@ def depends_class_priors(config: dict, subject_name: str) -> str:
 
 
 def depends_training(config: dict, method: str, subject_name: str) -> str:
-    from dataclasses import asdict
-
     who = subject(config, subject_name)
-    tcfg = {k: v for k, v in asdict(train_config(config, method)).items() if k not in NOT_TRAINING_SETTINGS}
+    tcfg = training_settings_of(train_config(config, method))
     return plan.stable(
         {
             **_base(config),

@@ -138,7 +138,7 @@ def check_fits(est: MemoryEstimate, available: float, device_name: str) -> None:
 
 def training_shape(
     cfg, unet, vae, text_encoder, trainable_params: int, trains_text: bool, resolution: int, uses_prior: bool,
-    device_type: str,
+    device_type: str, trains_unet: bool,
 ) -> TrainingShape:  # fmt: skip
     """The shape of a training job from its loaded modules (parameter counts read off them)."""
 
@@ -152,7 +152,7 @@ def training_shape(
         vae_params=count(vae),
         text_params=count(text_encoder),
         trainable_params=trainable_params,
-        trains_unet=cfg.method == "dreambooth",
+        trains_unet=trains_unet,
         trains_text=trains_text,
         unet_base_channels=int(unet.config.block_out_channels[0]),
         latent_area=(resolution // factor) ** 2,

@@ -7,19 +7,21 @@ set.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 import torch
 
+from s2s import registry
 from s2s.io import PICKLE_SUFFIXES, S2SError
-from s2s.progress import quiet_libraries, without_log_records
+from s2s.progress import quiet_libraries
 
 log = logging.getLogger(__name__)
 
-METHODS = ("textual_inversion", "dreambooth", "lora")
-SAMPLE_METHODS = ("base", *METHODS)
+METHODS = registry.NAMES
+SAMPLE_METHODS = (registry.BASE, *METHODS)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -90,14 +92,22 @@ def load_base_pipeline(
     return pipe.to(device)
 
 
+def trained_method(name: str, model_dir: Path) -> str:
+    """The method a trained model folder holds: ``name`` if it is a method's, else (a variant's name) the
+    method its training summary records."""
+    if name in registry.METHODS:
+        return name
+    summary = Path(model_dir) / "train_summary.json"
+    if not summary.exists():
+        raise S2SError(f"{summary}: not found; {name!r} is no method, and its folder says of no variant")
+    return json.loads(summary.read_text())["method"]
+
+
 def method_weights_path(model_dir: Path, method: str) -> Path:
-    if method == "textual_inversion":
-        return model_dir / "learned_embeds.safetensors"
-    if method == "lora":
-        return model_dir / "pytorch_lora_weights.safetensors"
-    if method == "dreambooth":
-        return model_dir
-    raise S2SError(f"unknown method {method!r}; use one of {', '.join(SAMPLE_METHODS)}")
+    """The file (DreamBooth: the folder's model_index.json) a trained model of ``method`` must have."""
+    if method not in registry.METHODS:
+        raise S2SError(f"unknown method {method!r}; use one of {', '.join(SAMPLE_METHODS)}")
+    return registry.method_class(method).weights_path(model_dir)
 
 
 def load_method_pipeline(
@@ -107,24 +117,13 @@ def load_method_pipeline(
     device: torch.device,
     dtype: torch.dtype,
 ):
-    """Load the pipeline of one method: base, dreambooth folder, base + LoRA, or base + TI embedding."""
-    if method == "base":
+    """Load the pipeline of one method (or variant): base, or the method's own plain-diffusers loading
+    (``load_pipeline`` of its class: DreamBooth's folder, base + LoRA, base + TI embedding, ...)."""
+    if method == registry.BASE:
         return load_base_pipeline(base_model, device, dtype)
     model_dir = Path(model_dir)
-    weights = method_weights_path(model_dir, method)
+    kind = trained_method(method, model_dir)
+    weights = method_weights_path(model_dir, kind)
     if not weights.exists():
         raise S2SError(f"{weights}: trained {method} model not found; run the train_{method} rule first")
-    if method == "dreambooth":
-        return load_base_pipeline(str(model_dir), device, dtype, key=f"trained model {model_dir}")
-    pipe = load_base_pipeline(base_model, device, dtype)
-    if method == "lora":
-        # Without training.lora.train_text_encoder our LoRA adapts the UNet only; diffusers then warns that
-        # the text encoder got no LoRA keys.
-        with without_log_records("diffusers.loaders", "No LoRA keys associated to CLIPTextModel"):
-            pipe.load_lora_weights(str(model_dir), weight_name=weights.name)
-    else:
-        # transformers announces how it initialises the new token's embedding row; diffusers then
-        # overwrites that row with the learned embedding, so the initialisation never matters.
-        with without_log_records("transformers.modeling_utils", "The new embeddings will be initialized"):
-            pipe.load_textual_inversion(str(weights))
-    return pipe
+    return registry.method_class(kind).load_pipeline(base_model, model_dir, device, dtype)

@@ -28,14 +28,15 @@ from pathlib import Path
 
 import yaml
 
+from s2s import registry
 from s2s.io import S2SError, check_safe_name
 
 # Kept equal to s2s.edit.controllers.EDITS, s2s.edit.inversion.INVERSIONS and s2s.models.SAMPLE_METHODS
 # (tests/test_parse.py checks it): those modules import torch.
 EDIT_TYPES = ("replace", "refine", "reweight", "subject")
 INVERSION_NAMES = ("negative_prompt", "null_text", "ddim", "direct")
-TRAINED_MODELS = ("textual_inversion", "dreambooth", "lora")
-MODEL_NAMES = ("base", *TRAINED_MODELS)
+TRAINED_MODELS = registry.NAMES
+MODEL_NAMES = (registry.BASE, *TRAINED_MODELS)
 
 COLUMNS = ("edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion")
 REQUIRED = ("source_prompt", "target_prompt", "edit")
@@ -279,8 +280,7 @@ def check_manifest(
             raise where.error(
                 number,
                 "model",
-                "a subject edit needs a trained subject model (lora, textual_inversion, dreambooth), "
-                "not base",
+                f"a subject edit needs a trained subject model ({', '.join(TRAINED_MODELS)}), not base",
             )
         if model != "base" and model not in methods:
             raise where.error(

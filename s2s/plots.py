@@ -20,22 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from s2s import registry  # noqa: E402
 from s2s.io import save_png  # noqa: E402
 
-METHOD_LABELS = {
-    "base": "Base model",
-    "textual_inversion": "Textual Inversion",
-    "dreambooth": "DreamBooth",
-    "lora": "LoRA",
-}
-# The study's order, the untouched base model first as the reference column of comparisons.
-METHOD_ORDER = ("base", "textual_inversion", "dreambooth", "lora")
-METHOD_COLOURS = {
-    "base": "#7f7f7f",
-    "textual_inversion": "#1f77b4",
-    "dreambooth": "#d62728",
-    "lora": "#2ca02c",
-}
+METHOD_LABELS = {registry.BASE: registry.BASE_LABEL, **{m.name: m.label for m in registry.METHODS.values()}}
+# The registry's order, the untouched base model first as the reference column of comparisons.
+METHOD_ORDER = (registry.BASE, *registry.NAMES)
+
 CELL_IN = 1.4  # inches per image cell; at 100 dpi a 140 px tile
 DPI = 100
 
@@ -181,9 +172,7 @@ def side_by_side(
             _show(ax, _read_rgb(path))
             if c == 0:
                 ax.set_ylabel(f"seed {seed}", fontsize=9, rotation=0, ha="right", va="center", labelpad=4)
-        axes[0][c].set_title(
-            wrap(method_label(method), 14), fontsize=10, color=METHOD_COLOURS.get(method, "black")
-        )
+        axes[0][c].set_title(wrap(method_label(method), 14), fontsize=10, color=registry.colour(method))
     heading = title or f"\u201c{prompt}\u201d"
     fig.suptitle(wrap(heading, int(fig_w * 11)), fontsize=10.5, y=1 - 0.06 / fig_h, va="top")
     _save(fig, out)
@@ -315,7 +304,7 @@ def loss_curves(curves: dict, out: Path | str) -> None:
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.4), squeeze=False)
     for ax, method in zip(axes[0], methods):
         data = curves[method]
-        colour = METHOD_COLOURS.get(method, "#1f77b4")
+        colour = registry.colour(method)
         ax.plot(data["step"], data["loss"], color=colour, alpha=0.3, linewidth=0.8, label="loss (per step)")
         ax.plot(data["step"], smooth(data["loss"]), color=colour, linewidth=2, label="loss (smoothed)")
         prior = data.get("prior_loss")
@@ -378,7 +367,7 @@ def training_cost(summaries: dict[str, dict], out: Path | str) -> None:
     for ax, (key, label, log_scale) in zip(axes[0], COST_PANELS):
         values = [summaries[m].get(key) for m in methods]
         heights = [v if v is not None else 0 for v in values]
-        bars = ax.bar(range(len(methods)), heights, color=[METHOD_COLOURS.get(m, "#1f77b4") for m in methods])
+        bars = ax.bar(range(len(methods)), heights, color=[registry.colour(m) for m in methods])
         for bar, value in zip(bars, values):
             text = "n/a" if value is None else _short_number(value)
             ax.annotate(
@@ -485,7 +474,7 @@ def per_prompt_metrics(metrics: dict[str, dict], out: Path | str, confidence: fl
                 markersize=3.5,
                 capsize=2,
                 linewidth=1,
-                color=METHOD_COLOURS.get(method),
+                color=registry.colour(method),
                 label=method_label(method),
             )
         ax.set_title(label, fontsize=10)

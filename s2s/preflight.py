@@ -17,9 +17,10 @@ import json
 import os
 from pathlib import Path
 
+from s2s import registry
 from s2s.io import S2SError
 
-METHODS = ("textual_inversion", "dreambooth", "lora")
+METHODS = registry.NAMES
 GPU_ENV = "envs/s2s-gpu.yaml"
 
 
@@ -27,12 +28,18 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
 
 
-def methods_with_8bit_adam(config: dict) -> list[str]:
+def training_key(config: dict, name: str, key: str, default=None):
+    """A training key of a method or variant as the config sets it (variants.NAME.KEY, else
+    training.METHOD.KEY, else training.KEY), without the schema's defaults."""
     training = config.get("training", {})
-    shared = bool(training.get("use_8bit_adam", False))
-    return [
-        m for m in config.get("methods", METHODS) if bool(training.get(m, {}).get("use_8bit_adam", shared))
-    ]
+    value = training.get(key, default)
+    value = training.get(registry.base_method(config, name), {}).get(key, value)
+    return registry.overrides(config, name).get(key, value)
+
+
+def methods_with_8bit_adam(config: dict) -> list[str]:
+    methods = config.get("methods", METHODS)
+    return [m for m in methods if bool(training_key(config, m, "use_8bit_adam", False))]
 
 
 def check_optional_dependencies(config: dict, use_conda: bool, workflow_dir: Path | str) -> None:
@@ -59,9 +66,8 @@ def check_precision(config: dict) -> None:
     autocast works on CPU)."""
     if config.get("device") != "cpu":
         return
-    training = config.get("training", {})
     for method in config.get("methods", METHODS):
-        if training.get(method, {}).get("mixed_precision", training.get("mixed_precision")) == "fp16":
+        if training_key(config, method, "mixed_precision") == "fp16":
             raise S2SError(
                 f"config key training.{method}.mixed_precision: fp16 needs a CUDA GPU and device is cpu; "
                 "use bf16 (autocast works on CPU) or no"

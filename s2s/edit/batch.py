@@ -107,7 +107,7 @@ def parse_row(
         raise where.error(
             row,
             "model",
-            "a subject edit needs a trained subject model (lora, textual_inversion, dreambooth), not base",
+            f"a subject edit needs a trained subject model ({', '.join(METHODS)}), not base",
         )
     if model != "base":
         model_dir = model_dirs.get(model)
@@ -152,19 +152,23 @@ def parse_row(
 
 
 class _PromptTokenizer:
-    """The tokenizer of a model's pipeline, textual-inversion tokens included, loaded without weights."""
+    """The tokenizer of a model's pipeline, textual-inversion tokens included, loaded without weights: a
+    model folder with its own tokenizer (a whole pipeline) uses it; one with a learned_embeds.safetensors
+    (textual inversion, pivotal tuning) adds its tokens to the base model's."""
 
     def __init__(self, base_model: str, method: str, model_dir: Path | None):
         from transformers import CLIPTokenizer
 
-        source = str(model_dir) if method == "dreambooth" else base_model
+        own = model_dir is not None and (Path(model_dir) / "tokenizer").is_dir()
+        source = str(model_dir) if own else base_model
         try:
             self.tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
         except (OSError, ValueError) as exc:
             raise S2SError(f"model {source!r}: could not load its tokenizer ({exc})") from exc
         self.expansions: dict[str, str] = {}
-        if method == "textual_inversion":
-            for token, embedding in load_safetensors(method_weights_path(Path(model_dir), method)).items():
+        embeddings = None if model_dir is None else Path(model_dir) / "learned_embeds.safetensors"
+        if embeddings is not None and embeddings.is_file():
+            for token, embedding in load_safetensors(embeddings).items():
                 n = embedding.shape[0] if embedding.ndim == 2 else 1
                 names = [token] + [f"{token}_{i}" for i in range(1, n)]
                 self.tokenizer.add_tokens(names)

@@ -17,18 +17,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from s2s import registry
 from s2s.io import S2SError, write_text
 from s2s.metrics.bootstrap import paired_difference_ci
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("textual_inversion", "dreambooth", "lora")
-REFERENCE_ROW = "base"
+METHOD_ORDER = registry.NAMES
+REFERENCE_ROW = registry.BASE
 METHOD_LABELS = {
-    "textual_inversion": "Textual Inversion",
-    "dreambooth": "DreamBooth",
-    "lora": "LoRA",
-    "base": "Base model (reference)",
+    **{m.name: m.label for m in registry.METHODS.values()},
+    registry.BASE: f"{registry.BASE_LABEL} (reference)",
     "real_images": "Real images",
 }
 

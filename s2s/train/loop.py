@@ -1,4 +1,4 @@
-"""One training loop for Textual Inversion, DreamBooth and DreamBooth+LoRA.
+"""One training loop for every method (``s2s.registry``; each a strategy in ``s2s.train.methods``).
 
 It reads top to bottom like the diffusers training examples (encode, noise, UNet, target by
 ``prediction_type``, loss), with two differences that matter for cost and trust:
@@ -13,7 +13,6 @@ It reads top to bottom like the diffusers training examples (encode, noise, UNet
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from s2s.config import NOT_TRAINING_SETTINGS, Subject, TrainConfig
+from s2s.config import Subject, TrainConfig, training_settings_of
 from s2s.data import list_images, load_prepared
 from s2s.io import S2SError, atomic_dir, save_png, write_json, write_text
 from s2s.memory import check_fits, training_shape
@@ -40,7 +39,7 @@ from s2s.train.checkpoint import (
     resumable,
     save_checkpoint,
 )
-from s2s.train.methods import make_method
+from s2s.train.methods import _place, make_method
 from s2s.train.objective import denoising_loss, prediction_target
 
 log = logging.getLogger(__name__)
@@ -158,15 +157,8 @@ def _augment_draws(
     return prompt_idx, torch.tensor(flips)
 
 
-def _place(module, device, dtype) -> None:
-    # Only cast when needed: diffusers warns on any dtype cast through .to().
-    if dtype == torch.float32:
-        module.to(device)
-    else:
-        module.to(device, dtype=dtype)
-
-
 def _make_optimizer(cfg: TrainConfig, params, lr: float):
+    """AdamW (or 8-bit AdamW) over ``params``: parameters, or parameter groups that may set their own lr."""
     if cfg.use_8bit_adam:
         try:
             import bitsandbytes as bnb
@@ -236,7 +228,7 @@ def training_settings(
     class_paths: list[Path],
 ) -> dict:
     """Everything that determines what a run learns: a checkpoint is resumed only by the same."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_TRAINING_SETTINGS}
+    settings = training_settings_of(cfg)
     settings.update(
         base_model=str(base_model),
         resolution=resolution,
@@ -332,7 +324,7 @@ def train(
         replace(
             training_shape(
                 cfg, unet, vae, text_encoder, sum(p.numel() for p in method.trainable().values()),
-                method.trains_text, resolution, method.uses_prior, dev.type,
+                method.trains_text, resolution, method.uses_prior, dev.type, method.trains_unet,
             ),
             mixed_precision=mixed_precision,
         )
@@ -345,15 +337,7 @@ def train(
     vae.requires_grad_(False)
     # Frozen parts run in the mixed-precision dtype; trained parts stay fp32 (their optimizer state too).
     _place(vae, accelerator.device, weight_dtype)
-    _place(unet, accelerator.device, torch.float32 if cfg.method == "dreambooth" else weight_dtype)
-    # A text encoder with trained weights (DreamBooth's whole, TI's new rows, LoRA's adapters) stays fp32
-    # whole: for LoRA that keeps its frozen base in fp32 too (SD's is 123M parameters, 0.25 GB more than
-    # half precision), as s2s.memory counts it.
-    _place(text_encoder, accelerator.device, torch.float32 if method.trains_text else weight_dtype)
-    if cfg.method == "lora":
-        for p in unet.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    method.place(unet, text_encoder, accelerator.device, weight_dtype)
 
     # ---- data: instance (and class) images, encoded once; validation_split holds some photos out
     photos = list_images(instance_dir)
@@ -413,7 +397,7 @@ def train(
     lr = cfg.learning_rate
     if cfg.scale_lr:
         lr *= cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
-    optimizer = _make_optimizer(cfg, list(trainable.values()), lr)
+    optimizer = _make_optimizer(cfg, method.optimizer_groups(lr), lr)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer=optimizer,
@@ -422,15 +406,13 @@ def train(
     )
     unet_dtype = unet.dtype  # read before accelerate wraps it (DDP has no .dtype)
     # Every module with trained weights goes through accelerate, so that DDP all-reduces its gradients.
-    if cfg.method == "textual_inversion":
-        text_encoder, optimizer = accelerator.prepare(text_encoder, optimizer)
-        trained_modules = [text_encoder]
-    elif method.trains_text:
-        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
-        trained_modules = [unet, text_encoder]
-    else:
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-        trained_modules = [unet]
+    trained_ids = {id(p) for p in trainable.values()}
+    modules = {"unet": unet, "text_encoder": text_encoder}
+    trained_names = [k for k, m in modules.items() if any(id(p) in trained_ids for p in m.parameters())]
+    *prepared, optimizer = accelerator.prepare(*(modules[k] for k in trained_names), optimizer)
+    modules.update(zip(trained_names, prepared))
+    unet, text_encoder = modules["unet"], modules["text_encoder"]
+    trained_modules = prepared
 
     # ---- resume, only from a checkpoint of these very settings
     settings = training_settings(
@@ -452,7 +434,7 @@ def train(
         validation_losses = restored.validation_losses
         log.info("resuming from checkpoint %s (step %d of %d)", checkpoint, start_step, cfg.max_train_steps)
     else:
-        log.info("starting %s training from scratch (%d steps)", cfg.method, cfg.max_train_steps)
+        log.info("starting %s training from scratch (%d steps)", cfg.run_name, cfg.max_train_steps)
     log.info(
         "run: method=%s instance_images=%d held_out_images=%d class_images=%d batch=%d accumulation=%d "
         "lr=%g trainable_params=%d prior=%s cache_latents=%s snr_gamma=%s noise_offset=%g device=%s "
@@ -506,7 +488,7 @@ def train(
         module.train()
     # A line about every 10% of the run, at least every 5 minutes, and at the last step.
     progress = Progress(
-        cfg.method,
+        cfg.run_name,
         cfg.max_train_steps,
         log,
         every_s=300.0,
@@ -657,6 +639,7 @@ def train(
 
     summary = {
         "method": cfg.method,
+        "name": cfg.run_name,
         "subject": subject.name,
         "steps": cfg.max_train_steps,
         "resumed_from_step": start_step,
@@ -684,12 +667,6 @@ def train(
     if accelerator.is_main_process:
         unwrapped_unet = accelerator.unwrap_model(unet)
         unwrapped_text = accelerator.unwrap_model(text_encoder)
-        if cfg.method == "dreambooth" and not method.trains_text and weight_dtype != torch.float32:
-            # The frozen text encoder ran in half precision; the saved model gets the base model's own
-            # fp32 weights (upcasting would keep the rounding).
-            unwrapped_text = CLIPTextModel.from_pretrained(
-                base_model, subfolder="text_encoder", use_safetensors=True
-            )
         with atomic_dir(out_dir) as tmp:
             method.save(tmp, base_model, unwrapped_unet, unwrapped_text, tokenizer)
             write_json(tmp / "train_summary.json", summary)

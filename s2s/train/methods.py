@@ -1,7 +1,9 @@
-"""The three ways of teaching the model a subject, as small strategy objects for the one training loop.
+"""The ways of teaching the model a subject, as small strategy objects for the one training loop.
 
-Each method decides what trains (``setup``), keeps what must not change unchanged
-(``after_optimizer_step``) and writes its result in the format diffusers loads (``save``).
+Each method decides what trains (``setup``, ``trainable``), in which dtype its modules are stored
+(``place``), keeps what must not change unchanged (``after_optimizer_step``), writes its result in the
+format diffusers loads (``save``) and loads it into a pipeline with plain diffusers calls
+(``load_pipeline``). The loop names no method; ``s2s.registry`` lists them.
 """
 
 from __future__ import annotations
@@ -55,17 +57,42 @@ class Method:
     name = ""
     #: whether the text encoder's output changes during training (then prompts cannot be cached)
     trains_text = False
+    #: whether every UNet weight trains (the UNet is then stored in fp32; else in the frozen dtype)
+    trains_unet = False
     uses_prior = False
 
     def __init__(self, cfg: TrainConfig, subject: Subject):
         self.cfg = cfg
         self.subject = subject
 
+    @property
+    def label(self) -> str:
+        from s2s.registry import METHODS
+
+        return METHODS[self.name].label
+
     def setup(self, unet, text_encoder, tokenizer) -> None:
         raise NotImplementedError
 
     def trainable(self) -> dict[str, torch.nn.Parameter]:
         raise NotImplementedError
+
+    def place(self, unet, text_encoder, device, weight_dtype) -> None:
+        """Move the modules to the device: frozen ones in the mixed-precision dtype, trained ones in fp32.
+
+        A text encoder with trained weights (DreamBooth's whole, TI's new rows, LoRA's adapters) stays fp32
+        whole: for LoRA that keeps its frozen base in fp32 too (SD's is 123M parameters, 0.25 GB more than
+        half precision), as s2s.memory counts it. Trained parameters of a half-precision module (adapters)
+        are cast back to fp32 after the move."""
+        _place(unet, device, torch.float32 if self.trains_unet else weight_dtype)
+        _place(text_encoder, device, torch.float32 if self.trains_text else weight_dtype)
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """The optimizer's parameter groups (one, at the learning rate, unless a method says otherwise)."""
+        return [{"params": list(self.trainable().values()), "lr": lr}]
 
     def expand_prompt(self, prompt: str) -> str:
         return prompt
@@ -80,27 +107,64 @@ class Method:
     def save(self, out_dir: Path, base_model: str, unet, text_encoder, tokenizer) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def weights_path(cls, model_dir: Path) -> Path:
+        """The file (or folder) a trained model must have for loading."""
+        from s2s.registry import METHODS
 
-class TextualInversion(Method):
-    """A new token embedding (optionally several vectors); every other row stays bit-identical."""
+        return Path(model_dir) / METHODS[cls.name].marker
 
-    name = "textual_inversion"
-    trains_text = True
+    @classmethod
+    def load_pipeline(cls, base_model: str, model_dir: Path, device, dtype):
+        """The trained model as a StableDiffusionPipeline, loaded with plain diffusers calls."""
+        raise NotImplementedError
 
-    def setup(self, unet, text_encoder, tokenizer) -> None:
+
+def _place(module, device, dtype) -> None:
+    # Only cast when needed: diffusers warns on any dtype cast through .to().
+    if dtype == torch.float32:
+        module.to(device)
+    else:
+        module.to(device, dtype=dtype)
+
+
+def _load_embeddings(pipe, path: Path) -> None:
+    from s2s.progress import without_log_records
+
+    # transformers announces how it initialises the new token's embedding row; diffusers then
+    # overwrites that row with the learned embedding, so the initialisation never matters.
+    with without_log_records("transformers.modeling_utils", "The new embeddings will be initialized"):
+        pipe.load_textual_inversion(str(path))
+
+
+def _load_lora(pipe, path: Path) -> None:
+    from s2s.progress import without_log_records
+
+    # Without train_text_encoder the LoRA adapts the UNet only; diffusers then warns that the text
+    # encoder got no LoRA keys.
+    with without_log_records("diffusers.loaders", "No LoRA keys associated to CLIPTextModel"):
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+
+
+class NewToken:
+    """The subject's placeholder token as new embedding rows (``num_vectors`` of them, initialised from a
+    one-token word) of a frozen text encoder; every other row stays bit-identical. Textual Inversion trains
+    them alone, pivotal tuning beside a LoRA."""
+
+    def add_token(self, text_encoder, tokenizer) -> None:
         token = self.subject.token
         self.tokens = [token] + [f"{token}_{i}" for i in range(1, self.cfg.num_vectors)]
         added = tokenizer.add_tokens(self.tokens)
         if added != len(self.tokens):
             raise S2SError(
                 f"subjects.{self.subject.name}.token: {token!r} is already a token of the tokenizer; "
-                "Textual Inversion needs a new placeholder token (pick another, e.g. 'sks' or '<my-toy>')"
+                f"{self.label} needs a new placeholder token (pick another, e.g. 'sks' or '<my-toy>')"
             )
         init_word = self.cfg.initializer_token or self.subject.class_noun
         init_ids = tokenizer.encode(init_word, add_special_tokens=False)
         if len(init_ids) != 1:
             raise S2SError(
-                f"training.textual_inversion.initializer_token: {init_word!r} is {len(init_ids)} tokens; "
+                f"training.{self.name}.initializer_token: {init_word!r} is {len(init_ids)} tokens; "
                 "it must be a single token (choose a common one-word noun)"
             )
         text_encoder.resize_token_embeddings(len(tokenizer))
@@ -112,22 +176,10 @@ class TextualInversion(Method):
         self.original = self.embeddings.weight.detach().clone()
         self.frozen_rows = torch.ones(len(tokenizer), dtype=torch.bool)
         self.frozen_rows[self.token_ids] = False
-        unet.requires_grad_(False)
-        text_encoder.requires_grad_(False)
         self.embeddings.weight.requires_grad_(True)
-
-    def trainable(self):
-        return {"token_embedding": self.embeddings.weight}
 
     def expand_prompt(self, prompt: str) -> str:
         return prompt.replace(self.subject.token, " ".join(self.tokens), 1)
-
-    def training_prompts(self, instance_prompt: str) -> list[str]:
-        if self.cfg.prompt_templates is None:
-            return super().training_prompts(instance_prompt)
-        # As the diffusers example: the placeholder alone, without the class noun.
-        templates = PROMPT_TEMPLATES[self.cfg.prompt_templates]
-        return [self.expand_prompt(t.format(self.subject.token)) for t in templates]
 
     def after_optimizer_step(self) -> None:
         # AdamW's weight decay touches every row; put the untouched rows back exactly.
@@ -136,16 +188,50 @@ class TextualInversion(Method):
                 self.embeddings.weight.dtype
             )
 
-    def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
+    def save_embeddings(self, path: Path) -> None:
         learned = self.embeddings.weight.detach()[self.token_ids].float().cpu()
         # diffusers' load_textual_inversion reads {token: tensor[num_vectors, dim]}.
-        save_safetensors({self.subject.token: learned}, out_dir / "learned_embeds.safetensors")
+        save_safetensors({self.subject.token: learned}, path)
+
+
+class TextualInversion(NewToken, Method):
+    """A new token embedding (optionally several vectors); every other row stays bit-identical."""
+
+    name = "textual_inversion"
+    trains_text = True
+
+    def setup(self, unet, text_encoder, tokenizer) -> None:
+        unet.requires_grad_(False)
+        text_encoder.requires_grad_(False)
+        self.add_token(text_encoder, tokenizer)
+
+    def trainable(self):
+        return {"token_embedding": self.embeddings.weight}
+
+    def training_prompts(self, instance_prompt: str) -> list[str]:
+        if self.cfg.prompt_templates is None:
+            return super().training_prompts(instance_prompt)
+        # As the diffusers example: the placeholder alone, without the class noun.
+        templates = PROMPT_TEMPLATES[self.cfg.prompt_templates]
+        return [self.expand_prompt(t.format(self.subject.token)) for t in templates]
+
+    def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
+        self.save_embeddings(self.weights_path(out_dir))
+
+    @classmethod
+    def load_pipeline(cls, base_model, model_dir, device, dtype):
+        from s2s.models import load_base_pipeline
+
+        pipe = load_base_pipeline(base_model, device, dtype)
+        _load_embeddings(pipe, cls.weights_path(model_dir))
+        return pipe
 
 
 class DreamBooth(Method):
     """Full UNet fine-tuning (text encoder optional) with the class prior-preservation loss."""
 
     name = "dreambooth"
+    trains_unet = True
 
     def __init__(self, cfg, subject):
         super().__init__(cfg, subject)
@@ -165,7 +251,14 @@ class DreamBooth(Method):
 
     def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
         from diffusers import StableDiffusionPipeline
+        from transformers import CLIPTextModel
 
+        if not self.trains_text and text_encoder.dtype != torch.float32:
+            # The frozen text encoder ran in half precision; the saved model gets the base model's own
+            # fp32 weights (upcasting would keep the rounding).
+            text_encoder = CLIPTextModel.from_pretrained(
+                base_model, subfolder="text_encoder", use_safetensors=True
+            )
         pipe = StableDiffusionPipeline.from_pretrained(
             base_model,
             unet=unet,
@@ -177,10 +270,17 @@ class DreamBooth(Method):
         )
         pipe.save_pretrained(out_dir, safe_serialization=True)
 
+    @classmethod
+    def load_pipeline(cls, base_model, model_dir, device, dtype):
+        from s2s.models import load_base_pipeline
+
+        return load_base_pipeline(str(model_dir), device, dtype, key=f"trained model {model_dir}")
+
 
 class LoRA(Method):
     """peft LoRA adapters on the UNet attention projections (and, with ``train_text_encoder``, on the text
-    encoder's); base weights stay frozen."""
+    encoder's); base weights stay frozen. With ``use_dora`` the adapters are DoRA's (magnitude and
+    direction)."""
 
     name = "lora"
     #: the CLIP text encoder's attention projections, as diffusers' train_dreambooth_lora.py
@@ -201,6 +301,8 @@ class LoRA(Method):
             lora_dropout=self.cfg.dropout,
             init_lora_weights="gaussian",
             target_modules=list(target_modules),
+            # DoRA: a trained magnitude vector per adapted weight (saved as lora_magnitude_vector keys)
+            use_dora=self.cfg.use_dora,
         )
 
     def setup(self, unet, text_encoder, tokenizer) -> None:
@@ -208,23 +310,17 @@ class LoRA(Method):
         unet.requires_grad_(False)
         text_encoder.requires_grad_(False)
         unet.add_adapter(self._lora_config(self.cfg.target_modules))
-        adapted = [unet]
-        if self.trains_text:
+        if self.cfg.train_text_encoder:
             from peft import inject_adapter_in_model
 
             # The layers transformers' add_adapter (the diffusers example's call) injects; it asks for a
             # newer peft (>= 0.22) than this project pins, peft's own injection does not.
             inject_adapter_in_model(self._lora_config(self.TEXT_ENCODER_TARGET_MODULES), text_encoder)
-            adapted.append(text_encoder)
-        for module in adapted:
-            for param in module.parameters():
-                if param.requires_grad:
-                    param.data = param.data.float()  # adapters train in fp32 even under mixed precision
 
     def trainable(self):
         # The UNet's names carry no prefix (as in checkpoints written before the text-encoder adapter).
         params = {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
-        if self.trains_text:
+        if self.cfg.train_text_encoder:
             text = self.text_encoder.named_parameters()
             params.update({f"text_encoder.{n}": p for n, p in text if p.requires_grad})
         return params
@@ -233,7 +329,9 @@ class LoRA(Method):
         from diffusers import StableDiffusionPipeline
 
         unet_layers, unet_metadata = _adapter_layers(unet)
-        text_layers, text_metadata = _adapter_layers(text_encoder) if self.trains_text else (None, None)
+        text_layers, text_metadata = (None, None)
+        if self.cfg.train_text_encoder:
+            text_layers, text_metadata = _adapter_layers(text_encoder)
         StableDiffusionPipeline.save_lora_weights(
             out_dir,
             unet_lora_layers=unet_layers,
@@ -242,6 +340,14 @@ class LoRA(Method):
             text_encoder_lora_adapter_metadata=text_metadata,
             safe_serialization=True,
         )
+
+    @classmethod
+    def load_pipeline(cls, base_model, model_dir, device, dtype):
+        from s2s.models import load_base_pipeline
+
+        pipe = load_base_pipeline(base_model, device, dtype)
+        _load_lora(pipe, cls.weights_path(model_dir))
+        return pipe
 
 
 def _adapter_layers(module) -> tuple[dict, dict]:
@@ -258,8 +364,7 @@ def _adapter_layers(module) -> tuple[dict, dict]:
     return layers, {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
 
 
-METHOD_CLASSES = {cls.name: cls for cls in (TextualInversion, DreamBooth, LoRA)}
-
-
 def make_method(cfg: TrainConfig, subject: Subject) -> Method:
-    return METHOD_CLASSES[cfg.method](cfg, subject)
+    from s2s.registry import method_class
+
+    return method_class(cfg.method)(cfg, subject)
