@@ -12,20 +12,7 @@ from safetensors.torch import load_file
 from s2s.config import check_config, subject, train_config
 from s2s.models import load_method_pipeline
 from s2s.train.custom_diffusion import CustomDiffusion, load_custom_diffusion
-from s2s.train.loop import train
-
-PROMPT = "a photo of sks toy"
-
-
-def _prediction(pipe, prompt=PROMPT) -> torch.Tensor:
-    """The UNet's prediction for one fixed noisy latent and timestep, conditioned on ``prompt``."""
-    gen = torch.Generator().manual_seed(0)
-    latents = torch.randn((1, pipe.unet.config.in_channels, 8, 8), generator=gen)
-    ids = pipe.tokenizer(
-        prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
-    with torch.no_grad():
-        return pipe.unet(latents, torch.tensor([500]), pipe.text_encoder(ids)[0]).sample
+from tests.adapter_checks import train_toy, unet_prediction
 
 
 def test_custom_diffusion_trains_kv_and_token_and_reloads_with_plain_diffusers(
@@ -45,17 +32,7 @@ def test_custom_diffusion_trains_kv_and_token_and_reloads_with_plain_diffusers(
     )
     tcfg = train_config(config, "custom_diffusion")
     model = tmp_path / "custom_diffusion"
-    train(
-        tcfg,
-        subject(config, "toy"),
-        str(tiny_sd),
-        toy_instance,
-        model,
-        tmp_path / "ckpt",
-        64,
-        PROMPT,
-        device="cpu",
-    )
+    train_toy(tcfg, config, tiny_sd, toy_instance, model, tmp_path)
 
     base = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
     cross = [n for n in base.unet.attn_processors if n.endswith("attn2.processor")]
@@ -83,19 +60,19 @@ def test_custom_diffusion_trains_kv_and_token_and_reloads_with_plain_diffusers(
     assert torch.equal(
         trained.unet.get_submodule(layer).to_k.weight, base.unet.get_submodule(layer).to_k.weight
     )
-    expected = _prediction(trained)
+    expected = unet_prediction(trained)
 
     # Plain diffusers: the base pipeline, diffusers' Custom Diffusion loader, load_textual_inversion.
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
     load_custom_diffusion(pipe, model / "pytorch_custom_diffusion_weights.safetensors")
     assert {type(pipe.unet.attn_processors[n]).__name__ for n in cross} == {"CustomDiffusionAttnProcessor"}
     pipe.load_textual_inversion(str(model / "learned_embeds.safetensors"))
-    reloaded = _prediction(pipe)
+    reloaded = unet_prediction(pipe)
     # The K/V learned too: the embedding alone predicts otherwise.
     base.load_textual_inversion(str(model / "learned_embeds.safetensors"))
-    effect = (expected - _prediction(base)).abs().max()
+    effect = (expected - unet_prediction(base)).abs().max()
     assert effect > 1e-3, float(effect)
     assert (reloaded - expected).abs().max() < 1e-4 * effect, float((reloaded - expected).abs().max())
     # The workflow's loader is those calls.
     ours = load_method_pipeline(str(tiny_sd), "custom_diffusion", model, torch.device("cpu"), torch.float32)
-    assert torch.equal(_prediction(ours), reloaded)
+    assert torch.equal(unet_prediction(ours), reloaded)

@@ -10,23 +10,8 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from s2s.config import check_config, subject, train_config
-from s2s.train.loop import train
 from s2s.train.methods import LoRA
-
-PROMPT = "a photo of sks toy"
-
-
-def _unet_output(pipe) -> torch.Tensor:
-    """The UNet's prediction for one fixed noisy latent, timestep and prompt."""
-    gen = torch.Generator().manual_seed(0)
-    shape = (1, pipe.unet.config.in_channels, 8, 8)
-    latents = torch.randn(shape, generator=gen)
-    ids = pipe.tokenizer(
-        PROMPT, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
-    with torch.no_grad():
-        text = pipe.text_encoder(ids)[0]
-        return pipe.unet(latents, torch.tensor([500]), text).sample
+from tests.adapter_checks import train_toy, unet_prediction
 
 
 def test_dora_trains_magnitudes_and_reloads_with_load_lora_weights(
@@ -48,17 +33,7 @@ def test_dora_trains_magnitudes_and_reloads_with_load_lora_weights(
     tcfg = train_config(config, "lora_dora")
     assert (tcfg.method, tcfg.run_name, tcfg.use_dora, tcfg.rank) == ("lora", "lora_dora", True, 2)
     model = tmp_path / "lora_dora"
-    train(
-        tcfg,
-        subject(config, "toy"),
-        str(tiny_sd),
-        toy_instance,
-        model,
-        tmp_path / "ckpt",
-        64,
-        PROMPT,
-        device="cpu",
-    )
+    train_toy(tcfg, config, tiny_sd, toy_instance, model, tmp_path)
     summary = json.loads((model / "train_summary.json").read_text())
     assert (summary["method"], summary["name"]) == ("lora", "lora_dora")
 
@@ -80,12 +55,12 @@ def test_dora_trains_magnitudes_and_reloads_with_load_lora_weights(
             param.copy_(checkpoint[name])
     # The magnitudes learned (they start at the base weights' column norms).
     assert max((params[n] - v).abs().max() for n, v in untrained.items()) > 1e-4
-    expected = _unet_output(trained)
+    expected = unet_prediction(trained)
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
-    base = _unet_output(pipe)
+    base = unet_prediction(pipe)
     pipe.load_lora_weights(str(model), weight_name="pytorch_lora_weights.safetensors")
-    reloaded = _unet_output(pipe)
+    reloaded = unet_prediction(pipe)
     effect = (expected - base).abs().max()
     assert effect > 1e-3, float(effect)
     assert (reloaded - expected).abs().max() < 1e-4 * effect, float((reloaded - expected).abs().max())

@@ -12,22 +12,8 @@ from safetensors.torch import load_file
 
 from s2s.config import check_config, subject, train_config
 from s2s.models import load_method_pipeline
-from s2s.train.loop import train
 from s2s.train.pivotal import Pivotal
-
-PROMPT = "a photo of sks toy"
-
-
-def _prediction(pipe, prompt) -> torch.Tensor:
-    """The UNet's prediction for one fixed noisy latent and timestep, conditioned on ``prompt``."""
-    prompt = pipe.maybe_convert_prompt(prompt, pipe.tokenizer)  # a multi-vector token -> its vectors
-    gen = torch.Generator().manual_seed(0)
-    latents = torch.randn((1, pipe.unet.config.in_channels, 8, 8), generator=gen)
-    ids = pipe.tokenizer(
-        prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
-    with torch.no_grad():
-        return pipe.unet(latents, torch.tensor([500]), pipe.text_encoder(ids)[0]).sample
+from tests.adapter_checks import PROMPT, train_toy, unet_prediction
 
 
 def test_pivotal_trains_token_and_lora_and_reloads_with_plain_diffusers(
@@ -44,17 +30,7 @@ def test_pivotal_trains_token_and_lora_and_reloads_with_plain_diffusers(
     )
     tcfg = train_config(config, "pivotal")
     model = tmp_path / "pivotal"
-    train(
-        tcfg,
-        subject(config, "toy"),
-        str(tiny_sd),
-        toy_instance,
-        model,
-        tmp_path / "ckpt",
-        64,
-        PROMPT,
-        device="cpu",
-    )
+    train_toy(tcfg, config, tiny_sd, toy_instance, model, tmp_path)
 
     lora = load_file(model / "pytorch_lora_weights.safetensors")
     embeds = load_file(model / "learned_embeds.safetensors")
@@ -87,18 +63,18 @@ def test_pivotal_trains_token_and_lora_and_reloads_with_plain_diffusers(
     # The training prompt is diffusers' own expansion of the multi-vector token.
     assert method.expand_prompt(PROMPT) == "a photo of sks sks_1 toy"
     assert trained.maybe_convert_prompt(PROMPT, trained.tokenizer) == method.expand_prompt(PROMPT)
-    expected = _prediction(trained, PROMPT)
+    expected = unet_prediction(trained, PROMPT)
 
     # Plain diffusers: base pipeline + load_lora_weights + load_textual_inversion.
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
     pipe.load_lora_weights(str(model), weight_name="pytorch_lora_weights.safetensors")
     pipe.load_textual_inversion(str(model / "learned_embeds.safetensors"))
-    reloaded = _prediction(pipe, PROMPT)
+    reloaded = unet_prediction(pipe, PROMPT)
     # The LoRA learned too: the embeddings alone predict otherwise.
     base.load_textual_inversion(str(model / "learned_embeds.safetensors"))
-    effect = (expected - _prediction(base, PROMPT)).abs().max()
+    effect = (expected - unet_prediction(base, PROMPT)).abs().max()
     assert effect > 1e-3, float(effect)
     assert (reloaded - expected).abs().max() < 1e-4 * effect, float((reloaded - expected).abs().max())
     # The workflow's loader is those plain calls.
     ours = load_method_pipeline(str(tiny_sd), "pivotal", model, torch.device("cpu"), torch.float32)
-    assert torch.equal(_prediction(ours, PROMPT), reloaded)
+    assert torch.equal(unet_prediction(ours, PROMPT), reloaded)
