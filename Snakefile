@@ -25,6 +25,25 @@ include: "rules/edit_bench.smk"
 report: "report/workflow.rst"
 
 
+# Local runs: jobs fork from one process that has the libraries imported (s2s.jobserver).
+onstart:
+    s2s_jobserver.start(
+        config,
+        local=workflow.local_exec,
+        conda=DeploymentMethod.CONDA
+        in workflow.deployment_settings.deployment_method,
+        log_file=f"{LOGS}/job_server.log",
+    )
+
+
+onsuccess:
+    s2s_jobserver.stop()
+
+
+onerror:
+    s2s_jobserver.stop()
+
+
 rule all:
     default_target: True
     input:

@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 # Only torch-free modules: the Snakefile is read by a plain Snakemake, at every dry run and inside
 # every cluster job (tests/test_parse.py checks it).
 from s2s import config as s2s_config  # noqa: E402
+from s2s import jobserver as s2s_jobserver  # noqa: E402
 from s2s import plan as s2s_plan  # noqa: E402
 from s2s import preflight as s2s_preflight  # noqa: E402
 from s2s import registry as s2s_registry  # noqa: E402

@@ -56,9 +56,36 @@ def step_function(name: str):
 
 
 def run(smk, name: str) -> None:
-    """A rule's job: logging into the rule's log and the config (s2s.job), then the step's function."""
+    """A rule's job: in a child of the job server where one runs for this workflow (s2s.jobserver), else
+    here; then its record goes to ``logs/jobs.jsonl`` and this process ends with the job's status."""
+    import sys
+
+    from s2s import jobserver
+    from s2s.job import append_job_record, process_start_time
+
+    start = process_start_time()
+    done = jobserver.submit(smk, name, start)
+    status, record = done if done is not None else run_here(smk, name, start, mode="process")
+    for stream in (sys.stdout, sys.stderr, sys.__stderr__):
+        stream.flush()
+    if record is not None:
+        append_job_record(smk.config, record)
+    # The outputs are written and closed. An interpreter's normal exit would now collect every object of
+    # torch, diffusers and transformers one by one (~1.5 s per job here).
+    os._exit(status)
+
+
+def run_here(smk, name: str, process_start: float | None, mode: str) -> tuple[int, dict]:
+    """Logging into the rule's log and the config (s2s.job), then the step's function; returns the job's
+    exit status and its timing record (s2s.job.JobClock)."""
+    import logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from s2s.job import run_step, setup_job
+    from s2s.job import JobClock, run_step, setup_job
 
     config = setup_job(smk)
-    run_step(step_function(name), smk, config)
+    clock = JobClock(process_start)
+    status = run_step(step_function(name), smk, config)
+    record = clock.record(smk, name, mode, status)
+    logging.shutdown()
+    return status, record

@@ -35,6 +35,11 @@ def snakemake(*args, cwd=REPO, check=True, offline=True):
     return proc
 
 
+def snakemake_log(workdir: Path) -> str:
+    """The last run's Snakemake log."""
+    return sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))[-1].read_text()
+
+
 def job_counts(dry_run_output: str) -> dict[str, int]:
     counts, in_table = {}, False
     for line in dry_run_output.splitlines():
@@ -170,13 +175,22 @@ def test_demo_dag_runs_end_to_end(tmp_path):
         assert record["edit_id"] == edit_id
         assert (results / "toy" / "edits" / edit_id / "before_after.png").exists()
 
-    # Determinism: the same config and seeds give byte-identical sample PNGs on a second run.
+    # Every job ran in the job server (s2s.jobserver), and recorded its start-up and exit.
+    records = [json.loads(line) for line in (results / "logs" / "jobs.jsonl").read_text().splitlines()]
+    assert {r["mode"] for r in records} == {"server"} and {r["status"] for r in records} == {0}
+    assert len(records) == len(re.findall(r"^Finished jobid", snakemake_log(tmp_path), flags=re.M)) - 1
+    assert all(r["fixed_cost_s"] > 0 for r in records if r["rule"] in ("train", "sample", "evaluate"))
+
+    # Determinism: the same config and seeds give byte-identical sample PNGs on a second run, here with
+    # every job in its own process (job_server: false) where the first run forked them from the server.
     first = {p: p.read_bytes() for p in (results / "toy" / "samples").rglob("*.png")}
+    (tmp_path / "no_server.yaml").write_text("job_server: false\n")
     snakemake(
         "--cores",
         "2",
         "--configfile",
         str(TEST_CONFIG),
+        str(tmp_path / "no_server.yaml"),
         "--directory",
         str(tmp_path),
         "--forcerun",
@@ -187,6 +201,10 @@ def test_demo_dag_runs_end_to_end(tmp_path):
     second = {p: p.read_bytes() for p in (results / "toy" / "samples").rglob("*.png")}
     assert first.keys() == second.keys() and len(first) == 4 * 2 * 2
     assert all(first[p] == second[p] for p in first)
+    again = [json.loads(line) for line in (results / "logs" / "jobs.jsonl").read_text().splitlines()]
+    assert again[: len(records)] == records
+    sample_jobs = sum(r["rule"] == "sample" for r in records)
+    assert [(r["rule"], r["mode"]) for r in again[len(records) :]] == [("sample", "process")] * sample_jobs
 
     # The report: grids, table, loss curves.
     snakemake(
