@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 # script does (s2s.steps.run ends the process with the job's status).
 CLIENT = """
 import json, sys
+from pathlib import Path
 from snakemake.iocontainers import InputFiles, Log, OutputFiles, Params, ResourceList, Snakemake, Wildcards
 spec = json.loads(sys.argv[1])
+sys.path.insert(0, str(Path(spec["scriptdir"]).parent))  # the package under test, as a rule's script does
 smk = Snakemake(
     InputFiles(), OutputFiles(spec["output"]), Params(), Wildcards(fromdict=spec["wildcards"]), 1,
     ResourceList(fromdict={"mem_mb": 1000}), Log(spec["log"]), spec["config"], spec["rule"], 0,
@@ -42,17 +44,18 @@ run(smk, spec["step"])
 def job_config(tmp_path: Path, prompts: list[str], seeds: list[int], steps: int, **extra) -> dict:
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw["sampling"].update(prompts=prompts, seeds=seeds, num_inference_steps=steps)
-    raw.update(results_dir=str(tmp_path / "results"), **extra)
+    raw.update(results_dir="results", **extra)  # relative, as in a user's config: the job's folder counts
+    tmp_path.mkdir(parents=True, exist_ok=True)
     return check_config(raw, base_dir=REPO)
 
 
 def start_job(tmp_path: Path, config: dict, method: str = "base", env: dict | None = None):
-    results = Path(config["results_dir"])
+    results = tmp_path / config["results_dir"]
     spec = {
         "rule": "sample",
         "step": "sample",
         "output": [],
-        "log": [str(results / "logs" / f"sample_{method}.log")],
+        "log": [f"{config['results_dir']}/logs/sample_{method}.log"],
         "wildcards": {"subject": "rex", "method": method},
         "config": config,
         "scriptdir": str(REPO / "workflow_scripts"),
@@ -65,8 +68,8 @@ def start_job(tmp_path: Path, config: dict, method: str = "base", env: dict | No
     )  # fmt: skip
 
 
-def job_records(config: dict) -> list[dict]:
-    path = Path(config["results_dir"]) / "logs" / "jobs.jsonl"
+def job_records(folder: Path) -> list[dict]:
+    path = folder / "results" / "logs" / "jobs.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -94,17 +97,17 @@ def test_a_job_through_the_server_equals_the_job_in_its_own_process(server, tmp_
         proc = start_job(tmp_path / mode, config, env=env)
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
-        (record,) = job_records(config)
+        (record,) = job_records(tmp_path / mode)
         assert record["mode"] == mode and record["status"] == 0
         # The timing: a model was called, between the process's start and the step's end.
         assert record["process_start"] < record["first_model_call"] < record["step_end"]
         assert record["fixed_cost_s"] == pytest.approx(record["startup_s"] + record["exit_s"], abs=2e-3)
         assert record["wall_s"] >= record["startup_s"] + record["model_work_s"] - 2e-3
-        samples = Path(config["results_dir"]) / "rex" / "samples" / "base"
+        samples = tmp_path / mode / "results" / "rex" / "samples" / "base"
         sampled = json.loads(next(samples.rglob("sampling.json")).read_text())["sampling_s"]
         assert record["model_work_s"] >= sampled - 0.05  # its sampling loop starts just before its first call
         images[mode] = {p.relative_to(samples): p.read_bytes() for p in sorted(samples.rglob("*.png"))}
-        assert "sampled 2 images" in (Path(config["results_dir"]) / "logs" / "sample_base.log").read_text()
+        assert "sampled 2 images" in (tmp_path / mode / "results" / "logs" / "sample_base.log").read_text()
     assert len(images["server"]) == 2 and images["server"] == images["process"]
 
 
@@ -114,7 +117,7 @@ def test_a_failing_job_fails_the_same_way_in_both(server, tmp_path, world_models
         config = job_config(tmp_path / mode, ["a {} on the beach"], [0], 4)
         proc = start_job(tmp_path / mode, config, method="lora", env=env)  # no trained LoRA to load
         _, err = proc.communicate(timeout=300)
-        (record,) = job_records(config)
+        (record,) = job_records(tmp_path / mode)
         assert record["mode"] == mode
         lines = [line.replace(str(tmp_path / mode), "DIR") for line in err.splitlines()]
         outcomes[mode] = (proc.returncode, [line for line in lines if line.startswith("s2s error")])
@@ -127,7 +130,7 @@ def test_killing_the_job_ends_its_child_in_the_server(server, tmp_path, world_mo
 
     config = job_config(tmp_path, [f"a {{}} in the snow {i}" for i in range(20)], list(range(8)), 50)
     proc = start_job(tmp_path, config)
-    log = Path(config["results_dir"]) / "logs" / "sample_base.log"
+    log = (tmp_path / "results") / "logs" / "sample_base.log"
     deadline = time.time() + 120
     while time.time() < deadline and "sampling base" not in (log.read_text() if log.exists() else ""):
         time.sleep(0.2)
@@ -137,7 +140,7 @@ def test_killing_the_job_ends_its_child_in_the_server(server, tmp_path, world_mo
     proc.wait(timeout=30)
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, "the job's child in the server outlived the job"
-    assert job_records(config) == []  # no record of a job that did not end
+    assert job_records(tmp_path) == []  # no record of a job that did not end
 
 
 def test_jobs_in_a_slurm_allocation_run_where_they_are(server, tmp_path, world_models):
@@ -145,7 +148,7 @@ def test_jobs_in_a_slurm_allocation_run_where_they_are(server, tmp_path, world_m
     proc = start_job(tmp_path, config, env={**os.environ, "SLURM_JOB_ID": "1"})
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert [r["mode"] for r in job_records(config)] == ["process"]
+    assert [r["mode"] for r in job_records(tmp_path)] == ["process"]
 
 
 def test_no_server_for_cluster_or_conda_runs_or_when_switched_off(tmp_path, monkeypatch):
