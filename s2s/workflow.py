@@ -189,7 +189,7 @@ def evaluate(smk, config) -> None:
     world = {}
     subject = cfgmod.subject(config, smk.wildcards.subject)
     if cfgmod.model_kind(config) == "world" and subject.world is not None:
-        from s2s.world.study import subject_measures
+        from s2s.world_studies.study import subject_measures
 
         measures = subject_measures(
             samples, subject.phrase, subject.class_noun, subject.world, cfgmod.world_dir(config)
@@ -253,7 +253,7 @@ def world_prompt_fidelity(smk, config) -> None:
 
     from s2s.io import write_json
     from s2s.world.classifier import load_classifier
-    from s2s.world.study import prompt_fidelity
+    from s2s.world_studies.study import prompt_fidelity
 
     subject = cfgmod.subject(config, smk.wildcards.subject)
     seeds, evaluation = cfgmod.sampling_config(config).seeds, cfgmod.evaluation_config(config)
@@ -333,7 +333,7 @@ def build_world(smk, config) -> None:
 
 
 def world_check(smk, config) -> None:
-    from s2s.world.check import check_world
+    from s2s.world_studies.check import check_world
 
     world = cfgmod.world_config(config)
     check_world(
@@ -347,7 +347,7 @@ def world_check(smk, config) -> None:
 
 
 def edit_bench(smk, config) -> None:
-    from s2s.world.edit_bench import run_edit_bench
+    from s2s.world_studies.edit_bench import run_edit_bench
 
     bench = config["edit_bench"]
     subject = smk.params.subject

@@ -1,4 +1,4 @@
-"""The world edit benchmark's runner (s2s.world.edit_bench): a subset of cases on the committed world
+"""The world edit benchmark's runner (s2s.world_studies.edit_bench): a subset of cases on the committed world
 models writes every file and column, with values in range, rows that match the PNG files on disk, the
 ground truth at the metrics' cap, UNet calls counted by the hook, and intervals that contain the means."""
 
@@ -16,8 +16,8 @@ from PIL import Image
 from s2s import plan
 from s2s.edit.bench_metrics import background_metrics, bench_metrics, gt_psnr, gt_psnr_in_mask
 from s2s.edit.metrics import MAX_PSNR
-from s2s.world import edit_bench as eb
 from s2s.world.edit_cases import EDIT_TYPES, SUBJECT, SUBJECT_TOKEN
+from s2s.world_studies import edit_bench as eb
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

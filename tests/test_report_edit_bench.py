@@ -6,8 +6,8 @@ import re
 import shutil
 
 from s2s.report.edit_bench_page import CASES_PER_TYPE, TABLES, edit_bench_page
-from s2s.world.edit_bench import METHODS, REFERENCE, SUMMARY_COLUMNS, bench_cases, summarise
 from s2s.world.edit_cases import EDIT_TYPES, write_case
+from s2s.world_studies.edit_bench import METHODS, REFERENCE, SUMMARY_COLUMNS, bench_cases, summarise
 
 
 def test_page_tables_each_method_and_edit_type_and_shows_the_first_cases_of_each_type(tmp_path):

@@ -155,3 +155,30 @@ def test_min_snr_weights_damp_clean_timesteps_only():
     assert torch.allclose(weights[snr <= 5], torch.ones_like(weights[snr <= 5]))
     assert torch.allclose(weights[snr > 5], 5 / snr[snr > 5]) and weights.min() < 0.01
     assert torch.equal(min_snr_weights(alphas, 0.0), torch.ones(1000))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("vae_stepz: 3\n", r"unknown build setting\(s\) \['vae_stepz'\]"),
+        ("- 3\n", "must be a YAML mapping"),
+        (None, "no such settings file"),
+    ],
+)
+def test_bad_settings_are_an_s2s_error_and_one_line_of_the_cli(tmp_path, capsys, text, message):
+    """load_settings raises S2SError naming the file (a library function exits nothing); ``python -m
+    s2s.world.build`` prints it as one line on stderr and exits with 1, before building anything."""
+    import re
+
+    from s2s.io import S2SError
+    from s2s.world.build import main
+
+    spec = tmp_path / "settings.yaml"
+    if text is not None:
+        spec.write_text(text)
+    with pytest.raises(S2SError, match=message):
+        load_settings(str(spec))
+    assert main([str(tmp_path / "out"), "--settings", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{spec}: ") and re.search(message, err)
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
-"""The world check (s2s.world.check): its measures against hand computations and synthetic cases with known
-answers, its prompt file's errors, and the JSON, workflow rule and report page on a tiny world build."""
+"""The world check (s2s.world_studies.check): its measures against hand computations and synthetic cases with
+known answers, its prompt file's errors, and the JSON, workflow rule and report page on a tiny world build."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import torch
 import yaml
 
 from s2s.io import S2SError
-from s2s.world.check import (
+from s2s.world.names import IDENTIFIERS
+from s2s.world.scene import ATTRIBUTES, CLASSES, COLOURS
+from s2s.world_studies.check import (
     TARGETS,
     caption_retrieval,
     check_world,
@@ -29,8 +31,6 @@ from s2s.world.check import (
     rank_auc,
     read_prompts,
 )
-from s2s.world.names import IDENTIFIERS
-from s2s.world.scene import ATTRIBUTES, CLASSES, COLOURS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """Prompt-to-Prompt and inversion behave on the world's models (issue 15, point 4).
 
-The measurements are ``s2s.world.behaviour``'s (definitions in its docstrings); each is run once per
+The measurements are ``s2s.world_studies.behaviour``'s (definitions in its docstrings); each is run once per
 module at 20 DDIM steps on a few seeds. The first tests check the measuring functions on inputs whose
 answer is known (planted attention maps, rendered scenes and their masks), whatever the models.
 """
@@ -20,10 +20,10 @@ from PIL import Image
 from s2s.edit.controllers import AttentionStore
 from s2s.edit.metrics import MAX_PSNR, background_metrics
 from s2s.edit.seq_aligner import word_positions
-from s2s.world import behaviour
 from s2s.world.masks import object_mask
 from s2s.world.render import render
 from s2s.world.scene import COLOURS, random_individual, random_scene
+from s2s.world_studies import behaviour
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,7 +11,7 @@ import torch
 from s2s.io import save_png
 from s2s.world.render import render
 from s2s.world.scene import random_scene
-from s2s.world.study import class_drift, identity_similarity, prompt_fidelity, prompt_parts
+from s2s.world_studies.study import class_drift, identity_similarity, prompt_fidelity, prompt_parts
 
 
 def test_prompt_parts_reads_the_subject_phrase_as_its_class():

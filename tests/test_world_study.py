@@ -155,7 +155,7 @@ def test_method_identifies_the_subject_over_the_study_prompts(demo, method):
 
 @pytest.fixture(scope="module")
 def instance_samples(demo):
-    from s2s.world.study import instance_identification
+    from s2s.world_studies.study import instance_identification
 
     results, config = demo
     subject = next(iter(config["subjects"]))
@@ -209,7 +209,7 @@ def test_prior_preservation_is_measurable(demo, tmp_path):
     from s2s.models import load_method_pipeline
     from s2s.sample import generate, set_scheduler
     from s2s.train import loop
-    from s2s.world.study import class_drift
+    from s2s.world_studies.study import class_drift
 
     results, config = demo
     name = next(iter(config["subjects"]))

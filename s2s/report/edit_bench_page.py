@@ -1,8 +1,8 @@
 """The world edit benchmark's report page (``snakemake edit_bench_report``): its summary as tables of
 methods x edit types, with intervals, and a grid of cases (source, ground truth, each method's edit).
 
-Everything comes from the benchmark's files (``s2s.world.edit_bench``): the summary JSON for the tables,
-each case's ``case.json`` and PNGs for the grid, so the page shows exactly what was scored.
+Everything comes from the benchmark's files (``s2s.world_studies.edit_bench``): the summary JSON for the
+tables, each case's ``case.json`` and PNGs for the grid, so the page shows exactly what was scored.
 """
 
 from __future__ import annotations

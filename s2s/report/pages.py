@@ -273,8 +273,8 @@ HEADS = ("class", "context", "colour")
 
 
 def world_check_page(check: dict, out: Path, note: str | None = None) -> None:
-    """The world check (``s2s.world.check``'s JSON): each target with its measured value and whether it
-    is met, then the details of each measure and what was checked."""
+    """The world check (``s2s.world_studies.check``'s JSON): each target with its measured value and whether
+    it is met, then the details of each measure and what was checked."""
     verdict = {True: "met", False: "not met", None: "not measured"}
     rows = "".join(
         f'<tr><td>{E(t["description"])}</td><td class="num">{_fraction(t["value"])}</td>'

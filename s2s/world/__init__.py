@@ -6,6 +6,11 @@ language, small enough to pretrain Stable-Diffusion-shaped models on two CPU cor
 - ``s2s.world.captions``: captions of scenes and parsing of prompts back into scenes.
 - ``s2s.world.build``: pretraining the world's models (``python -m s2s.world.build``); the committed build
   is ``models/world`` (``WORLD_MODELS``), with its ``BUILD.json``.
+
+This package holds the world's building blocks only (scene, render, captions, names, identifiers, tokenizer,
+data, classifier, read-out, masks, subjects, edit cases, build) and imports nothing from the pipeline
+(sampling, training, editing, metrics, reports, the workflow); the studies that run the pipeline on the
+world are ``s2s.world_studies``. tests/test_layers.py checks the layers.
 """
 
 from pathlib import Path

@@ -97,11 +97,18 @@ SHORT = {
 
 
 def load_settings(spec: str) -> BuildSettings:
+    """``full``, ``short`` or a YAML file of ``BuildSettings`` fields; a file that is missing, not a mapping
+    or names an unknown setting raises ``S2SError`` naming the file (the CLI prints it, the workflow
+    prefixes its config key)."""
     if spec == "full":
         return BuildSettings()
     if spec == "short":
         return BuildSettings(**SHORT)
+    if not Path(spec).is_file():
+        raise S2SError(f"{spec}: no such settings file (the settings are short, full or a YAML file)")
     data = yaml.safe_load(Path(spec).read_text()) or {}
+    if not isinstance(data, dict):
+        raise S2SError(f"{spec}: build settings must be a YAML mapping of setting: value")
     known = {f.name for f in fields(BuildSettings)}
     unknown = set(data) - known
     if unknown:
@@ -610,9 +617,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     words = argv if argv is not None else sys.argv[1:]
-    build_world(
-        args.out_dir, load_settings(args.settings), command=" ".join(["python -m s2s.world.build", *words])
-    )
+    try:
+        settings = load_settings(args.settings)
+        build_world(args.out_dir, settings, command=" ".join(["python -m s2s.world.build", *words]))
+    except S2SError as exc:  # a message for the user: one line on stderr and exit status 1, no traceback
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 

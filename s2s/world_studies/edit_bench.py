@@ -18,7 +18,7 @@ the world's edit cases with ground-truth targets. docs/edit_bench.md describes t
 - Summary (``summarise``): per method and edit type, the mean of each column with a percentile-bootstrap
   interval resampling cases (``s2s.metrics.bootstrap.bootstrap_ci``).
 - Speed: with ``jobs`` > 1 the sources are split between worker processes (``shards``, ``python -m
-  s2s.world.edit_bench``), each generating and scoring its sources with one torch thread.
+  s2s.world_studies.edit_bench``), each generating and scoring its sources with one torch thread.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ SELF_REPLACE_STEPS = 0.4
 # the blend mask covers the whole latent (tests/test_world_edits.py measured 100% on both seeds), at 0.7 it
 # leaves the background around the object (78-91% of the latent covered).
 BLEND_THRESHOLD = 0.7
-LINEUP = 40  # world dogs the subject is identified against (s2s.world.study.LINEUP)
+LINEUP = 40  # world dogs the subject is identified against (s2s.world_studies.study.LINEUP)
 METRICS = (
     "background_psnr",
     "background_ssim",
@@ -549,7 +549,7 @@ def shards(settings: Settings, jobs: int) -> list[list[str]]:
 
 def _generate_in_workers(settings: Settings, jobs: int, out_dir: Path) -> list[dict]:
     """``generate`` (and its scoring) in ``jobs`` processes side by side, one torch thread each (``python -m
-    s2s.world.edit_bench``): on these small models two single-threaded processes beat one process with
+    s2s.world_studies.edit_bench``): on these small models two single-threaded processes beat one process with
     two threads. Their log lines go to this process's stderr (the rule's log)."""
     import json
     import os
@@ -571,7 +571,7 @@ def _generate_in_workers(settings: Settings, jobs: int, out_dir: Path) -> list[d
             spec.write_text(
                 json.dumps({"settings": asdict(settings), "sources": source_ids, "out": str(out_dir)})
             )
-            command = [sys.executable, "-m", "s2s.world.edit_bench", str(spec), str(result), f"worker {i}"]
+            command = [sys.executable, "-m", __name__, str(spec), str(result), f"worker {i}"]
             workers.append((subprocess.Popen(command, env=env, **stream), result))
         failed = [i for i, (worker, _) in enumerate(workers) if worker.wait() != 0]
         if failed:
