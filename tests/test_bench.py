@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from s2s.bench.dag import parse_snakemake_log, summarize_dag
+from s2s.bench.dag import summarize_dag
 from s2s.bench.report import write_report
 from s2s.bench.run import run_part
 from s2s.bench.settings import bench_settings
@@ -148,45 +148,40 @@ def test_cuda_parts_are_skipped_without_a_gpu(tmp_path):
     assert json.loads((tmp_path / "training.json").read_text())["skipped"] == out["skipped"]
 
 
-SNAKEMAKE_LOG = """\
-[Sun Nov 29 16:26:37 2026]
-localrule train_lora:
-    output: {root}/toy/models/lora/pytorch_lora_weights.safetensors, {root}/toy/models/lora/train_summary.json
-    log: {root}/logs/toy/train_lora.log
-    jobid: 3
-    threads: 2
-[Sun Nov 29 16:26:39 2026]
-localrule sample_chunk0:
-    output: {root}/toy/samples/base/a/0.png, {root}/toy/samples/base/a/1.png, {root}/toy/samples/base/b/0.png
-    log: {root}/logs/toy/sample_base_chunk0.log
-    jobid: 4
-[Sun Nov 29 16:26:57 2026]
-Finished jobid: 3 (Rule: train_lora)
-[Sun Nov 29 16:27:09 2026]
-Finished jobid: 4 (Rule: sample_chunk0)
-"""
+def job(rule, start, first, end, exit_s=0.01, mode="server"):
+    """A job's record as s2s.job writes it (times in seconds from 1000)."""
+    t0 = 1000.0
+    record = {"rule": rule, "mode": mode, "process_start": t0 + start, "step_end": t0 + end, "exit_s": exit_s}
+    record["first_model_call"] = None if first is None else t0 + first
+    record["startup_s"] = None if first is None else first - start
+    record["model_work_s"] = None if first is None else end - first
+    record["wall_s"] = end - start + exit_s
+    if first is not None:
+        record["fixed_cost_s"] = record["startup_s"] + exit_s
+    return record
 
 
-def test_dag_timing_from_snakemake_log_and_job_records(tmp_path):
-    (tmp_path / "toy" / "models" / "lora").mkdir(parents=True)
-    (tmp_path / "toy" / "models" / "lora" / "train_summary.json").write_text(
-        json.dumps({"train_time_s": 12.5})
-    )
-    # The sampling time beside each prompt's images (s2s.sample's record), each prompt counted once.
-    for prompt, seconds in (("a", 12.0), ("b", 8.0)):
-        (tmp_path / "toy" / "samples" / "base" / prompt).mkdir(parents=True)
-        (tmp_path / "toy" / "samples" / "base" / prompt / "sampling.json").write_text(
-            json.dumps({"images": 2, "sampling_s": seconds})
-        )
-    jobs = parse_snakemake_log(SNAKEMAKE_LOG.format(root=tmp_path))
-    assert [(j["rule"], j["end"] - j["start"]) for j in jobs] == [
-        ("train_lora", 20.0),
-        ("sample_chunk0", 30.0),
+def test_dag_timing_from_the_jobs_records():
+    records = [
+        job("train_lora", 0, 2, 20),  # model work 2-20
+        job("sample", 10, 11.5, 30),  # model work 11.5-30, overlapping the training's
+        job("table", 30, None, 31),  # no model call: no fixed cost, no model work
     ]
-    summary = summarize_dag(jobs, tmp_path, wall_s=40.0)
-    assert summary["busy_s"] == 32.0  # the two jobs overlap
-    assert summary["job_sum_s"] == 50.0 and summary["compute_s"] == 32.5
-    assert summary["per_rule"]["sample"] == {"jobs": 1, "job_s": 30.0, "compute_s": 20.0}
+    summary = summarize_dag(records, wall_s=40.0)
+    assert summary["compute_s"] == pytest.approx(28.0)  # the union 2-30, counted once
+    assert summary["compute_sum_s"] == pytest.approx(36.5)
+    assert summary["non_compute_share"] == pytest.approx(1 - 28 / 40)
+    assert summary["non_compute_share_summed"] == pytest.approx(1 - 36.5 / 40)
+    assert summary["busy_s"] == pytest.approx(31.01)  # 0-30.01 and 30-31.01
+    assert summary["job_fixed_costs"] == pytest.approx([2.01, 1.51])
+    assert (
+        summary["job_fixed_cost_s"]["median"] == pytest.approx(1.76) and summary["job_fixed_cost_s"]["n"] == 2
+    )
+    assert summary["per_rule"]["sample"]["fixed_cost_median_s"] == pytest.approx(1.51)
+    assert summary["per_rule"]["table"] == {
+        "jobs": 1, "job_s": pytest.approx(1.01), "model_work_s": 0.0, "fixed_cost_median_s": None
+    }  # fmt: skip
+    assert summary["modes"] == ["server"]
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +197,9 @@ def quick_parts(tmp_path_factory) -> list[Path]:
         run_part(part, bench, config, root / f"{part}.json", threads=2)
         files.append(root / f"{part}.json")
     # a DAG part from a recorded run, so that the report shows every section without running the demo
-    dag = {"wall_s": 40.0, "busy_s": 32.0, "job_sum_s": 50.0, "compute_s": 32.5, "jobs": 2}
-    stats = {k: summarize([v], "s") for k, v in dag.items() if k != "jobs"}
+    run = summarize_dag([job("train_lora", 0, 2, 20), job("sample", 10, 11.5, 30)], wall_s=40.0)
+    figures_of_run = ("wall_s", "busy_s", "job_sum_s", "compute_s", "compute_sum_s")
+    stats = {k: summarize([run[k]], "s") for k in figures_of_run}
     (root / "dag.json").write_text(
         json.dumps(
             {
@@ -215,8 +211,11 @@ def quick_parts(tmp_path_factory) -> list[Path]:
                 "settings": {"configfile": "config/config.yaml", "cores": 2, "runs": 1},
                 "configfile": "config/config.yaml",
                 **stats,
+                "job_fixed_cost_s": summarize(run["job_fixed_costs"], "s"),
+                "non_compute_share": summarize([run["non_compute_share"]], "fraction"),
+                "non_compute_share_summed": summarize([run["non_compute_share_summed"]], "fraction"),
                 "ratios": [],
-                "runs": [{**dag, "per_rule": {"train_lora": {"jobs": 1, "job_s": 20.0, "compute_s": 12.5}}}],
+                "runs": [run],
             }
         )
     )
@@ -261,3 +260,8 @@ def test_parts_report_medians_with_spread_and_ratios_of_medians(quick_parts, tmp
         assert title in md
     assert "reference (diffusers examples, measured by the issue author)" in md
     assert "(n=1)" in md and "(n=2)" in md
+    # The start-up targets' figures, at bench.json's top level (docs/benchmarks.md).
+    assert data["job_fixed_cost_s"] == data["parts"]["dag"]["job_fixed_cost_s"]
+    assert data["job_fixed_cost_s"]["median"] == pytest.approx(1.76)
+    assert data["non_compute_share"]["median"] == pytest.approx(1 - 28 / 40)
+    assert "| job fixed cost, s (jobs that call a model) | 1.76 [1.51-2.01] (n=2) |" in md
