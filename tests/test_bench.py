@@ -88,6 +88,10 @@ def test_shipped_bench_configs_are_valid(name):
         ({"parts": ["dag", "dag"]}, "bench.parts: ['dag', 'dag'] has duplicates"),
         ({"peak_tflops": -1}, "bench.peak_tflops: -1 is not a positive number"),
         ({"threads": 0}, "bench.threads: 0 is not a positive integer"),
+        (
+            {"dag": {"job_modes": ["server", "thread"]}},
+            "bench.dag.job_modes: 'thread' is not one of server, process",
+        ),
     ],
 )
 def test_bad_bench_settings_give_one_line(bench, expected):

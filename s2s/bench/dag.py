@@ -97,37 +97,11 @@ def bench_dag(settings: DagBench, work: Path | None = None) -> dict:
         configfile = REPO / configfile
     if not configfile.is_file():
         raise S2SError(f"config key bench.dag.configfile: {configfile} does not exist")
-    results = []
+    by_mode: dict[str, list[dict]] = {mode: [] for mode in settings.job_modes}
     for run in range(settings.runs):
-        with tempfile.TemporaryDirectory(prefix="s2s-bench-dag-", dir=work) as tmp:
-            workdir = Path(tmp)
-            command = [
-                sys.executable,
-                "-m",
-                "snakemake",
-                "-s",
-                str(REPO / "Snakefile"),
-                "--directory",
-                str(workdir),
-                "--cores",
-                str(settings.cores),
-                "--configfile",
-                str(configfile),
-                "--config",
-                f"results_dir={workdir / 'results'}",
-            ]
-            log.info("run %d: %s", run, " ".join(command))
-            started = time.perf_counter()
-            with open(workdir / "snakemake.out", "w") as out:
-                proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
-            wall = time.perf_counter() - started
-            if proc.returncode != 0:
-                tail = (workdir / "snakemake.out").read_text(errors="replace").strip().splitlines()[-5:]
-                raise S2SError(f"the demo workflow failed (exit {proc.returncode}): " + " | ".join(tail))
-            records = read_job_records(workdir / "results")
-            if not records:
-                raise S2SError(f"the demo workflow in {workdir} wrote no job records ({JOBS_FILE})")
-            results.append(summarize_dag(records, wall))
+        for mode in settings.job_modes:
+            by_mode[mode].append(_run_demo(configfile, settings.cores, mode, run, work))
+    results = by_mode[settings.job_modes[0]]
     keys = ("wall_s", "busy_s", "job_sum_s", "compute_s", "compute_sum_s")
     summary = {key: summarize([r[key] for r in results], "s") for key in keys}
     fixed = [c for r in results for c in r["job_fixed_costs"]]  # every job of every run
@@ -156,4 +130,39 @@ def bench_dag(settings: DagBench, work: Path | None = None) -> dict:
             "> 1: time when no job runs (Snakemake's start, DAG building, scheduling)",
         ),
     ]
+    summary["by_mode"] = {
+        mode: {
+            "wall_s": summarize([r["wall_s"] for r in runs], "s"),
+            "job_fixed_cost_s": summarize([c for r in runs for c in r["job_fixed_costs"]], "s"),
+            "non_compute_share": summarize([r["non_compute_share"] for r in runs], "fraction"),
+            "non_compute_share_summed": summarize([r["non_compute_share_summed"] for r in runs], "fraction"),
+        }
+        for mode, runs in by_mode.items()
+    }
     return {"configfile": str(configfile), **summary, "runs": results}
+
+
+def _run_demo(configfile: Path, cores: int, mode: str, run: int, work: Path | None) -> dict:
+    """One run of the demo from scratch, its jobs in ``mode``; its summary (``summarize_dag``)."""
+    with tempfile.TemporaryDirectory(prefix="s2s-bench-dag-", dir=work) as tmp:
+        workdir = Path(tmp)
+        configs = [str(configfile)]
+        if mode == "process":
+            (workdir / "job_server.yaml").write_text("job_server: false\n")
+            configs.append(str(workdir / "job_server.yaml"))
+        command = [
+            sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--cores", str(cores), "--configfile", *configs, "--config", f"results_dir={workdir / 'results'}",
+        ]  # fmt: skip
+        log.info("run %d (%s): %s", run, mode, " ".join(command))
+        started = time.perf_counter()
+        with open(workdir / "snakemake.out", "w") as out:
+            proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            tail = (workdir / "snakemake.out").read_text(errors="replace").strip().splitlines()[-5:]
+            raise S2SError(f"the demo workflow failed (exit {proc.returncode}): " + " | ".join(tail))
+        records = read_job_records(workdir / "results")
+        if not records:
+            raise S2SError(f"the demo workflow in {workdir} wrote no job records ({JOBS_FILE})")
+        return summarize_dag(records, wall)

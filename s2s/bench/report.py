@@ -169,6 +169,20 @@ def _dag(part: dict) -> list[str]:
         f"| model work (summed over jobs), s | {fmt(part['compute_sum_s'])} |",
     ]
     lines += _ratios(part["ratios"])
+    modes = part.get("by_mode", {})
+    if len(modes) > 1:
+        lines += [
+            "",
+            "The same DAG with its jobs forked from the job server and each in its own process, alternately:",
+            "",
+            "| jobs ran in | wall time, s | job fixed cost, s | non-compute share | (summed) |",
+            "|---|---|---|---|---|",
+        ]
+        for mode, m in modes.items():
+            lines.append(
+                f"| {mode} | {fmt(m['wall_s'])} | {fmt(m['job_fixed_cost_s'])} "
+                f"| {fmt(m['non_compute_share'])} | {fmt(m['non_compute_share_summed'])} |"
+            )
     lines += [
         "",
         "Per rule (last run):",

@@ -12,6 +12,7 @@ from typing import Any
 from s2s.io import S2SError
 
 PARTS = ("training", "memory", "edit", "dag")
+JOB_MODES = ("server", "process")
 ARCHITECTURES = ("tiny", "sd14")
 #: training variants: name -> (method, with_prior_preservation)
 VARIANTS = {
@@ -52,6 +53,9 @@ class DagBench:
     configfile: str = "config/config.yaml"  # relative to the workflow's folder
     cores: int = 2
     runs: int = 1  # whole demo runs (each takes minutes)
+    # How the jobs run: "server" (forked from the job server, the default) and/or "process" (each in its
+    # own process, job_server: false); with both, each run does both, alternately, and the part compares.
+    job_modes: tuple[str, ...] = ("server",)
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def _section(cls, raw: Any, prefix: str, base):
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(prefix, f"unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(known))}")
-    choices = {"architecture": ARCHITECTURES, "variants": tuple(VARIANTS)}
+    choices = {"architecture": ARCHITECTURES, "variants": tuple(VARIANTS), "job_modes": JOB_MODES}
     values = {
         name: _value(f"{prefix}.{name}", value, getattr(base, name), choices.get(name))
         for name, value in raw.items()
