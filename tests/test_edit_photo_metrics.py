@@ -191,6 +191,8 @@ def test_renderer_masks_of_each_edit_type_and_the_edits_it_has_none_for():
     for target, reason in refused.items():
         case, why = edit(target)
         assert case is None and reason in why, (target, why)
+    case, why = edit("a ohwx dog on the beach", subject=subject, token="sks")  # another identifier
+    assert case is None and "names no world subject" in why
     case, why = edit("a brown cat on the beach", source="a white dog on the beach")
     assert case is None and "does not describe" in why
 
