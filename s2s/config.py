@@ -363,7 +363,8 @@ class ClassImagesConfig:
 @dataclass(frozen=True)
 class EditConfig:
     """edits.*: the Prompt-to-Prompt edit stage's defaults (a manifest row's params override the P2P ones),
-    and the CLIP model of its metrics (the `models` choice's, or evaluation.clip_model)."""
+    and the CLIP and DINO-like ViT of its metrics (the `models` choice's, or evaluation.clip_model and
+    evaluation.dino_model)."""
 
     manifest: str | None
     subject_model: str | None  # None: the only trained model (a batch run outside the workflow)
@@ -376,6 +377,7 @@ class EditConfig:
     blend_threshold: float
     start_blend: float
     clip_model: str | None
+    dino_model: str | None  # the ViT of the edits' structure distance (s2s.edit.photo_metrics)
 
     @property
     def spec(self) -> dict:
@@ -430,7 +432,11 @@ def class_images_config(config: dict) -> ClassImagesConfig:
 
 
 def edit_config(config: dict) -> EditConfig:
-    return _section(EditConfig, {**config["edits"], "clip_model": metric_models(config)["clip_model"]})
+    models = metric_models(config)
+    return _section(
+        EditConfig,
+        {**config["edits"], "clip_model": models["clip_model"], "dino_model": models["dino_model"]},
+    )
 
 
 def evaluation_config(config: dict) -> EvaluationConfig:
@@ -736,6 +742,7 @@ def depends_edit(config: dict, row: dict) -> str:
             "row": row,
             "defaults": {k: v for k, v in _as_before(config, "edits").items() if k != "manifest"},
             "clip_model": metric_models(config)["clip_model"],
+            "dino_model": metric_models(config)["dino_model"],
             "seed": config["seed"],
             "precision": _precision(config),
         }

@@ -285,16 +285,19 @@ def draw_demo_edit_photo(smk, config) -> None:
     rng = random.Random(config["seed"] + sum(map(ord, smk.wildcards.name)))
     if cfgmod.model_kind(config) == "world":
         # A world photo of what its name says ("a_brown_dog_on_the_beach"), at a seed the build never used.
+        # The edit finds the scene again (s2s.edit.world_photos): its mask is the renderer's.
+        from s2s.edit.world_photos import WORLD_PHOTO_SEED_OFFSET
         from s2s.world.subjects import draw_world_photo
 
         caption = smk.wildcards.name.replace("_", " ")
-        save_png(draw_world_photo(caption, seed=config["seed"] + 7919), smk.output[0])
+        save_png(draw_world_photo(caption, seed=config["seed"] + WORLD_PHOTO_SEED_OFFSET), smk.output[0])
         return
     save_png(draw_toy(rng, (resolution, resolution)), smk.output[0])
 
 
 def edit(smk, config) -> None:
     from s2s.edit.batch import run_edit_batch
+    from s2s.edit.world_photos import world_photos
     from s2s.models import pick_device, pick_dtype
 
     results = cfgmod.results_dir(config) / smk.wildcards.subject
@@ -309,6 +312,7 @@ def edit(smk, config) -> None:
         pick_dtype(config["training"].get("mixed_precision", "no"), device),
         cfgmod.edit_config(config),
         seed=config["seed"],
+        world_photos=world_photos(config, smk.wildcards.subject),
     )
 
 

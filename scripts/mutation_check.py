@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         roots = [Path(tmp) / f"worker{i}" for i in range(args.workers)]
         for root in roots:
             copy_tree(root)
+        if (REPO.parent / "shared").is_dir():  # ../shared/data as the checkout sees it (shared_data tests)
+            (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")
         baseline = sorted({t for e in entries for t in e["tests"]})
         code, output = run_tests(roots[0], baseline)
         if code != 0:

@@ -80,7 +80,13 @@ def settings(edits: dict | None = None, **changes) -> cfgmod.EditConfig:
     """The edit settings of a checked config (``edits`` its edits.* keys, the rest the schema's defaults) at
     STEPS steps, without CLIP and without a subject model unless ``changes`` give them."""
     raw = {"subjects": {"toy": {"class": "toy", "synthetic": True}}, "edits": edits or {}}
-    changes = {"num_inference_steps": STEPS, "clip_model": None, "subject_model": None, **changes}
+    changes = {
+        "num_inference_steps": STEPS,
+        "clip_model": None,
+        "dino_model": None,
+        "subject_model": None,
+        **changes,
+    }
     return replace(cfgmod.edit_config(cfgmod.check_config(raw)), **changes)
 
 
@@ -156,7 +162,11 @@ def test_batch_writes_every_output(models, tmp_path, monkeypatch):
         out / "001_horse" / "reconstruction.png"
     ).read_bytes()
     assert generated["metrics"]["reconstruction_psnr"] is None
-    assert generated["metrics"]["background_fraction"] is not None
+    # The benchmark's metrics (tests/test_edit_photo_metrics.py): a local blend's words make the mask.
+    assert generated["metrics"]["mask_source"] == "cross_attention" and generated["mask"]["threshold"] == 0.99
+    assert generated["mask"]["source_words"] == generated["mask"]["target_words"] == ["dog", "horse"]
+    assert isinstance(generated["metrics"]["clip_edited"], float)
+    assert generated["metrics"]["structure_distance"] is None  # no ViT given
     assert generated["controller"]["threshold"] == 0.99
 
     assert subject["model"] == "textual_inversion" and subject["inversion"] == "negative_prompt"

@@ -34,6 +34,24 @@ EDIT = {
     "image": None,
     "tokens": ["a", "dog", "on", "the", "grass"],
     "target_tokens": ["a", "horse", "on", "the", "grass"],
+    # The world benchmark's metrics of the edit (s2s.edit.photo_metrics) and the mask they used.
+    "metrics": {
+        "clip_t": 0.25,
+        "mask_source": "cross_attention",
+        "mask_fraction": 0.375,
+        "background_psnr": 27.34,
+        "background_ssim": 0.9512,
+        "background_mse": 0.00185,
+        "structure_distance": 0.0123,
+        "clip_whole": 24.56,
+        "clip_edited": 21.04,
+    },
+    "mask": {
+        "source": "cross_attention",
+        "source_words": ["dog"],
+        "target_words": ["horse"],
+        "threshold": 0.3,
+    },
 }
 
 
@@ -201,6 +219,30 @@ def test_edits_page_names_the_edit(report_pages):
     for value in ("001_horse", "replace", "a dog on the grass", "a horse on the grass", "LoRA"):
         assert value in text
     assert "Inversion none (source generated" in text
+
+
+def test_edits_page_shows_the_benchmarks_metrics_with_their_mask(report_pages):
+    from html import unescape
+
+    from s2s.report.pages import edit_metric_rows
+
+    text = unescape(_text(report_pages["edits"].read_text()))
+    for value in (
+        "Edit mask cross-attention of dog / horse at threshold 0.3 (the model's own estimate",
+        "38% of the image may change",
+        "Background PSNR 27.3 dB, SSIM 0.951, MSE 1.85e-03",
+        "Structure distance 1.23e-02",
+        "CLIP whole / edited 24.6 / 21.0",
+    ):
+        assert value in text, value
+    renderer = {
+        "metrics": {**EDIT["metrics"], "mask_source": "renderer", "background_psnr": None},
+        "mask": {"source": "renderer", "edit_type": "object"},
+    }
+    rows = dict(edit_metric_rows(renderer))
+    assert rows["Edit mask"].startswith("renderer (world photo, object edit: exact)")
+    assert rows["Background"] == "none: the mask covers the whole image"
+    assert edit_metric_rows({"metrics": {"clip_t": 0.2}}) == []  # an edit.json from before the metrics
 
 
 def test_tables_page_splits_table1_and_lists_cost(report_pages):

@@ -200,8 +200,10 @@ def test_base_model_id_reruns_everything_that_uses_the_model(results):
     assert {"class_priors", "train_lora", "sample", "evaluate", "edit"} <= {rule for rule, _ in jobs}
 
 
-def test_metric_model_id_reruns_evaluation_edits_and_table(results):
-    jobs = changed(results, lambda c: c["evaluation"].update(clip_model="example/other-clip"))
+@pytest.mark.parametrize("key", ["clip_model", "dino_model"])
+def test_metric_model_id_reruns_evaluation_edits_and_table(results, key):
+    # The edits' metrics use both (CLIP scores; the structure distance's ViT: s2s.edit.photo_metrics).
+    jobs = changed(results, lambda c: c["evaluation"].update({key: "example/other-model"}))
     edits = [
         ("edit", "subject=toy, edit_id=generated_replace"),
         ("edit", "subject=toy, edit_id=photo_subject"),

@@ -14,8 +14,13 @@ Manifest (CSV with a header, or YAML: a list of mappings or ``{edits: [...]}``),
 - ``inversion``: negative_prompt (default) | null_text | ddim | direct.
 
 Outputs per edit, in ``out_root/{edit_id}/`` (the folder appears complete or not at all): source.png,
-reconstruction.png, edited.png, attention.png (both prompts' cross-attention per token), before_after.png
-(labelled) and edit.json.
+reconstruction.png, edited.png, mask.png (the edit mask of the metrics, L, 255 = may change),
+attention.png (both prompts' cross-attention per token), before_after.png (labelled) and edit.json.
+
+Metrics (edit.json ``metrics``): reconstruction PSNR / SSIM (photos), CLIP-T and directional CLIP
+(``s2s.edit.metrics``), and the world edit benchmark's metrics without ground truth, computed from the
+saved PNGs and mask.png (``s2s.edit.photo_metrics``: ``mask_source`` renderer for a world photo the
+renderer redraws, ``WorldPhotos``; cross_attention otherwise). edit.json ``mask`` says how the mask was made.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from s2s.edit.controllers import EDITS, EditController, build_controller
 from s2s.edit.inversion import INVERSIONS, invert, load_image, model_resolution
 from s2s.edit.metrics import ClipScorer, edit_metrics
 from s2s.edit.p2p import _token_labels, convert_prompt, generate_edit
+from s2s.edit.photo_metrics import MASK_FILE, cross_attention_mask, mask_image, score_edit_folder
 from s2s.edit.seq_aligner import EditSpecError
 from s2s.io import S2SError, atomic_dir, check_safe_name, load_safetensors, save_png, write_json
 from s2s.models import METHODS, SAMPLE_METHODS, load_method_pipeline, method_weights_path
@@ -46,6 +52,7 @@ OUTPUT_FILES = (
     "source.png",
     "reconstruction.png",
     "edited.png",
+    MASK_FILE,
     "attention.png",
     "before_after.png",
     "edit.json",
@@ -236,6 +243,25 @@ def _ensure_ddim(pipe) -> None:
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 
 
+def _edit_mask(pipe, row: EditRow, controller, source: Image.Image, world_photos) -> tuple[Image.Image, dict]:
+    """The mask of the edit's metrics (L, the source's size, 255 = may change) and how it was made: the
+    renderer's for a world photo it can redraw (``s2s.edit.world_photos``), else the edit's own
+    cross-attention (``s2s.edit.photo_metrics.cross_attention_mask``)."""
+    why = None
+    if world_photos is not None and row.image is None:
+        why = "a generated source, not a photo"
+    elif world_photos is not None:
+        case, why = world_photos.edit_case(row.image, source, row.source_prompt, row.target_prompt)
+        if case is not None:  # the photo is the render, so the mask has its size
+            mask = Image.fromarray(case.mask().astype("uint8") * 255, "L")
+            return mask, {"source": "renderer", "edit_type": case.edit_type}
+    latent_mask, info = cross_attention_mask(pipe, controller, row.source_prompt, row.target_prompt, row.spec)
+    info = {"source": "cross_attention", **info}
+    if why:
+        info["no_renderer_mask"] = why
+    return mask_image(latent_mask, source.size), info
+
+
 def _edit_row(
     pipe,
     row: EditRow,
@@ -246,6 +272,8 @@ def _edit_row(
     load_s: float,
     manifest: str,
     model_dir,
+    bench_models: dict | None = None,
+    world_photos=None,
 ) -> dict:
     start = time.perf_counter()
     steps, guidance = int(settings.num_inference_steps), float(settings.guidance_scale)
@@ -297,9 +325,9 @@ def _edit_row(
         row.source_prompt,
         row.target_prompt,
         is_photo=row.image is not None,
-        blend_mask=result.blend_mask,
         clip=clip,
     )
+    mask, mask_info = _edit_mask(pipe, row, controller, source, world_photos)
     metrics_s = time.perf_counter() - metrics_start
     target_tokens = _token_labels(pipe, target)
     target_maps = controller.average_maps(1)[..., 1 : 1 + len(target_tokens)].permute(2, 0, 1).cpu()
@@ -334,12 +362,18 @@ def _edit_row(
             "total": inversion_calls + result.unet_calls,
         },
         "metrics": metrics,
+        "mask": mask_info,
         "files": list(OUTPUT_FILES),
     }
     with atomic_dir(out_root / row.edit_id) as tmp:
         save_png(source, tmp / "source.png")
         save_png(reconstruction, tmp / "reconstruction.png")
         save_png(result.edited_image, tmp / "edited.png")
+        save_png(mask, tmp / MASK_FILE)
+        # The benchmark's metrics from the files as saved (8-bit PNGs), as anyone can recompute them.
+        scored = time.perf_counter()
+        metrics.update(score_edit_folder(tmp, row.target_prompt, mask_info["source"], **(bench_models or {})))
+        record["timings_s"]["metrics"] += time.perf_counter() - scored
         sheet = attention_sheet(
             result.attention_maps,
             result.tokens,
@@ -365,6 +399,21 @@ def _edit_row(
     return record
 
 
+def _bench_models(settings: EditConfig) -> dict:
+    """The ViT (structure distance) and CLIP (clip_whole, clip_edited) of the benchmark's metrics, as
+    (model, processor) pairs; a model the settings leave out gives None for its metrics."""
+    from s2s.metrics.fidelity import load_clip, load_dino
+
+    out = {}
+    if settings.dino_model:
+        vit = load_dino(settings.dino_model)
+        out["vit"] = (vit.model, vit.processor)
+    if settings.clip_model:
+        clip = load_clip(settings.clip_model)
+        out["clip"] = (clip.model, clip.processor)
+    return out
+
+
 def run_edit_batch(
     manifest_path_or_rows,
     out_root: Path,
@@ -374,11 +423,13 @@ def run_edit_batch(
     dtype: torch.dtype,
     settings: EditConfig,
     seed: int,
+    world_photos=None,
 ) -> list[dict]:
     """Edit every row of a manifest (a CSV/YAML path, or a list of row dicts); return each edit.json record.
 
     All rows are validated before any model is loaded; then rows are grouped by model so each pipeline
-    is loaded once.
+    is loaded once. ``world_photos`` (``s2s.edit.world_photos.WorldPhotos``, world runs): how the run drew
+    its world photos, whose edits get the renderer's mask.
     """
     model_dirs = {k: Path(v) for k, v in (model_dirs or {}).items()}
     rows = validate_manifest(manifest_path_or_rows, base_model, model_dirs, settings)
@@ -398,6 +449,7 @@ def run_edit_batch(
         settings.guidance_scale,
     )
     clip = ClipScorer(settings.clip_model, device) if settings.clip_model else None
+    bench_models = _bench_models(settings)
     records: dict[int, dict] = {}
     progress = Progress("edits", len(rows), log)
     for model in models:
@@ -408,7 +460,17 @@ def run_edit_batch(
         load_s = time.perf_counter() - start
         for row in (r for r in rows if r.model == model):
             records[row.row] = _edit_row(
-                pipe, row, out_root, settings, seed, clip, load_s, manifest, model_dirs.get(model)
+                pipe,
+                row,
+                out_root,
+                settings,
+                seed,
+                clip,
+                load_s,
+                manifest,
+                model_dirs.get(model),
+                bench_models,
+                world_photos,
             )
             progress.update()
         del pipe

@@ -1,7 +1,9 @@
 """Edit metrics that need no network-only weights.
 
 - reconstruction PSNR and SSIM (torchmetrics): how well the inverted photo is regenerated;
-- background preservation: MSE and PSNR between source and edit outside the local-blend mask;
+- ``background_metrics``: MSE and PSNR between source and edit over the pixels outside a mask only (the
+  world behaviour checks use it; an edit's background metrics in edit.json are the world benchmark's,
+  s2s.edit.photo_metrics);
 - CLIP-T: cosine similarity of the edited image and the target prompt;
 - CLIP directional similarity: cosine of (edited - source) image embedding and (target - source) text
   embedding (Gal et al., StyleGAN-NADA), i.e. whether the image changed the way the prompt did.
@@ -117,16 +119,13 @@ def edit_metrics(
     target_prompt: str,
     *,
     is_photo: bool,
-    blend_mask: torch.Tensor | None = None,
     clip: ClipScorer | None = None,
 ) -> dict:
-    """All metrics of one edit; those that do not apply are None (same keys for every edit)."""
+    """Reconstruction and CLIP metrics of one edit; those that do not apply are None (same keys for every
+    edit). The background metrics are s2s.edit.photo_metrics'."""
     metrics: dict = {"reconstruction_psnr": None, "reconstruction_ssim": None}
     if is_photo:
         metrics.update(reconstruction_metrics(source, reconstruction))
-    metrics.update({"background_fraction": None, "background_mse": None, "background_psnr": None})
-    if blend_mask is not None:
-        metrics.update(background_metrics(source, edited, blend_mask))
     metrics.update({"clip_t": None, "clip_directional": None})
     if clip is not None:
         metrics.update(clip.scores(source, edited, source_prompt, target_prompt))

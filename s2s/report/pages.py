@@ -97,6 +97,44 @@ def training_page(subject: str, training: list[Figure], metrics: list[Figure], o
     write_text(out, page(f"Training and metrics of {subject}", body, note))
 
 
+def _number(value, fmt: str) -> str:
+    return "none" if value is None else fmt.format(value)
+
+
+def edit_metric_rows(record: dict) -> list[tuple[str, str]]:
+    """The world benchmark's metrics of an edit (s2s.edit.photo_metrics) as (label, text) rows, with the
+    mask they used; none for an edit.json written before they existed."""
+    metrics, mask = record.get("metrics") or {}, record.get("mask") or {}
+    if "mask_source" not in metrics:
+        return []
+    share = f"{100 * metrics['mask_fraction']:.0f}% of the image may change"
+    if metrics["mask_source"] == "renderer":
+        made = f"renderer (world photo, {mask.get('edit_type', '?')} edit: exact)"
+    else:
+        words = " ".join(mask.get("source_words") or []) or "-"
+        new = " ".join(mask.get("target_words") or []) or "-"
+        made = (
+            f"cross-attention of {words} / {new} at threshold {mask.get('threshold')} (the model's own "
+            "estimate: a spread-out edit gets a large mask and a flattering background score)"
+        )
+    if metrics["background_psnr"] is None:
+        background = "none: the mask covers the whole image"
+    else:
+        background = (
+            f"PSNR {metrics['background_psnr']:.1f} dB, SSIM {metrics['background_ssim']:.3f}, MSE "
+            f"{metrics['background_mse']:.2e} (both images times 1 - mask, PnPInversion's convention)"
+        )
+    return [
+        ("Edit mask", f"{made}; {share}"),
+        ("Background", background),
+        ("Structure distance", _number(metrics["structure_distance"], "{:.2e}")),
+        (
+            "CLIP whole / edited",
+            f"{_number(metrics['clip_whole'], '{:.1f}')} / {_number(metrics['clip_edited'], '{:.1f}')}",
+        ),
+    ]
+
+
 def edits_page(subject: str, edits: list[Figure], out: Path, note: str | None = None) -> None:
     body = []
     if not edits:
@@ -113,6 +151,7 @@ def edits_page(subject: str, edits: list[Figure], out: Path, note: str | None = 
         ]
         if record.get("image"):
             rows.append(("Photo", Path(record["image"]).name))
+        rows += edit_metric_rows(record)
         body.append(f'<div class="edit" data-edit-id="{E(fig.title)}"><h2>{E(fig.title)}</h2><dl>')
         body += [f"<dt>{E(k)}</dt><dd>{E(str(v))}</dd>" for k, v in rows]
         body.append("</dl>")

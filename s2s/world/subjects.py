@@ -16,7 +16,7 @@ from PIL import Image
 from s2s.io import atomic_dir, save_png
 from s2s.world.captions import parse_prompt
 from s2s.world.render import render
-from s2s.world.scene import Individual, marked_individual, photo_of, random_scene
+from s2s.world.scene import Individual, Scene, marked_individual, photo_of, random_scene
 
 
 def world_subject(cls: str, world_id: int) -> Individual:
@@ -41,8 +41,13 @@ def draw_world_subject(out_dir: Path | str, cls: str, world_id: int, count: int,
     return sorted(out_dir.glob("*.png"))
 
 
-def draw_world_photo(caption: str, seed: int) -> Image.Image:
-    """A world photo of what ``caption`` says ("a brown dog on the beach"): a fresh individual and pose."""
+def world_photo_scene(caption: str, seed: int) -> Scene:
+    """The scene of ``draw_world_photo(caption, seed)``: a fresh individual and pose."""
     parts = parse_prompt(caption)
     rng = random.Random(f"s2s-world-photo:{caption}:{seed}")
-    return render(random_scene(rng, cls=parts["class"], colour=parts["colour"], context=parts["context"]))
+    return random_scene(rng, cls=parts["class"], colour=parts["colour"], context=parts["context"])
+
+
+def draw_world_photo(caption: str, seed: int) -> Image.Image:
+    """A world photo of what ``caption`` says ("a brown dog on the beach"): a fresh individual and pose."""
+    return render(world_photo_scene(caption, seed))
