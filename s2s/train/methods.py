@@ -164,7 +164,7 @@ class NewToken:
         init_ids = tokenizer.encode(init_word, add_special_tokens=False)
         if len(init_ids) != 1:
             raise S2SError(
-                f"training.{self.name}.initializer_token: {init_word!r} is {len(init_ids)} tokens; "
+                f"{self.cfg.key('initializer_token')}: {init_word!r} is {len(init_ids)} tokens; "
                 "it must be a single token (choose a common one-word noun)"
             )
         text_encoder.resize_token_embeddings(len(tokenizer))
