@@ -154,7 +154,8 @@ def test_any_method_or_variant_of_the_registry_is_a_bench_variant():
         }
     )
     variants = bench_variants(config)
-    assert {"textual_inversion", "dreambooth_prior", "lora", "pivotal_prior", "custom_diffusion"} <= set(variants)
+    expected = {"textual_inversion", "dreambooth_prior", "lora", "pivotal_prior", "custom_diffusion"}
+    assert expected <= set(variants)
     assert "textual_inversion_prior" not in variants  # Textual Inversion has no prior loss
     assert variants["lora_dora_prior"] == ("lora_dora", True)
     bench = bench_settings({**config, "bench": {"training": {"variants": ["pivotal", "lora_dora"]}}})
