@@ -2,6 +2,7 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.resources import Resource
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
@@ -150,6 +151,27 @@ def training_depends(method):
 def train_gpus(method):
     """GPUs of a training job: one per process (training.num_processes)."""
     return s2s_config.train_config(config, method).num_processes
+
+
+def apply_profile_train_settings(method):
+    """A training rule's cluster settings from a profile's set-resources and set-threads.
+
+    Those of the stage name `train` (profiles/slurm: GPU partition, CPUs per GPU of every training
+    rule), over them a variant's method's (train_METHOD), over them the rule's own (train_NAME).
+    """
+    settings = workflow.resource_settings
+    base = s2s_registry.base_method(config, method)
+    names = ["train", f"train_{base}", f"train_{method}"]
+    resources, threads = {}, None
+    for name in dict.fromkeys(names):
+        resources.update(settings.overwrite_resources.get(name, {}))
+        threads = settings.overwrite_threads.get(name, threads)
+    if threads is not None:
+        resources["_cores"] = threads
+    train_rule = workflow.get_rule(f"train_{method}")
+    for key, value in resources.items():
+        is_resource = isinstance(value, Resource)
+        train_rule.resources[key] = value if is_resource else Resource(key, value)
 
 
 def sample_inputs(wildcards):

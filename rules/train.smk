@@ -37,3 +37,9 @@ for _method in [*s2s_registry.NAMES, *s2s_registry.variants(config)]:
             depends=training_depends(_method),
         script:
             "../workflow_scripts/train.py"
+
+
+# On a cluster every training rule gets the settings a profile gives the stage `train` (profiles/slurm:
+# GPU partition, CPUs per GPU), a variant's also those of its method's rule: rule names follow the config.
+for _method in [*s2s_registry.NAMES, *s2s_registry.variants(config)]:
+    apply_profile_train_settings(_method)

@@ -18,7 +18,7 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -243,18 +243,35 @@ def check_held_out(n_photos: int, validation_split: float, key: str, subject_nam
 
 def _check_validation_split(config: dict, photo_counts: dict[str, int]) -> None:
     """Every trained method's split against every subject's photo count, before any job runs."""
-    training = config["training"]
     for method in config["methods"]:
         split = train_config(config, method).validation_split
-        base = registry.base_method(config, method)
-        if "validation_split" in registry.overrides(config, method):
-            key = f"variants.{method}.validation_split"
-        elif "validation_split" in training.get(base, {}):
-            key = f"training.{base}.validation_split"
-        else:
-            key = "training.validation_split"
+        key = setting_key(config, method, "validation_split")
         for name, count in photo_counts.items():
             check_held_out(count, split, key, name)
+
+
+def setting_key(config: dict, name: str, setting: str) -> str:
+    """The config key a method's or variant's training ``setting`` is read from, as the user wrote it:
+    ``variants.NAME.KEY`` where the variant sets it, else ``training.METHOD.KEY`` where the method's
+    section has it (a method's own keys always: check_config fills their defaults there), else
+    ``training.KEY`` (a shared key, set for every method or at its default)."""
+    return _setting_keys(config, name, [setting], load_schema())[setting]
+
+
+def _setting_keys(config: dict, name: str, settings, schema: dict) -> dict[str, str]:
+    overrides = registry.overrides(config, name)
+    method = registry.base_method(config, name)
+    section = (config.get("training") or {}).get(method) or {}
+    shared = schema["properties"]["training"]["default"]
+    keys = {}
+    for setting in settings:
+        if setting in overrides:
+            keys[setting] = f"variants.{name}.{setting}"
+        elif setting in section or setting not in shared:
+            keys[setting] = f"training.{method}.{setting}"
+        else:
+            keys[setting] = f"training.{setting}"
+    return keys
 
 
 # ---------------------------------------------------------------- typed views
@@ -309,10 +326,25 @@ class TrainConfig:
     freeze_model: str = "crossattn_kv"
     # the name the run trains under (its results folder): the method's own, or a variant's
     name: str = ""
+    # setting -> the config key it was read from (setting_key), for error messages; no training setting
+    keys: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def run_name(self) -> str:
         return self.name or self.method
+
+    @property
+    def section(self) -> str:
+        """Where a change of this run's training settings goes: variants.NAME (a variant) or
+        training.METHOD."""
+        if self.run_name != self.method:
+            return f"variants.{self.run_name}"
+        return f"training.{self.method}"
+
+    def key(self, setting: str) -> str:
+        """The config key ``setting`` was read from, as the user wrote it (``setting_key``); for a
+        TrainConfig not made by ``train_config``, the run's own section."""
+        return self.keys.get(setting) or f"{self.section}.{setting}"
 
 
 @dataclass(frozen=True)
@@ -470,8 +502,10 @@ def train_config(config: dict, name: str) -> TrainConfig:
         merged["with_prior_preservation"] = False
     if "target_modules" in merged:
         merged["target_modules"] = tuple(merged["target_modules"])
-    known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(method=method, name=name, **{k: v for k, v in merged.items() if k in known})
+    known = {f.name for f in fields(TrainConfig)} - {"keys"}
+    settings = {k: v for k, v in merged.items() if k in known}
+    keys = _setting_keys(config, name, settings, schema)
+    return TrainConfig(method=method, name=name, keys=keys, **settings)
 
 
 def subject(config: dict, name: str) -> Subject:
@@ -637,6 +671,8 @@ NOT_TRAINING_SETTINGS = frozenset(
         "cache_latents",
         # the run's name (a variant's): it names the results folder, not what is learned
         "name",
+        # where each setting was written in the config (for messages)
+        "keys",
     }
 )
 # TrainConfig fields added after models were trained (issue 22's methods and options): left out while at

@@ -39,7 +39,7 @@ CUDA_OVERHEAD = 0.8 * GIB  # CUDA context, cuBLAS / cuDNN workspaces
 class TrainingShape:
     """What decides a training job's memory."""
 
-    method: str
+    method: str  # the run's name (a method's, or a variant's)
     unet_params: int
     vae_params: int
     text_params: int
@@ -53,6 +53,8 @@ class TrainingShape:
     gradient_checkpointing: bool
     use_8bit_adam: bool
     device_type: str = "cuda"
+    # the config section a fix goes in (variants.NAME for a variant); empty: training.<method>
+    section: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def estimate(shape: TrainingShape) -> MemoryEstimate:
 def ways_to_fit(shape: TrainingShape, available: float) -> list[str]:
     """Config changes that each bring the estimate under ``available`` bytes (or lower it), best first."""
     options = []
-    key = f"training.{shape.method}"
+    key = shape.section or f"training.{shape.method}"
     if not shape.gradient_checkpointing:
         options.append((f"{key}.gradient_checkpointing: true", replace(shape, gradient_checkpointing=True)))
     if not shape.use_8bit_adam and shape.device_type == "cuda":
@@ -147,7 +149,8 @@ def training_shape(
 
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return TrainingShape(
-        method=cfg.method,
+        method=cfg.run_name,
+        section=cfg.section,
         unet_params=count(unet),
         vae_params=count(vae),
         text_params=count(text_encoder),

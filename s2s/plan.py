@@ -272,22 +272,21 @@ def check_manifest(
                 "subject edit without a model and no single trained model to default to: set the "
                 "row's model or the edit default 'subject_model'",
             )
-        if model not in MODEL_NAMES:
-            raise where.error(
-                number, "model", f"unknown model {model!r}; use one of {', '.join(MODEL_NAMES)}"
-            )
+        # A row's model: base, or any method or variant the run trains (config key methods).
+        source = "" if raw.get("model") else " (the default, config key edits.subject_model)"
         if edit == "subject" and model == "base":
             raise where.error(
                 number,
                 "model",
-                f"a subject edit needs a trained subject model ({', '.join(TRAINED_MODELS)}), not base",
+                f"a subject edit{source} needs a trained subject model (this run's: {', '.join(methods)}), "
+                "not base",
             )
         if model != "base" and model not in methods:
             raise where.error(
                 number,
                 "model",
-                f"{model} is not trained in this run (config key methods: {', '.join(methods)}): "
-                "add it to methods or edit with another model",
+                f"{model!r}{source} is not a model this run trains; use base or one of the methods and "
+                f"variants of config key methods: {', '.join(methods)}",
             )
         image = raw.get("image")
         if image and not Path(image).is_relative_to(results_dir):

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from s2s import registry
+from s2s.config import setting_key
 from s2s.io import S2SError
 
 METHODS = registry.NAMES
@@ -47,7 +48,7 @@ def check_optional_dependencies(config: dict, use_conda: bool, workflow_dir: Pat
     methods = methods_with_8bit_adam(config)
     if not methods:
         return
-    key = f"training.{methods[0]}.use_8bit_adam"
+    key = setting_key(config, methods[0], "use_8bit_adam")
     if use_conda:
         env = Path(workflow_dir) / GPU_ENV
         if "bitsandbytes" not in env.read_text():
@@ -69,8 +70,8 @@ def check_precision(config: dict) -> None:
     for method in config.get("methods", METHODS):
         if training_key(config, method, "mixed_precision") == "fp16":
             raise S2SError(
-                f"config key training.{method}.mixed_precision: fp16 needs a CUDA GPU and device is cpu; "
-                "use bf16 (autocast works on CPU) or no"
+                f"config key {setting_key(config, method, 'mixed_precision')}: fp16 needs a CUDA GPU and "
+                "device is cpu; use bf16 (autocast works on CPU) or no"
             )
 
 

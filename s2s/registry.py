@@ -105,6 +105,13 @@ def info(config: dict, name: str) -> MethodInfo:
     return METHODS[base_method(config, name)]
 
 
+def label(name: str) -> str:
+    """A row's label in tables, plots and the bench: the method's, else (a variant) its name."""
+    if name == BASE:
+        return BASE_LABEL
+    return METHODS[name].label if name in METHODS else name
+
+
 def colour(name: str) -> str:
     """A row's colour in the plots: the method's, else (a variant) one picked by its name."""
     if name == BASE:

@@ -143,6 +143,61 @@ def test_sd14_shapes_match_the_real_model(tmp_path):
     assert full > text > forward / 16  # weight gradients cost more than input gradients only
 
 
+def test_any_method_or_variant_of_the_registry_is_a_bench_variant():
+    """The training part benches every method of the registry and every config variant, with or without the
+    prior loss, labelled by the registry; each method's FLOP mode follows what it trains."""
+    from s2s.bench.models import SD14_UNET, unet_flops
+    from s2s.bench.settings import bench_variants, variant_label
+    from s2s.bench.training import flop_mode
+
+    config = check_config(
+        {
+            "subjects": {"toy": {"synthetic": True, "class": "toy"}},
+            "methods": ["lora", "lora_dora"],
+            "variants": {"lora_dora": {"method": "lora", "use_dora": True}},
+        }
+    )
+    variants = bench_variants(config)
+    expected = {"textual_inversion", "dreambooth_prior", "lora", "pivotal_prior", "custom_diffusion"}
+    assert expected <= set(variants)
+    assert "textual_inversion_prior" not in variants  # Textual Inversion has no prior loss
+    assert variants["lora_dora_prior"] == ("lora_dora", True)
+    bench = bench_settings({**config, "bench": {"training": {"variants": ["pivotal", "lora_dora"]}}})
+    assert bench.training.variants == ("pivotal", "lora_dora")
+    assert variant_label(config, "custom_diffusion_prior") == "Custom Diffusion + prior preservation"
+    assert variant_label(config, "lora_dora") == "lora_dora"
+    with pytest.raises(S2SError, match=r"bench.training.variants: 'lora_dora' is not one of .*pivotal"):
+        bench_settings({"bench": {"training": {"variants": ["lora_dora"]}}})  # no such variant declared
+    flops = {
+        name: unet_flops(SD14_UNET, 1, 64, **flop_mode(config, name, "toy"))
+        for name in ("textual_inversion", "lora", "lora_dora", "pivotal", "custom_diffusion", "dreambooth")
+    }
+    # Weight gradients cost: DreamBooth's every weight most, Custom Diffusion's cross-attention K/V and the
+    # adapters less; pivotal's backward pass also reaches the prompt (its new token), DoRA adds the norm.
+    assert flops["dreambooth"] > flops["custom_diffusion"] > flops["textual_inversion"] > flops["lora"]
+    assert flops["pivotal"] > flops["lora"] and flops["lora_dora"] > flops["lora"]
+
+
+def test_training_part_benches_a_new_method_with_its_label(tmp_path):
+    """One run of Custom Diffusion with prior preservation through the bench's training part (tiny model)."""
+    config = check_config(
+        {"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "device": "cpu", "models": "tiny"}
+    )
+    training = {"runs": 1, "steps": 2, "variants": ["custom_diffusion_prior"], "cache_latents": [True]}
+    bench = bench_settings({**config, "bench": {"parts": ["training"], "threads": 1, "training": training}})
+    out = run_part("training", bench, config, tmp_path / "training.json", threads=1)
+    (row,) = out["rows"]
+    assert (row["variant"], row["method"], row["with_prior_preservation"]) == (
+        "custom_diffusion_prior",
+        "custom_diffusion",
+        True,
+    )
+    assert row["label"] == "Custom Diffusion + prior preservation" and row["unet_gflop_per_step"] > 0
+    assert row["step_s"]["n"] == 1 and row["trainable_params"] > 0
+    write_report([tmp_path / "training.json"], tmp_path / "bench.json", tmp_path / "bench.md")
+    assert "| Custom Diffusion + prior preservation | yes |" in (tmp_path / "bench.md").read_text()
+
+
 def test_cuda_parts_are_skipped_without_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")

@@ -245,6 +245,31 @@ def test_yaml_manifest_and_row_lists(models, tmp_path):
         )  # two trained models: which one?
 
 
+def test_a_variant_is_a_model_of_subject_edits(models, tmp_path):
+    """A variant's folder (its name, its method in train_summary.json) is a row's model and the subject
+    model; a name that is no model given is one line naming the manifest, row and the models given."""
+    import shutil
+
+    variant = tmp_path / "ti_long"  # a variant of textual_inversion, as the workflow's folder holds it
+    shutil.copytree(models["model_dirs"]["textual_inversion"], variant)
+    (variant / "train_summary.json").write_text(json.dumps({"method": "textual_inversion"}))
+    model_dirs = {**models["model_dirs"], "ti_long": variant}
+    subject_row = {"source_prompt": "a dog", "target_prompt": "a sks dog", "edit": "subject"}
+    rows = validate_manifest(
+        [{**subject_row, "model": "ti_long"}, subject_row],
+        models["base"],
+        model_dirs,
+        settings(subject_model="ti_long"),
+    )
+    assert [r.model for r in rows] == ["ti_long", "ti_long"]
+    with pytest.raises(S2SError) as info:
+        validate_manifest([{**subject_row, "model": "ti_short"}], models["base"], model_dirs, _defaults())
+    assert str(info.value) == (
+        "manifest rows, row 1, column 'model': no trained model 'ti_short' given (given: textual_inversion, "
+        "lora, ti_long); use base or one of them"
+    )
+
+
 def _defaults():
     return settings()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from s2s import plan
 from s2s.config import check_config
 from s2s.io import S2SError
 
@@ -172,7 +173,7 @@ def manifest_error(tmp_path: Path, rows: str, **extra) -> str:
             'a,,a dog,a cat,replace,"{""cross_replace_steps"": {""horse"": 0.5}}",,',
             "cross_replace_steps word 'horse' is not in the target prompt",
         ),
-        ("a,,a dog,a cat,replace,,hypernet,", "row 1, column 'model': unknown model 'hypernet'"),
+        ("a,,a dog,a cat,replace,,hypernet,", "row 1, column 'model': 'hypernet' is not a model this run"),
         (
             "a,,a dog,a sks dog,subject,,base,",
             "row 1, column 'model': a subject edit needs a trained subject",
@@ -192,7 +193,10 @@ def test_bad_manifest_row_is_refused_when_the_config_is_read(tmp_path, row, expe
 
 def test_manifest_model_must_be_trained_in_this_run(tmp_path):
     message = manifest_error(tmp_path, "a,,a toy,a sks toy,subject,,dreambooth,\n", methods=["lora"])
-    assert "row 1, column 'model': dreambooth is not trained in this run" in message
+    assert message == (
+        f"{tmp_path / 'edits.csv'}, row 1, column 'model': 'dreambooth' is not a model this run trains; use "
+        "base or one of the methods and variants of config key methods: lora"
+    )
     manifest = tmp_path / "edits.csv"
     config = {
         "subjects": {"toy": {"synthetic": True, "class": "toy"}},
@@ -200,6 +204,34 @@ def test_manifest_model_must_be_trained_in_this_run(tmp_path):
         "edits": {"manifest": str(manifest)},
     }
     check_config(config, base_dir=tmp_path)
+
+
+def test_a_variant_the_run_trains_is_a_manifest_model(tmp_path):
+    """A row's model, and edits.subject_model, may be any method or variant of methods: (issue 22)."""
+    lora_dora = {"lora_dora": {"method": "lora", "use_dora": True}}
+    rows = "a,,a toy,a sks toy,subject,,lora_dora,\nb,,a toy,a sks toy,subject,,,\n"
+    manifest = tmp_path / "edits.csv"
+    manifest.write_text(HEADER + rows)
+    config = {
+        "subjects": {"toy": {"synthetic": True, "class": "toy"}},
+        "methods": ["pivotal", "lora_dora"],
+        "variants": lora_dora,
+        "edits": {"manifest": str(manifest), "subject_model": "lora_dora"},
+    }
+    checked = check_config(config, base_dir=tmp_path)
+    planned = plan.plan_manifest(manifest, checked["edits"]["subject_model"])
+    assert [row["model"] for row in planned] == ["lora_dora", "lora_dora"]
+    # A variant the run does not train, and a default the run does not train: the file, row and the names.
+    message = manifest_error(tmp_path, rows, methods=["pivotal"], variants=lora_dora)
+    assert message == (
+        f"{manifest}, row 1, column 'model': 'lora_dora' is not a model this run trains; use base or one of "
+        "the methods and variants of config key methods: pivotal"
+    )
+    message = manifest_error(tmp_path, "b,,a toy,a sks toy,subject,,,\n", methods=["pivotal"])
+    assert message == (
+        f"{manifest}, row 1, column 'model': 'lora' (the default, config key edits.subject_model) is not a "
+        "model this run trains; use base or one of the methods and variants of config key methods: pivotal"
+    )
 
 
 def test_manifest_image_is_checked_cheaply(tmp_path):
@@ -218,7 +250,6 @@ def test_shipped_demo_manifest_passes():
 
 
 def test_plan_names_match_the_torch_modules():
-    from s2s import plan
     from s2s.edit.controllers import EDITS
     from s2s.edit.inversion import INVERSIONS
     from s2s.models import SAMPLE_METHODS

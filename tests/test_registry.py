@@ -8,7 +8,7 @@ import yaml
 from test_workflow import TEST_CONFIG, job_blocks, job_counts, snakemake
 
 from s2s import registry
-from s2s.config import check_config, depends_training, load_schema, train_config
+from s2s.config import check_config, depends_training, load_schema, subject, train_config
 from s2s.io import S2SError
 
 TOY = {"toy": {"synthetic": True, "class": "toy"}}
@@ -97,3 +97,39 @@ def test_a_variant_has_its_own_rule_folder_and_row_in_the_dag(tmp_path):
     assert f"{tmp_path}/results/toy/models/lora_dora/pytorch_lora_weights.safetensors" in block
     evaluated = {b.split("method=")[1].split(",")[0].split("\n")[0] for b in job_blocks(out, "evaluate")}
     assert evaluated == {"base", "lora", "lora_dora", "pivotal"}
+
+
+def test_a_variants_messages_name_the_key_the_user_wrote(tmp_path, tiny_sd, toy_instance):
+    from diffusers import StableDiffusionPipeline
+
+    from s2s import preflight
+    from s2s.memory import check_fits, estimate, training_shape, ways_to_fit
+    from s2s.train.loop import train
+    from s2s.train.methods import make_method
+
+    config = _variant_config(
+        lora_fp16={"method": "lora", "mixed_precision": "fp16", "learning_rate": 0.5},
+        piv={"method": "pivotal", "initializer_token": "teddybear"},
+    )
+    variant = train_config(config, "lora_fp16")
+    assert variant.key("mixed_precision") == "variants.lora_fp16.mixed_precision"
+    assert variant.key("learning_rate") == "variants.lora_fp16.learning_rate"
+    assert variant.key("rank") == "training.lora.rank"  # inherited from its method's section
+    assert variant.key("max_grad_norm") == "training.max_grad_norm"  # a shared key
+    assert train_config(config, "lora").key("learning_rate") == "training.lora.learning_rate"
+    # The config check before any job, the training loop, the method and the memory estimate.
+    with pytest.raises(S2SError, match=r"^config key variants\.lora_fp16\.mixed_precision: fp16 needs"):
+        preflight.check_precision({**config, "device": "cpu"})
+    with pytest.raises(S2SError, match=r"^variants\.lora_fp16\.mixed_precision: fp16 needs a CUDA GPU"):
+        train(variant, subject(config, "toy"), str(tiny_sd), toy_instance, tmp_path / "m", tmp_path / "c", 64,
+              "a photo of sks toy", device="cpu")  # fmt: skip
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None)
+    method = make_method(train_config(config, "piv"), subject(config, "toy"))
+    with pytest.raises(S2SError, match=r"^variants\.piv\.initializer_token: 'teddybear' is 6 tokens"):
+        method.setup(pipe.unet, pipe.text_encoder, pipe.tokenizer)
+    shape = training_shape(
+        variant, pipe.unet, pipe.vae, pipe.text_encoder, 10**9, False, 512, True, "cuda", False
+    )
+    assert ways_to_fit(shape, 1.0)[0].startswith("variants.lora_fp16.gradient_checkpointing: true")
+    with pytest.raises(S2SError, match=r"^training lora_fp16: estimated peak memory"):
+        check_fits(estimate(shape), 1.0, "cuda:0")

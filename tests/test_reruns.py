@@ -225,17 +225,35 @@ def test_forcerun_of_training_plans_it_and_its_descendants(results):
     }  # fmt: skip
 
 
-def test_gpu_rules_of_the_slurm_profile_are_the_rules_that_request_a_gpu(finished):
-    out = snakemake(finished, "-n", "--forceall")
+def test_gpu_rules_of_the_slurm_profile_are_the_rules_that_request_a_gpu(results):
+    """Through profiles/slurm, with every method of the registry and a variant: each job that requests a
+    GPU gets the GPU partition and CPUs per GPU, every other job the CPU partition; the profile's GPU_RULES
+    name each GPU stage once (`train`: every training rule, methods and variants alike) and nothing else."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    from s2s import registry
+
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    config["methods"] = [*registry.NAMES, "lora_dora"]
+    config["variants"] = {"lora_dora": {"method": "lora", "use_dora": True}}
+    write_config(results, config)
+    out = snakemake(results, "-n", "--forceall", "--profile", str(REPO / "profiles" / "slurm"))
+    gpu = os.environ.get("S2S_SLURM_GPU_PARTITION", "CHANGE_ME_GPU_PARTITION")
+    cpu = os.environ.get("S2S_SLURM_CPU_PARTITION", "CHANGE_ME_CPU_PARTITION")
     gpu_rules, rule = set(), None
     for line in out.splitlines():
-        match = re.match(r"^(?:local)?rule (\w+):$", line)
+        match = re.match(r"^\s*(?:local)?rule (\w+):$", line)
         rule = match.group(1) if match else rule
-        if line.startswith("    resources: ") and re.search(r"\bgpu=[1-9]", line):
-            gpu_rules.add(rule)
+        if line.strip().startswith("resources: "):
+            if re.search(r"\bgpu=[1-9]", line):
+                gpu_rules.add(rule)
+                assert f"slurm_partition={gpu}," in line and "cpus_per_gpu=" in line, (rule, line)
+            else:
+                assert f"slurm_partition={cpu}," in line, (rule, line)
+    assert {f"train_{name}" for name in config["methods"]} <= gpu_rules
     profile = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
     listed = re.search(r"GPU_RULES = (\[.*\])", profile).group(1)
-    assert set(yaml.safe_load(listed)) == gpu_rules
+    stages = {"train" if rule.startswith("train_") else rule for rule in gpu_rules}
+    assert set(yaml.safe_load(listed)) == stages
 
 
 # sampling.jobs: per_method (the world demo's setting): one job per method, the same folders.

@@ -138,17 +138,26 @@ def test_profile_keeps_group_jobs_on_one_gpu_for_any_device(tmp_path):
 
 
 def test_multi_process_training_requests_one_gpu_per_process(tmp_path):
-    """training.dreambooth.num_processes: 4 -> that job asks for 4 GPUs; every other GPU job for 1."""
+    """training.dreambooth.num_processes: 4 -> that job asks for 4 GPUs, a variant's num_processes: 2 for 2;
+    every other GPU job for 1. The new methods' and the variant's training jobs go to the GPU partition."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
     photos = few_photos(tmp_path / "dog")
     overlay = {
         "subjects": {"dog": {"images": str(photos), "class": "dog"}},
+        "methods": ["dreambooth", "lora", "pivotal", "custom_diffusion", "lora_2gpu"],
+        "variants": {"lora_2gpu": {"method": "lora", "num_processes": 2}},
         "training": {"dreambooth": {"num_processes": 4}},
     }
     proc = paper_dry_run(tmp_path, overlay)
-    gpus = {rule: re.search(r"\bgpu=(\d+)", res) for rule, res in job_resources(proc.stdout)}
-    assert gpus["train_dreambooth"].group(1) == "4"
+    jobs = job_resources(proc.stdout)
+    gpus = {rule: re.search(r"\bgpu=(\d+)", res) for rule, res in jobs}
+    assert gpus["train_dreambooth"].group(1) == "4" and gpus["train_lora_2gpu"].group(1) == "2"
     assert gpus["train_lora"].group(1) == "1" and gpus["class_priors"].group(1) == "1"
+    assert gpus["train_pivotal"].group(1) == gpus["train_custom_diffusion"].group(1) == "1"
+    for rule, resources in jobs:
+        if rule.startswith("train_"):
+            assert "slurm_partition=CHANGE_ME_GPU_PARTITION" in resources and "cpus_per_gpu=4" in resources, (
+                rule, resources)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -147,12 +147,24 @@ def load_pipeline(architecture: str, work: Path, resolution: int, device, dtype,
     return pipe
 
 
-def unet_flops(unet_config: dict, batch: int, resolution: int, mode: str, lora: dict | None = None) -> int:
+def unet_flops(
+    unet_config: dict,
+    batch: int,
+    resolution: int,
+    mode: str,
+    lora: dict | None = None,
+    text_grad: bool = False,
+) -> int:
     """FLOPs of one UNet call on ``batch`` latents (counted on the meta device: nothing is computed).
 
     ``mode``: ``forward`` (sampling); ``full`` (forward + backward, every UNet weight trains: DreamBooth);
-    ``lora`` (forward + backward, only LoRA adapters train); ``text`` (forward + backward into the prompt
-    embedding only: Textual Inversion). Text encoder and VAE are not counted.
+    ``lora`` (forward + backward, only LoRA adapters train; ``lora`` is peft's LoraConfig keywords, DoRA's
+    ``use_dora`` included); ``text`` (forward + backward into the prompt embedding only: Textual
+    Inversion); ``crossattn_kv`` (forward + backward, the cross-attention layers' key and value
+    projections train: Custom Diffusion) and ``crossattn`` (their query and output projections too).
+    ``text_grad``: the backward pass also reaches the prompt embedding (a method that trains token
+    embeddings or the text encoder beside UNet weights: pivotal tuning, Custom Diffusion's modifier token).
+    Each method says which applies (``unet_flop_mode`` of its class). Text encoder and VAE are not counted.
     """
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
@@ -165,9 +177,14 @@ def unet_flops(unet_config: dict, batch: int, resolution: int, mode: str, lora: 
             from peft import LoraConfig
 
             unet.add_adapter(LoraConfig(init_lora_weights="gaussian", **(lora or {"r": 4})))
+        for layer in [name for name, _ in unet.named_modules() if name.endswith("attn2")]:
+            for projection in CROSS_ATTENTION_MODES.get(mode, ()):
+                unet.get_submodule(f"{layer}.{projection}").requires_grad_(True)
         size = resolution // 8
         latents = torch.randn(batch, unet.config.in_channels, size, size)
-        text = torch.randn(batch, 77, unet.config.cross_attention_dim, requires_grad=mode == "text")
+        text = torch.randn(
+            batch, 77, unet.config.cross_attention_dim, requires_grad=mode == "text" or text_grad
+        )
         timesteps = torch.zeros(batch, dtype=torch.long)
         with FlopCounterMode(display=False) as counter:
             if mode == "forward":
@@ -176,6 +193,10 @@ def unet_flops(unet_config: dict, batch: int, resolution: int, mode: str, lora: 
             else:
                 unet(latents, timesteps, text).sample.float().pow(2).mean().backward()
     return int(counter.get_total_flops())
+
+
+#: the cross-attention projections that train in each Custom Diffusion mode (its freeze_model)
+CROSS_ATTENTION_MODES = {"crossattn_kv": ("to_k", "to_v"), "crossattn": ("to_q", "to_k", "to_v", "to_out.0")}
 
 
 def unet_config_of(folder: Path) -> dict:

@@ -15,13 +15,6 @@ TITLES = {
     "edit": "3-4. Prompt-to-Prompt cost, and null-text vs negative-prompt inversion",
     "dag": "5. Demo DAG: orchestration overhead",
 }
-LABELS = {
-    "textual_inversion": "Textual Inversion",
-    "dreambooth": "DreamBooth (full UNet)",
-    "dreambooth_prior": "DreamBooth + prior preservation",
-    "lora": "LoRA",
-    "lora_prior": "LoRA + prior preservation",
-}
 
 
 def _g(value, digits: int = 3) -> str:
@@ -48,8 +41,13 @@ def _contention(part: dict) -> str:
     return note
 
 
+def _name(row: dict) -> str:
+    """A row's label (the registry's, s2s.bench.settings.variant_label); its variant name in older JSON."""
+    return row.get("label", row["variant"])
+
+
 def _label(row: dict) -> str:
-    return f"{LABELS.get(row['variant'], row['variant'])} | {'yes' if row['cache_latents'] else 'no'}"
+    return f"{_name(row)} | {'yes' if row['cache_latents'] else 'no'}"
 
 
 def _training(part: dict) -> list[str]:
@@ -89,10 +87,7 @@ def _training(part: dict) -> list[str]:
     if "load_baseline" in part:
         base = part["load_baseline"]
         floor = base["peak_memory_mb"]["median"]
-        above = ", ".join(
-            f"{LABELS.get(r['variant'], r['variant'])} {r['peak_memory_mb']['median'] - floor:.0f} MiB"
-            for r in part["rows"]
-        )
+        above = ", ".join(f"{_name(r)} {r['peak_memory_mb']['median'] - floor:.0f} MiB" for r in part["rows"])
         lines += [
             "",
             f"Load-only process (imports + models loaded, no training): peak memory "

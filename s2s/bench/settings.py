@@ -9,19 +9,35 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from s2s import registry
 from s2s.io import S2SError
 
 PARTS = ("training", "memory", "edit", "dag")
 JOB_MODES = ("server", "process")
 ARCHITECTURES = ("tiny", "sd14")
-#: training variants: name -> (method, with_prior_preservation)
-VARIANTS = {
-    "textual_inversion": ("textual_inversion", False),
-    "dreambooth": ("dreambooth", False),
-    "dreambooth_prior": ("dreambooth", True),
-    "lora": ("lora", False),
-    "lora_prior": ("lora", True),
-}
+#: a bench variant's suffix for its run with the class prior-preservation loss
+PRIOR_SUFFIX = "_prior"
+
+
+def bench_variants(config: dict) -> dict[str, tuple[str, bool]]:
+    """The training variants the bench can run: name -> (the method or config variant it trains, with
+    prior preservation). Every method of the registry and every variant of the config (``variants:``)
+    by its name, without the prior loss; NAME_prior with it, where its method has one (the study's
+    defaults: textual_inversion, dreambooth, dreambooth_prior, lora, lora_prior). A config variant
+    named like a NAME_prior is that variant."""
+    out: dict[str, tuple[str, bool]] = {}
+    for name in [*registry.NAMES, *registry.variants(config)]:
+        out[name] = (name, False)
+        if registry.info(config, name).prior:
+            out[f"{name}{PRIOR_SUFFIX}"] = (name, True)
+    return out
+
+
+def variant_label(config: dict, variant: str) -> str:
+    """A bench row's label: the registry's label of its method (a config variant: its name), and
+    whether the prior loss is on."""
+    name, prior = bench_variants(config)[variant]
+    return registry.label(name) + (" + prior preservation" if prior else "")
 
 
 @dataclass(frozen=True)
@@ -115,14 +131,14 @@ def _value(key: str, value: Any, default: Any, choices: tuple | None = None) -> 
     raise AssertionError(key)
 
 
-def _section(cls, raw: Any, prefix: str, base):
+def _section(cls, raw: Any, prefix: str, base, variants: tuple[str, ...]):
     if not isinstance(raw, dict):
         raise _fail(prefix, f"{raw!r} is not a mapping")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(prefix, f"unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(known))}")
-    choices = {"architecture": ARCHITECTURES, "variants": tuple(VARIANTS), "job_modes": JOB_MODES}
+    choices = {"architecture": ARCHITECTURES, "variants": variants, "job_modes": JOB_MODES}
     values = {
         name: _value(f"{prefix}.{name}", value, getattr(base, name), choices.get(name))
         for name, value in raw.items()
@@ -131,7 +147,8 @@ def _section(cls, raw: Any, prefix: str, base):
 
 
 def bench_settings(config: dict) -> BenchConfig:
-    """The typed ``bench:`` section of a workflow config (defaults for every missing key)."""
+    """The typed ``bench:`` section of a workflow config (defaults for every missing key); its training
+    variants are any of ``bench_variants`` (the registry's methods and the config's variants)."""
     raw = config.get("bench") or {}
     if not isinstance(raw, dict):
         raise _fail("(section)", f"{raw!r} is not a mapping")
@@ -142,6 +159,7 @@ def bench_settings(config: dict) -> BenchConfig:
         allowed = ", ".join(sorted(known))
         raise S2SError(f"config: unknown key(s) {', '.join(unknown)} under bench; allowed keys: {allowed}")
     values: dict[str, Any] = {}
+    variants = tuple(bench_variants(config))
     if "parts" in raw:
         values["parts"] = _value("parts", raw["parts"], ("",), PARTS)
     if "peak_tflops" in raw:
@@ -161,5 +179,5 @@ def bench_settings(config: dict) -> BenchConfig:
         ("dag", DagBench),
     ):
         if name in raw:
-            values[name] = _section(cls, raw[name], name, getattr(default, name))
+            values[name] = _section(cls, raw[name], name, getattr(default, name), variants)
     return replace(default, **values)

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from s2s.bench.settings import VARIANTS, TrainingBench
+from s2s import registry
+from s2s.bench.settings import PRIOR_SUFFIX, TrainingBench, bench_variants, variant_label
 from s2s.bench.stats import ratio, summarize
 from s2s.io import S2SError
 
@@ -30,7 +31,6 @@ REFERENCE = {
     "step_s": {"dreambooth": 0.087, "dreambooth_prior": 0.128, "lora": 0.079, "textual_inversion": 0.077},
     "startup_s": 10.0,
 }
-FLOP_MODES = {"dreambooth": "full", "lora": "lora", "textual_inversion": "text"}
 
 
 def _child(spec: dict, work: Path, name: str) -> tuple[dict, float]:
@@ -79,21 +79,27 @@ def _data(config: dict, subject: str, work: Path, resolution: int) -> tuple[Path
     return work / "instance", work / "class_images"
 
 
-def _flops(settings: TrainingBench, model_dir: Path, config: dict) -> dict[str, int]:
+def flop_mode(config: dict, name: str, subject: str) -> dict:
+    """How a training step of ``name`` (a method or config variant) runs through the UNet: its method's
+    ``unet_flop_mode`` (s2s.train.methods), from the run's training settings."""
+    from s2s import config as cfgmod
+    from s2s.train.methods import make_method
+
+    return make_method(cfgmod.train_config(config, name), cfgmod.subject(config, subject)).unet_flop_mode()
+
+
+def _flops(settings: TrainingBench, model_dir: Path, config: dict, subject: str) -> dict[str, int]:
     """UNet FLOPs of one training step per variant (forward + backward as that method trains)."""
     from s2s.bench.models import unet_config_of, unet_flops
-    from s2s.config import train_config
 
     unet_config = unet_config_of(model_dir)
+    variants = bench_variants(config)
     out = {}
     for variant in settings.variants:
-        method, prior = VARIANTS[variant]
-        lora = None
-        if method == "lora":
-            tc = train_config(config, "lora")
-            lora = {"r": tc.rank, "lora_alpha": tc.alpha, "target_modules": list(tc.target_modules)}
+        name, prior = variants[variant]
         batch = settings.batch_size * (2 if prior else 1)
-        out[variant] = unet_flops(unet_config, batch, settings.resolution, FLOP_MODES[method], lora)
+        mode = flop_mode(config, name, subject)
+        out[variant] = unet_flops(unet_config, batch, settings.resolution, **mode)
     return out
 
 
@@ -115,7 +121,8 @@ def bench_training(
     )
     build_s = time.perf_counter() - started
     instance_dir, class_dir = _data(config, subject_name, work, settings.resolution)
-    flops = _flops(settings, model_dir, config)
+    flops = _flops(settings, model_dir, config, subject_name)
+    variants = bench_variants(config)
     base = {
         "config": {k: v for k, v in config.items() if k != "bench"},
         "cwd": str(Path.cwd()),
@@ -133,12 +140,12 @@ def bench_training(
             result, wall = _child({**base, "kind": "load"}, work, f"load-run{run}")
             baseline.append({**result, "process_s": wall})
         for variant, cache in jobs:
-            method, prior = VARIANTS[variant]
+            method, prior = variants[variant]
             name = f"{variant}-{'cache' if cache else 'nocache'}-run{run}"
             spec = {
                 **base,
                 "kind": "train",
-                "method": method,
+                "method": method,  # a method's name or a config variant's (train_config reads both)
                 "with_prior_preservation": prior,
                 "cache_latents": cache,
                 "steps": settings.steps,
@@ -156,7 +163,7 @@ def bench_training(
             remove(work / "out" / name)
     remove(model_dir)
     rows = [
-        _row(variant, cache, raw[(variant, cache)], settings, flops[variant], peak_tflops)
+        _row(variant, cache, raw[(variant, cache)], settings, flops[variant], peak_tflops, config)
         for variant, cache in jobs
     ]
     out = {
@@ -189,16 +196,21 @@ def _memory_note(device: str) -> str:
     )
 
 
-def _row(variant, cache, runs: list[dict], settings: TrainingBench, flops: int, peak_tflops) -> dict:
+def _row(
+    variant, cache, runs: list[dict], settings: TrainingBench, flops: int, peak_tflops, config: dict
+) -> dict:
     steps = [s for r in runs for s in r["step_s"]]
     step = summarize(steps, "s")
     # fixed cost per run: the process's wall time minus its timed steps and the untimed first step
     # (counted at the median step time)
     fixed = [r["process_s"] - sum(r["step_s"]) - step["median"] for r in runs]
+    name, prior = bench_variants(config)[variant]
     row = {
         "variant": variant,
-        "method": VARIANTS[variant][0],
-        "with_prior_preservation": VARIANTS[variant][1],
+        "label": variant_label(config, variant),
+        "method": registry.base_method(config, name),
+        "trained": name,  # the method or config variant trained
+        "with_prior_preservation": prior,
         "cache_latents": cache,
         "runs": len(runs),
         "steps_per_run": settings.steps,
@@ -244,8 +256,9 @@ def _ratios(rows: list[dict]) -> list[dict]:
     for cache in (True, False):
         tag = "cached" if cache else "uncached"
         lora = by.get(("lora", cache))
-        for other in ("dreambooth", "dreambooth_prior", "textual_inversion"):
-            if lora and (other, cache) in by:
+        # Every other variant against LoRA (the study's cheapest adapter), in the settings' order.
+        for other in [v for v, c in by if c == cache and v != "lora"]:
+            if lora:
                 out.append(
                     ratio(
                         by[(other, cache)]["step_s"],
@@ -262,13 +275,15 @@ def _ratios(rows: list[dict]) -> list[dict]:
                         "> 1: more memory than LoRA",
                     )
                 )
-        if ("dreambooth_prior", cache) in by and ("dreambooth", cache) in by:
-            out.append(
-                ratio(
-                    by[("dreambooth_prior", cache)]["step_s"],
-                    by[("dreambooth", cache)]["step_s"],
-                    f"dreambooth with / without prior preservation step time ({tag})",
-                    "the prior term doubles the batch",
+        for variant in [v for v, c in by if c == cache and v.endswith(PRIOR_SUFFIX)]:
+            plain = variant.removesuffix(PRIOR_SUFFIX)
+            if (plain, cache) in by and by[(variant, cache)]["with_prior_preservation"]:
+                out.append(
+                    ratio(
+                        by[(variant, cache)]["step_s"],
+                        by[(plain, cache)]["step_s"],
+                        f"{plain} with / without prior preservation step time ({tag})",
+                        "the prior term doubles the batch",
+                    )
                 )
-            )
     return out

@@ -9,8 +9,9 @@ Manifest (CSV with a header, or YAML: a list of mappings or ``{edits: [...]}``),
 - ``params``: JSON/YAML mapping of P2P parameters (cross_replace_steps, self_replace_steps, blend_words,
   threshold, start_blend, equalizer, self_replace_max_res), over the batch's settings (the edits.* keys,
   s2s.config.EditConfig);
-- ``model``: base | lora | textual_inversion | dreambooth; default base, and the subject model for
-  ``subject`` edits (the photo is inverted and edited with that model);
+- ``model``: base, or a trained model the batch is given (``model_dirs``: in the workflow every method
+  and variant of config key ``methods``); default base, and the subject model for ``subject`` edits (the
+  photo is inverted and edited with that model);
 - ``inversion``: negative_prompt (default) | null_text | ddim | direct.
 
 Outputs per edit, in ``out_root/{edit_id}/`` (the folder appears complete or not at all): source.png,
@@ -41,7 +42,7 @@ from s2s.edit.p2p import _token_labels, convert_prompt, generate_edit
 from s2s.edit.photo_metrics import MASK_FILE, cross_attention_mask, mask_image, score_edit_folder
 from s2s.edit.seq_aligner import EditSpecError
 from s2s.io import S2SError, atomic_dir, check_safe_name, load_safetensors, save_png, write_json
-from s2s.models import METHODS, SAMPLE_METHODS, load_method_pipeline, method_weights_path
+from s2s.models import load_method_pipeline, method_weights_path, trained_method
 from s2s.plan import Where, check_row_columns, clean_row, edit_slug, parse_params, read_manifest
 from s2s.plots import attention_sheet, before_after
 from s2s.progress import Progress
@@ -87,8 +88,18 @@ def _check_image(path: Path, where: Where, row: int) -> None:
 def _subject_model(settings: EditConfig, model_dirs: dict) -> str | None:
     if settings.subject_model:
         return settings.subject_model
-    trained = [m for m in model_dirs if m in METHODS]
+    trained = list(model_dirs)
     return trained[0] if len(trained) == 1 else None
+
+
+def _weights(model: str, model_dir) -> Path | None:
+    """The file a trained model's folder must have (its method's, a variant's too), or None."""
+    if model_dir is None:
+        return None
+    try:
+        return method_weights_path(Path(model_dir), trained_method(model, Path(model_dir)))
+    except S2SError:
+        return None
 
 
 def parse_row(
@@ -108,17 +119,19 @@ def parse_row(
             "subject edit without a model and no single trained model to default to: set the "
             "row's model or the edit default 'subject_model'",
         )
-    if model not in SAMPLE_METHODS:
-        raise where.error(row, "model", f"unknown model {model!r}; use one of {', '.join(SAMPLE_METHODS)}")
+    trained = ", ".join(model_dirs) or "none given"
+    if model != "base" and model not in model_dirs:
+        raise where.error(
+            row, "model", f"no trained model {model!r} given (given: {trained}); use base or one of them"
+        )
     if edit == "subject" and model == "base":
         raise where.error(
-            row,
-            "model",
-            f"a subject edit needs a trained subject model ({', '.join(METHODS)}), not base",
+            row, "model", f"a subject edit needs a trained subject model (given: {trained}), not base"
         )
     if model != "base":
         model_dir = model_dirs.get(model)
-        if model_dir is None or not method_weights_path(Path(model_dir), model).exists():
+        weights = _weights(model, model_dir)
+        if weights is None or not weights.exists():
             raise where.error(
                 row,
                 "model",

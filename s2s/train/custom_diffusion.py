@@ -87,6 +87,10 @@ class CustomDiffusion(NewToken, Method):
     def trainable(self):
         return {**self._processor_parameters(), "token_embedding": self.embeddings.weight}
 
+    def unet_flop_mode(self) -> dict:
+        # The projections of freeze_model, and the modifier token's row behind the prompt.
+        return {"mode": self.cfg.freeze_model, "text_grad": True}
+
     def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
         # The keys of diffusers' save_attn_procs: attn_processors names, then the processor's own.
         state = {

@@ -72,7 +72,7 @@ def launch_command(num_processes: int, spec_path: Path, port: int) -> list[str]:
     ]
 
 
-def check_gpus(num_processes: int, device: str) -> None:
+def check_gpus(num_processes: int, device: str, key: str = "training.num_processes") -> None:
     """One process per GPU: refuse to start more processes than the job can see GPUs."""
     import torch
 
@@ -81,9 +81,9 @@ def check_gpus(num_processes: int, device: str) -> None:
     visible = torch.cuda.device_count()
     if pick_device(device).type == "cuda" and visible < num_processes:
         raise S2SError(
-            f"training.num_processes is {num_processes} but this job sees {visible} GPU(s); "
+            f"{key} is {num_processes} but this job sees {visible} GPU(s); "
             f"request as many GPUs (the training rules ask for num_processes GPUs; locally make sure the "
-            f"machine has them and CUDA_VISIBLE_DEVICES shows them) or lower training.num_processes"
+            f"machine has them and CUDA_VISIBLE_DEVICES shows them) or lower {key}"
         )
 
 
@@ -100,7 +100,7 @@ def process_env(threads: int, num_processes: int) -> dict[str, str]:
 
 
 def launch_processes(cfg: TrainConfig, subject: Subject, threads: int = 1, **kwargs) -> None:
-    check_gpus(cfg.num_processes, kwargs.get("device", "auto"))
+    check_gpus(cfg.num_processes, kwargs.get("device", "auto"), cfg.key("num_processes"))
     spec = {
         "cfg": dataclasses.asdict(cfg),
         "subject": dataclasses.asdict(subject),
@@ -113,14 +113,14 @@ def launch_processes(cfg: TrainConfig, subject: Subject, threads: int = 1, **kwa
         spec_path = Path(tmp) / "train_spec.json"
         spec_path.write_text(json.dumps(spec))
         command = launch_command(cfg.num_processes, spec_path, _free_port())
-        log.info("training %s in %d processes: %s", cfg.method, cfg.num_processes, " ".join(command))
+        log.info("training %s in %d processes: %s", cfg.run_name, cfg.num_processes, " ".join(command))
         sys.stdout.flush()
         sys.stderr.flush()
         # The processes write their logs to this job's stderr (the rule's log file).
         result = subprocess.run(command, env=env, stdout=sys.stderr, stderr=sys.stderr, check=False)
     if result.returncode != 0:
         raise S2SError(
-            f"training {cfg.method}: one of the {cfg.num_processes} training processes failed "
+            f"training {cfg.run_name}: one of the {cfg.num_processes} training processes failed "
             f"(exit status {result.returncode}); its error is in the log above; "
             f"set training.num_processes: 1 to train in a single process"
         )

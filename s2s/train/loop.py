@@ -164,7 +164,7 @@ def _make_optimizer(cfg: TrainConfig, params, lr: float):
             import bitsandbytes as bnb
         except ImportError as exc:
             raise S2SError(
-                "training.use_8bit_adam: bitsandbytes is not installed; `pip install bitsandbytes` "
+                f"{cfg.key('use_8bit_adam')}: bitsandbytes is not installed; `pip install bitsandbytes` "
                 "(CUDA only) or set use_8bit_adam: false"
             ) from exc
         optimizer_cls = bnb.optim.AdamW8bit
@@ -186,14 +186,14 @@ def _mean_over_processes(accelerator, loss: torch.Tensor) -> float:
     return accelerator.reduce(loss.detach().float(), reduction="mean").item()
 
 
-def _check_precision(requested: str, device: torch.device) -> str:
+def _check_precision(requested: str, device: torch.device, key: str = "training.mixed_precision") -> str:
     if requested == "fp16" and device.type != "cuda":
         raise S2SError(
-            f"training.mixed_precision: fp16 needs a CUDA GPU (this job trains on {device.type}); "
+            f"{key}: fp16 needs a CUDA GPU (this job trains on {device.type}); "
             "use bf16 (autocast works on CPU) or no"
         )
     if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise S2SError("training.mixed_precision: bf16 is not supported by this GPU; use fp16")
+        raise S2SError(f"{key}: bf16 is not supported by this GPU; use fp16")
     return requested
 
 
@@ -295,7 +295,7 @@ def train(
     dev = pick_device(device)
     # Mixed precision runs wherever autocast does: bf16 on CPU too (the same half-precision code paths
     # as on a GPU), fp16 only on CUDA.
-    mixed_precision = _check_precision(cfg.mixed_precision, dev)
+    mixed_precision = _check_precision(cfg.mixed_precision, dev, cfg.key("mixed_precision"))
     accelerator = _make_accelerator(mixed_precision, dev)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     torch.manual_seed(cfg.seed)
@@ -344,14 +344,14 @@ def train(
     if not photos:
         raise S2SError(f"{instance_dir}: no prepared instance images; run the prepare rule first")
     instance_paths, held_out_paths = split_photos(
-        photos, cfg.validation_split, cfg.seed, f"training.{cfg.method}.validation_split", subject.name
+        photos, cfg.validation_split, cfg.seed, cfg.key("validation_split"), subject.name
     )
     use_prior = method.uses_prior
     class_paths: list[Path] = []
     if use_prior:
         if class_dir is None or not list_images(class_dir):
             raise S2SError(
-                f"training.{cfg.method}.with_prior_preservation is on but no class images were found "
+                f"{cfg.key('with_prior_preservation')} is on but no class images were found "
                 f"in {class_dir}; generate them (class_priors rule) or set with_prior_preservation: false"
             )
         class_paths = list_images(class_dir)
@@ -558,8 +558,8 @@ def train(
                     else "no checkpoint was written yet"
                 )
                 raise S2SError(
-                    f"training {cfg.method}: loss became {loss.item()} at step {step + 1}; likely cause: "
-                    f"learning rate too high (training.{cfg.method}.learning_rate={lr:g}) or fp16 overflow "
+                    f"training {cfg.run_name}: loss became {loss.item()} at step {step + 1}; likely cause: "
+                    f"learning rate too high ({cfg.key('learning_rate')}={lr:g}) or fp16 overflow "
                     f"(try mixed_precision: bf16 or no); {kept}"
                 )
             step_loss += _mean_over_processes(accelerator, loss) / cfg.gradient_accumulation_steps
@@ -599,7 +599,7 @@ def train(
                     )
                     log.info(
                         "%s: step %d, held-out loss %.4f on %d photo(s), training loss %.4f",
-                        cfg.method,
+                        cfg.run_name,
                         global_step,
                         validation_losses[global_step],
                         len(held_out_paths),
@@ -673,7 +673,7 @@ def train(
             write_text(tmp / "loss.csv", _loss_csv(losses, None if held_out is None else validation_losses))
         log.info(
             "finished %s: %d steps, final loss %.4f, %.3f s/step median",
-            cfg.method,
+            cfg.run_name,
             cfg.max_train_steps,
             summary["final_loss"] or math.nan,
             summary["median_step_s"] or 0,

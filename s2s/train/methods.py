@@ -104,6 +104,11 @@ class Method:
     def after_optimizer_step(self) -> None:
         pass
 
+    def unet_flop_mode(self) -> dict:
+        """How a training step runs through the UNet, for counting its FLOPs: the keywords of
+        ``s2s.bench.models.unet_flops`` (mode, lora, text_grad)."""
+        raise NotImplementedError
+
     def save(self, out_dir: Path, base_model: str, unet, text_encoder, tokenizer) -> None:
         raise NotImplementedError
 
@@ -164,7 +169,7 @@ class NewToken:
         init_ids = tokenizer.encode(init_word, add_special_tokens=False)
         if len(init_ids) != 1:
             raise S2SError(
-                f"training.{self.name}.initializer_token: {init_word!r} is {len(init_ids)} tokens; "
+                f"{self.cfg.key('initializer_token')}: {init_word!r} is {len(init_ids)} tokens; "
                 "it must be a single token (choose a common one-word noun)"
             )
         text_encoder.resize_token_embeddings(len(tokenizer))
@@ -208,6 +213,9 @@ class TextualInversion(NewToken, Method):
     def trainable(self):
         return {"token_embedding": self.embeddings.weight}
 
+    def unet_flop_mode(self) -> dict:
+        return {"mode": "text"}  # no UNet weight trains; the backward pass reaches the prompt only
+
     def training_prompts(self, instance_prompt: str) -> list[str]:
         if self.cfg.prompt_templates is None:
             return super().training_prompts(instance_prompt)
@@ -248,6 +256,9 @@ class DreamBooth(Method):
         if self.cfg.train_text_encoder:
             params.update({f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters()})
         return params
+
+    def unet_flop_mode(self) -> dict:
+        return {"mode": "full", "text_grad": self.cfg.train_text_encoder}
 
     def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
         from diffusers import StableDiffusionPipeline
@@ -324,6 +335,15 @@ class LoRA(Method):
             text = self.text_encoder.named_parameters()
             params.update({f"text_encoder.{n}": p for n, p in text if p.requires_grad})
         return params
+
+    def unet_flop_mode(self) -> dict:
+        lora = {
+            "r": self.cfg.rank,
+            "lora_alpha": self.cfg.alpha,
+            "target_modules": list(self.cfg.target_modules),
+            "use_dora": self.cfg.use_dora,
+        }
+        return {"mode": "lora", "lora": lora, "text_grad": self.trains_text}
 
     def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
         from diffusers import StableDiffusionPipeline
