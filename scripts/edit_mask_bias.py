@@ -49,8 +49,8 @@ def main() -> None:
     from s2s.edit.photo_metrics import cross_attention_mask, mask_image
     from s2s.io import save_png
     from s2s.metrics.bootstrap import bootstrap_ci
-    from s2s.world_studies.edit_bench import BLEND_THRESHOLD, bench_cases, controller_spec, load_pipeline
     from s2s.world.edit_cases import by_source
+    from s2s.world_studies.edit_bench import BLEND_THRESHOLD, bench_cases, controller_spec, load_pipeline
 
     start = time.perf_counter()
     cases = [c for c in bench_cases(args.seed, args.cases) if c.edit_type != "subject"]
