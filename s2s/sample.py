@@ -92,7 +92,7 @@ def sample_method(
     precision: str = "no",
 ) -> list[Path]:
     """Write ``out_root/{prompt_id}/{seed}.png`` for each prompt id and seed, plus a prompt.json each and a
-    sampling.json with the seconds its images took (the model compute the bench reads, s2s.bench.dag)."""
+    sampling.json with the seconds its images took."""
     dev = pick_device(device)
     pipe = load_method_pipeline(base_model, method, model_dir, dev, pick_dtype(precision, dev))
     set_scheduler(pipe, scheduler)

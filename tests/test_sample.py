@@ -51,15 +51,11 @@ def test_base_row_and_a_method_equal_to_base_give_identical_images(tmp_path, tin
     assert (tmp_path / "base" / "p00" / "0.png").read_bytes() != (
         tmp_path / "base" / "p00" / "5.png"
     ).read_bytes()
-    # Each prompt's folder records its sampling time, the model compute the bench reads (s2s.bench.dag).
+    # Each prompt's folder records its images and the seconds they took to sample.
     import json
-
-    from s2s.bench.dag import job_compute_s
 
     records = [json.loads((tmp_path / "base" / pid / "sampling.json").read_text()) for pid in prompts]
     assert [r["images"] for r in records] == [2, 2] and all(r["sampling_s"] > 0 for r in records)
-    job = {"outputs": [f"base/{pid}/{seed}.png" for pid in prompts for seed in (0, 5)], "logs": []}
-    assert job_compute_s(job, tmp_path) == sum(r["sampling_s"] for r in records)
 
 
 def test_batched_seeds_equal_one_call_per_seed(tmp_path, tiny_sd):
