@@ -323,6 +323,7 @@ class TrainConfig:
     target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
     use_dora: bool = False
     text_encoder_lr: float | None = None
+    train_text_encoder_ti_frac: float = 1.0
     freeze_model: str = "crossattn_kv"
     # the name the run trains under (its results folder): the method's own, or a variant's
     name: str = ""
@@ -677,7 +678,7 @@ NOT_TRAINING_SETTINGS = frozenset(
 )
 # TrainConfig fields added after models were trained (issue 22's methods and options): left out while at
 # their default, so that adding them re-ran no training job and kept every checkpoint valid.
-SETTINGS_ADDED_WITH_DEFAULTS = ("use_dora", "text_encoder_lr", "freeze_model")
+SETTINGS_ADDED_WITH_DEFAULTS = ("use_dora", "text_encoder_lr", "freeze_model", "train_text_encoder_ti_frac")
 
 
 def training_settings_of(tcfg: TrainConfig) -> dict:

@@ -78,3 +78,46 @@ def test_pivotal_trains_token_and_lora_and_reloads_with_plain_diffusers(
     # The workflow's loader is those plain calls.
     ours = load_method_pipeline(str(tiny_sd), "pivotal", model, torch.device("cpu"), torch.float32)
     assert torch.equal(unet_prediction(ours, PROMPT), reloaded)
+
+
+def test_the_token_embeddings_train_for_their_fraction_of_the_steps_then_the_lora_alone(
+    tmp_path, tiny_sd, toy_instance, one_torch_thread
+):
+    """train_text_encoder_ti_frac 0.5 of 4 steps: the token's rows move in steps 1-2 and stay exactly as
+    they are from then on (the pivot), while the LoRA goes on learning."""
+    pivotal = {
+        "max_train_steps": 4, "learning_rate": 1e-2, "text_encoder_lr": 5e-2, "rank": 2,
+        "train_text_encoder_ti_frac": 0.5,
+    }  # fmt: skip
+    config = check_config(
+        {
+            "subjects": {"toy": {"synthetic": True, "class": "toy"}},
+            "methods": ["pivotal"],
+            "training": {
+                "pivotal": pivotal, "with_prior_preservation": False, "keep_checkpoints": True,
+                "checkpointing_steps": 1, "checkpoints_total_limit": 4,
+            },
+        }
+    )  # fmt: skip
+    tcfg = train_config(config, "pivotal")
+    assert tcfg.train_text_encoder_ti_frac == 0.5
+    train_toy(tcfg, config, tiny_sd, toy_instance, tmp_path / "pivotal", tmp_path)
+    steps = {
+        s: load_file(tmp_path / "ckpt" / f"checkpoint-{s}" / "trainable.safetensors") for s in range(1, 5)
+    }
+    token = {s: c["token_embedding"][-2:] for s, c in steps.items()}  # the two new rows (num_vectors 2)
+    lora = {
+        s: torch.cat([v.flatten() for k, v in sorted(c.items()) if k != "token_embedding"])
+        for s, c in steps.items()
+    }
+    assert (token[2] - token[1]).abs().max() > 1e-4  # still training at step 2
+    assert torch.equal(token[2], token[3]) and torch.equal(token[3], token[4])  # frozen from step 3
+    assert (lora[4] - lora[3]).abs().max() > 1e-5 and (lora[3] - lora[2]).abs().max() > 1e-5
+    # The default is the advanced script's 0.5; the other methods' settings do not carry the key.
+    assert (
+        train_config(
+            check_config({"subjects": {"toy": {"synthetic": True, "class": "toy"}}, "methods": ["pivotal"]}),
+            "pivotal",
+        ).train_text_encoder_ti_frac
+        == 0.5
+    )

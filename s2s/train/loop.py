@@ -571,6 +571,7 @@ def train(
                 accelerator.backward(loss / cfg.gradient_accumulation_steps)
         # 5. one optimizer step per accumulated batch
         accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+        method.before_optimizer_step(step, optimizer)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)

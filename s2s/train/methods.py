@@ -101,6 +101,9 @@ class Method:
         """The instance prompts the loop draws from, one per sample (a single one unless templated)."""
         return [self.expand_prompt(instance_prompt)]
 
+    def before_optimizer_step(self, step: int, optimizer) -> None:
+        """Called before optimizer step ``step`` (0-based), after the scheduler set its learning rates."""
+
     def after_optimizer_step(self) -> None:
         pass
 

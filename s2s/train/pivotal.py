@@ -16,9 +16,9 @@ EMBEDDINGS_FILE = "learned_embeds.safetensors"
 
 
 class Pivotal(NewToken, LoRA):
-    """New token rows of the frozen text encoder (``num_vectors``, lr ``text_encoder_lr``) and LoRA
-    adapters on the UNet (``rank``, ``alpha``, ``target_modules``, ``use_dora``; with
-    ``train_text_encoder`` on the text encoder too)."""
+    """New token rows of the frozen text encoder (``num_vectors``, lr ``text_encoder_lr``, for the first
+    ``train_text_encoder_ti_frac`` of the steps) and LoRA adapters on the UNet (``rank``, ``alpha``,
+    ``target_modules``, ``use_dora``; with ``train_text_encoder`` on the text encoder too)."""
 
     name = "pivotal"
 
@@ -41,6 +41,16 @@ class Pivotal(NewToken, LoRA):
             text_lr = lr * self.cfg.text_encoder_lr / self.cfg.learning_rate
         adapters = [p for name, p in self.trainable().items() if name != "token_embedding"]
         return [{"params": adapters, "lr": lr}, {"params": [self.embeddings.weight], "lr": text_lr}]
+
+    def before_optimizer_step(self, step: int, optimizer) -> None:
+        # The pivot (the advanced script's --train_text_encoder_ti_frac): from step int(frac x steps) on,
+        # the embeddings' group steps at lr 0, so AdamW leaves them exactly as they are (its weight decay
+        # scales by 1 - lr x decay too). Set before every step: the scheduler rewrites each group's lr
+        # after each one, and a resumed run needs no state for it.
+        if step >= int(self.cfg.train_text_encoder_ti_frac * self.cfg.max_train_steps):
+            for group in optimizer.param_groups:
+                if any(p is self.embeddings.weight for p in group["params"]):
+                    group["lr"] = 0.0
 
     def save(self, out_dir, base_model, unet, text_encoder, tokenizer) -> None:
         LoRA.save(self, out_dir, base_model, unet, text_encoder, tokenizer)
