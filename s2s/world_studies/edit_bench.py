@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from s2s.edit.photo_metrics import PHOTO_METRICS
 from s2s.io import S2SError, save_png, write_json, write_text
 from s2s.world.edit_cases import (
     ACCESSORIES,
@@ -69,12 +70,7 @@ SELF_REPLACE_STEPS = 0.4
 BLEND_THRESHOLD = 0.7
 LINEUP = 40  # world dogs the subject is identified against (s2s.world_studies.study.LINEUP)
 METRICS = (
-    "background_psnr",
-    "background_ssim",
-    "background_mse",
-    "structure_distance",
-    "clip_whole",
-    "clip_edited",
+    *PHOTO_METRICS,  # the metrics without a ground truth, as a manifest's edits get them
     "gt_psnr",
     "gt_psnr_in_mask",
     "target_attribute_correct",
