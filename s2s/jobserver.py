@@ -231,20 +231,22 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
 
 def _handle(conn: socket.socket) -> None:
     request, fds = _recv_message(conn, with_fds=3)
-    compatible = (
-        request["python"] == os.path.realpath(sys.executable) and Path(request["repo"]).resolve() == REPO
-    )
-    if not compatible:
-        _send_message(conn, {"fallback": True})
-        return
-    if os.fork() == 0:
-        try:
-            _child(conn, request, fds)
-        except BaseException:  # the job's own errors are handled in run_here; this is the server's
-            traceback.print_exc()
-            os._exit(1)
-    for fd in fds:
-        os.close(fd)
+    try:
+        compatible = (
+            request["python"] == os.path.realpath(sys.executable) and Path(request["repo"]).resolve() == REPO
+        )
+        if not compatible:
+            _send_message(conn, {"fallback": True})
+            return
+        if os.fork() == 0:
+            try:
+                _child(conn, request, fds)
+            except BaseException:  # the job's own errors are handled in run_here; this is the server's
+                traceback.print_exc()
+                os._exit(1)
+    finally:
+        for fd in fds:  # the child has its own copies (made its standard streams)
+            os.close(fd)
 
 
 def serve(path: str, parent: int) -> None:
