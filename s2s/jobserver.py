@@ -85,8 +85,8 @@ def job_record(smk) -> dict:
     }
 
 
-def _send_message(sock: socket.socket, message: dict, fds: list[int] | None = None) -> None:
-    body = json.dumps(message).encode()
+def _send_message(sock: socket.socket, message: dict | bytes, fds: list[int] | None = None) -> None:
+    body = message if isinstance(message, bytes) else json.dumps(message).encode()
     if fds:
         socket.send_fds(sock, [_HEADER.pack(len(body))], fds)
     else:
@@ -141,7 +141,7 @@ def submit(smk, step: str, process_start: float | None) -> tuple[int, dict | Non
         sock.connect(path)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        _send_message(sock, json.loads(request), fds=[0, 1, 2])
+        _send_message(sock, request.encode(), fds=[0, 1, 2])
         reply, _ = _recv_message(sock)
     except OSError:
         sock.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,8 +68,8 @@ def summarize_dag(records: list[dict], wall_s: float) -> dict:
         if r.get("fixed_cost_s") is not None:
             entry["fixed_s"].append(r["fixed_cost_s"])
     for entry in per_rule.values():
-        fixed = sorted(entry.pop("fixed_s"))
-        entry["fixed_cost_median_s"] = fixed[len(fixed) // 2] if fixed else None
+        fixed = entry.pop("fixed_s")
+        entry["fixed_cost_median_s"] = statistics.median(fixed) if fixed else None
     fixed_costs = [r["fixed_cost_s"] for r in computing if r.get("fixed_cost_s") is not None]
     return {
         "wall_s": wall_s,
