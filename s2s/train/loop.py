@@ -41,6 +41,7 @@ from s2s.train.checkpoint import (
 )
 from s2s.train.methods import _place, make_method
 from s2s.train.objective import denoising_loss, prediction_target
+from s2s.train.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -155,28 +156,6 @@ def _augment_draws(
         prompt_idx.append(int(torch.randint(0, num_prompts, (1,), generator=gen)))
         flips.append(bool(torch.rand(1, generator=gen) < 0.5))
     return prompt_idx, torch.tensor(flips)
-
-
-def _make_optimizer(cfg: TrainConfig, params, lr: float):
-    """AdamW (or 8-bit AdamW) over ``params``: parameters, or parameter groups that may set their own lr."""
-    if cfg.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb
-        except ImportError as exc:
-            raise S2SError(
-                f"{cfg.key('use_8bit_adam')}: bitsandbytes is not installed; `pip install bitsandbytes` "
-                "(CUDA only) or set use_8bit_adam: false"
-            ) from exc
-        optimizer_cls = bnb.optim.AdamW8bit
-    else:
-        optimizer_cls = torch.optim.AdamW
-    return optimizer_cls(
-        params,
-        lr=lr,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
-        eps=cfg.adam_epsilon,
-    )
 
 
 def _mean_over_processes(accelerator, loss: torch.Tensor) -> float:
@@ -394,10 +373,7 @@ def train(
         )
     else:
         log.info("mixed precision off: autocast off; weights stored as: %s", stored)
-    lr = cfg.learning_rate
-    if cfg.scale_lr:
-        lr *= cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
-    optimizer = _make_optimizer(cfg, method.optimizer_groups(lr), lr)
+    optimizer, lr = make_optimizer(cfg, method, accelerator.num_processes)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer=optimizer,
