@@ -1,12 +1,13 @@
 """What the Snakefile needs at parse time, with no torch, diffusers, transformers or PIL.
 
 Snakemake parses the Snakefile for every dry run and again inside every cluster job, and a plain
-Snakemake install must be able to read it: this module (with s2s.config, s2s.preflight and s2s.io) is
-the whole import path of the rules. It holds:
+Snakemake install must be able to read it: this module (with s2s.config, s2s.manifest, s2s.preflight and
+s2s.io) is the whole import path of the rules. It holds:
 
-- the edit manifest's reader and planner (rows, edit ids, images, models) and its parse-time checks
-  (everything that needs no tokenizer or model; ``s2s.edit.batch.validate_manifest`` re-checks all
-  rows with the model's tokenizer before any edit runs);
+- the edit manifest's planner (rows, edit ids, images, models) and its parse-time check (everything
+  that needs no tokenizer or model; a row's cells are checked by ``s2s.manifest``, the edit job's
+  checks too, and ``s2s.edit.batch.validate_manifest`` re-checks all rows with the model's tokenizer
+  before any edit runs);
 - the sample folder of a prompt, derived from the prompt text, so that a changed prompt gets a new
   folder and no output ever lists images of a prompt the config no longer has;
 - the cheap check of a subject's photo folder (count, suffixes, sizes, file headers), every problem
@@ -19,27 +20,18 @@ the whole import path of the rules. It holds:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
-import yaml
-
 from s2s import registry
-from s2s.io import S2SError, check_safe_name
+from s2s.io import S2SError
+from s2s.manifest import Where, check_row, check_words, edit_slug, read_manifest
 
-# Kept equal to s2s.edit.controllers.EDITS, s2s.edit.inversion.INVERSIONS and s2s.models.SAMPLE_METHODS
-# (tests/test_parse.py checks it): those modules import torch.
-EDIT_TYPES = ("replace", "refine", "reweight", "subject")
-INVERSION_NAMES = ("negative_prompt", "null_text", "ddim", "direct")
 TRAINED_MODELS = registry.NAMES
 MODEL_NAMES = (registry.BASE, *TRAINED_MODELS)
-
-COLUMNS = ("edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion")
-REQUIRED = ("source_prompt", "target_prompt", "edit")
 
 # Photo suffixes read by s2s.data (JPEG, PNG, WebP). Like s2s.data (PIL), the content decides the
 # format, not the suffix: the study's own folder has a WebP photo named .jpg.
@@ -61,62 +53,6 @@ def _known_format(head: bytes) -> bool:
 # ---------------------------------------------------------------- edit manifest
 
 
-class Where:
-    """Names a manifest cell in error messages."""
-
-    def __init__(self, manifest: str):
-        self.manifest = manifest
-
-    def error(self, row: int, column: str, message: str) -> S2SError:
-        return S2SError(f"{self.manifest}, row {row}, column '{column}': {message}")
-
-
-def read_manifest(path: Path) -> list[dict]:
-    """The raw rows of a CSV or YAML manifest, as dicts of column -> value (empty cells dropped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise S2SError(f"{path}: edit manifest not found")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = [dict(r) for r in reader]
-            header = reader.fieldnames or []
-        unknown = [c for c in header if c and c.strip() not in COLUMNS]
-        if unknown:
-            raise S2SError(f"{path}: unknown column(s) {unknown}; the columns are {', '.join(COLUMNS)}")
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise S2SError(f"{path}: not valid YAML ({exc})") from exc
-        rows = data.get("edits") if isinstance(data, dict) else data
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise S2SError(f"{path}: a YAML manifest is a list of mappings (or a mapping with key 'edits')")
-    else:
-        raise S2SError(f"{path}: edit manifest must be .csv, .yaml or .yml")
-    return [clean_row(r) for r in rows]
-
-
-def clean_row(raw: dict) -> dict:
-    cleaned = {}
-    for key, value in raw.items():
-        if key is None:  # csv puts surplus cells of a row under None
-            cleaned[None] = value
-            continue
-        value = value.strip() if isinstance(value, str) else value
-        if value not in (None, ""):
-            cleaned[str(key).strip()] = value
-    return cleaned
-
-
-def edit_slug(row: int, source: str, target: str) -> str:
-    """``{row:03d}_{words}``: the target's words that are not in the source, else the target's words."""
-    source_words = set(source.lower().split())
-    words = [w for w in target.lower().split() if w not in source_words] or target.lower().split()
-    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(words)).strip("-")[:40].strip("-")
-    return f"{row:03d}_{slug}" if slug else f"{row:03d}"
-
-
 def manifest_rows(path: Path | str, results_dir: str) -> list[dict]:
     """A manifest's rows with image paths resolved: ``{results}`` stands for the workflow's results
     folder (so a manifest can name an image the workflow draws); other relative paths are taken from
@@ -133,19 +69,6 @@ def manifest_rows(path: Path | str, results_dir: str) -> list[dict]:
     return rows
 
 
-def check_row_columns(raw: dict, row: int, where: Where) -> None:
-    """A manifest row's cells: no surplus cells, only known columns, the required ones present."""
-    if None in raw:
-        surplus = raw[None]
-        raise where.error(row, "-", f"more cells than columns ({surplus!r}); quote cells that contain commas")
-    unknown = [c for c in raw if c not in COLUMNS]
-    if unknown:
-        raise where.error(row, unknown[0], f"unknown column; the columns are {', '.join(COLUMNS)}")
-    for column in REQUIRED:
-        if not isinstance(raw.get(column), str):
-            raise where.error(row, column, "missing; every row needs source_prompt, target_prompt and edit")
-
-
 def plan_manifest(path: Path | str, subject_model: str | None, results_dir: str = "results") -> list[dict]:
     """What the workflow needs at DAG-building time, without loading models or reading images: each
     row's edit_id, image path (or None), model, and the row itself (the edit job's params)."""
@@ -158,75 +81,6 @@ def plan_manifest(path: Path | str, subject_model: str | None, results_dir: str 
         row["edit_id"] = edit_id
         plan.append({"edit_id": edit_id, "image": raw.get("image"), "model": model, "row": row})
     return plan
-
-
-def parse_params(value, where: Where, row: int) -> dict:
-    if isinstance(value, str):
-        try:
-            value = yaml.safe_load(value)  # JSON is YAML, so both spellings work
-        except yaml.YAMLError as exc:
-            raise where.error(row, "params", f"not valid JSON/YAML ({exc})") from exc
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise where.error(
-            row, "params", 'give a mapping, e.g. {"cross_replace_steps": 0.6, "blend_words": ["dog"]}'
-        )
-    return value
-
-
-def _in_prompt(word: str, prompt: str) -> bool:
-    # A substring test, looser than the tokenizer's word match: it refuses only what cannot match.
-    return str(word).lower().strip() in prompt.lower()
-
-
-def _check_words(raw: dict, params: dict, where: Where, row: int) -> None:
-    """The word rules of replace / refine / reweight that whitespace words decide (the tokenizer's
-    rules, token counts included, are checked by validate_manifest before any edit runs)."""
-    source, target, edit = raw["source_prompt"], raw["target_prompt"], raw["edit"]
-    if edit == "replace" and len(source.split()) != len(target.split()):
-        raise where.error(
-            row,
-            "target_prompt",
-            f"replace edit needs prompts with the same number of words, but {source!r} has "
-            f"{len(source.split())} words and {target!r} has {len(target.split())}; "
-            "use edit 'refine' for prompts that add or remove words",
-        )
-    if edit == "reweight":
-        equalizer = params.get("equalizer")
-        if not equalizer:
-            raise where.error(
-                row, "params", "reweight edit needs 'equalizer': {word: scale, ...} (words of the target)"
-            )
-        if isinstance(equalizer, dict):
-            for word in equalizer:
-                if not _in_prompt(word, target):
-                    raise where.error(
-                        row, "params", f"equalizer word {word!r} is not in the prompt {target!r}"
-                    )
-    cross = params.get("cross_replace_steps")
-    if isinstance(cross, dict):
-        for word in cross:
-            if word != "default_" and not _in_prompt(word, target):
-                raise where.error(
-                    row,
-                    "params",
-                    f"cross_replace_steps word {word!r} is not in the target prompt {target!r}",
-                )
-    blend = params.get("blend_words")
-    if blend:
-        if isinstance(blend, list | tuple) and len(blend) == 2 and all(isinstance(w, list) for w in blend):
-            src_words, tgt_words = blend
-        else:
-            src_words = tgt_words = [blend] if isinstance(blend, str) else blend
-        if (
-            isinstance(src_words, list | tuple)
-            and not any(_in_prompt(w, source) for w in src_words)
-            and not any(_in_prompt(w, target) for w in tgt_words)
-        ):
-            raise where.error(
-                row, "params", f"blend_words {blend!r} occur in neither {source!r} nor {target!r}"
-            )
 
 
 def check_photo_header(path: Path) -> str | None:
@@ -251,8 +105,9 @@ def check_manifest(
 ) -> list[dict]:
     """Every manifest check that needs no model, tokenizer or image decoding; the plan if all pass.
 
-    Same one-line messages as s2s.edit.batch (``<manifest>, row N, column 'X': problem``). Images under
-    the results folder are drawn by the workflow and checked when their job has run."""
+    Same one-line messages as s2s.edit.batch (``<manifest>, row N, column 'X': problem``): a row's cells
+    are checked by the same ``s2s.manifest.check_row``. Images under the results folder are drawn by the
+    workflow and checked when their job has run."""
     where = Where(str(path))
     plan = plan_manifest(path, subject_model, results_dir)
     raws = manifest_rows(path, results_dir)
@@ -260,10 +115,7 @@ def check_manifest(
         raise S2SError(f"{path}: no edits listed")
     seen: dict[str, int] = {}
     for number, (raw, planned) in enumerate(zip(raws, plan), start=1):
-        check_row_columns(raw, number, where)
-        edit = raw["edit"]
-        if edit not in EDIT_TYPES:
-            raise where.error(number, "edit", f"unknown edit {edit!r}; use one of {', '.join(EDIT_TYPES)}")
+        cells = check_row(raw, number, where)
         model = planned["model"]
         if model is None:
             raise where.error(
@@ -273,8 +125,8 @@ def check_manifest(
                 "row's model or the edit default 'subject_model'",
             )
         # A row's model: base, or any method or variant the run trains (config key methods).
-        source = "" if raw.get("model") else " (the default, config key edits.subject_model)"
-        if edit == "subject" and model == "base":
+        source = "" if cells.model else " (the default, config key edits.subject_model)"
+        if cells.edit == "subject" and model == "base":
             raise where.error(
                 number,
                 "model",
@@ -288,28 +140,18 @@ def check_manifest(
                 f"{model!r}{source} is not a model this run trains; use base or one of the methods and "
                 f"variants of config key methods: {', '.join(methods)}",
             )
-        image = raw.get("image")
+        image = cells.image
         if image and not Path(image).is_relative_to(results_dir):
             problem = "does not exist" if not Path(image).is_file() else check_photo_header(Path(image))
             if problem:
                 message = f"{image} is not a readable image ({problem})"
                 raise where.error(number, "image", message)
-        inversion = raw.get("inversion")
-        if inversion is not None and inversion not in INVERSION_NAMES:
+        if cells.edit_id in seen:
             raise where.error(
-                number,
-                "inversion",
-                f"unknown inversion {inversion!r}; use one of {', '.join(INVERSION_NAMES)}",
+                number, "edit_id", f"{cells.edit_id!r} is also the edit_id of row {seen[cells.edit_id]}"
             )
-        edit_id = planned["edit_id"]
-        try:
-            check_safe_name(edit_id, "edit_id")
-        except S2SError as exc:
-            raise where.error(number, "edit_id", str(exc)) from exc
-        if edit_id in seen:
-            raise where.error(number, "edit_id", f"{edit_id!r} is also the edit_id of row {seen[edit_id]}")
-        seen[edit_id] = number
-        _check_words(raw, parse_params(raw.get("params"), where, number), where, number)
+        seen[cells.edit_id] = number
+        check_words(raw, cells.params, where, number)
     return plan
 
 

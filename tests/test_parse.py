@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from s2s import plan
+from s2s import manifest, plan
 from s2s.config import check_config
 from s2s.io import S2SError
 
@@ -254,7 +254,8 @@ def test_plan_names_match_the_torch_modules():
     from s2s.edit.inversion import INVERSIONS
     from s2s.models import SAMPLE_METHODS
 
-    assert (plan.EDIT_TYPES, plan.INVERSION_NAMES, plan.MODEL_NAMES) == (EDITS, INVERSIONS, SAMPLE_METHODS)
+    names = (manifest.EDIT_TYPES, manifest.INVERSION_NAMES, plan.MODEL_NAMES)
+    assert names == (EDITS, INVERSIONS, SAMPLE_METHODS)
 
 
 def test_bad_manifest_row_stops_the_dry_run(tmp_path):

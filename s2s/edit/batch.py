@@ -35,15 +35,15 @@ import torch
 from PIL import Image
 
 from s2s.config import EditConfig
-from s2s.edit.controllers import EDITS, EditController, build_controller
-from s2s.edit.inversion import INVERSIONS, invert, load_image, model_resolution
+from s2s.edit.controllers import EditController, build_controller
+from s2s.edit.inversion import invert, load_image, model_resolution
 from s2s.edit.metrics import ClipScorer, edit_metrics
 from s2s.edit.p2p import _token_labels, convert_prompt, generate_edit
 from s2s.edit.photo_metrics import MASK_FILE, cross_attention_mask, mask_image, score_edit_folder
 from s2s.edit.seq_aligner import EditSpecError
-from s2s.io import S2SError, atomic_dir, check_safe_name, load_safetensors, save_png, write_json
+from s2s.io import S2SError, atomic_dir, load_safetensors, save_png, write_json
+from s2s.manifest import Where, check_row, read_manifest
 from s2s.models import load_method_pipeline, method_weights_path, trained_method
-from s2s.plan import Where, check_row_columns, clean_row, edit_slug, parse_params, read_manifest
 from s2s.plots import attention_sheet, before_after
 from s2s.progress import Progress
 
@@ -105,13 +105,12 @@ def _weights(model: str, model_dir) -> Path | None:
 def parse_row(
     raw: dict, row: int, where: Where, base_dir: Path, settings: EditConfig, model_dirs: dict
 ) -> EditRow:
-    """One manifest row checked for everything that needs no model: columns, enums, files, params."""
-    check_row_columns(raw, row, where)
-    edit = raw["edit"]
-    if edit not in EDITS:
-        raise where.error(row, "edit", f"unknown edit {edit!r}; use one of {', '.join(EDITS)}")
-
-    model = raw.get("model") or (_subject_model(settings, model_dirs) if edit == "subject" else "base")
+    """One manifest row checked for everything that needs no model: its cells (``s2s.manifest.check_row``,
+    the parse-time check's own), then its model folder and image; its controller spec is the row's P2P
+    parameters over the edits.* settings."""
+    cells = check_row(raw, row, where)
+    edit = cells.edit
+    model = cells.model or (_subject_model(settings, model_dirs) if edit == "subject" else "base")
     if model is None:
         raise where.error(
             row,
@@ -140,34 +139,20 @@ def parse_row(
             )
 
     image = None
-    if raw.get("image"):
-        image = Path(raw["image"])
+    if cells.image:
+        image = Path(cells.image)
         image = image if image.is_absolute() else base_dir / image
         _check_image(image, where, row)
-    inversion = raw.get("inversion", settings.inversion)
-    if inversion not in INVERSIONS:
-        raise where.error(
-            row, "inversion", f"unknown inversion {inversion!r}; use one of {', '.join(INVERSIONS)}"
-        )
-
-    edit_id = str(raw.get("edit_id") or edit_slug(row, raw["source_prompt"], raw["target_prompt"]))
-    try:
-        check_safe_name(edit_id, "edit_id")
-    except S2SError as exc:
-        raise where.error(row, "edit_id", str(exc)) from exc
-
-    params = parse_params(raw.get("params"), where, row)
-    spec = {"edit": edit, **settings.spec, **params}
     return EditRow(
         row,
-        edit_id,
+        cells.edit_id,
         image,
-        raw["source_prompt"],
-        raw["target_prompt"],
+        cells.source_prompt,
+        cells.target_prompt,
         edit,
         model,
-        inversion if image is not None else None,
-        spec,
+        (cells.inversion or settings.inversion) if image is not None else None,
+        {"edit": edit, **settings.spec, **cells.params},
     )
 
 
@@ -209,7 +194,7 @@ def validate_manifest(manifest, base_model: str, model_dirs: dict, settings: Edi
         path = Path(manifest)
         where, base_dir, raws = Where(str(path)), path.parent, read_manifest(path)
     else:
-        where, base_dir, raws = Where("manifest rows"), Path.cwd(), [clean_row(dict(r)) for r in manifest]
+        where, base_dir, raws = Where("manifest rows"), Path.cwd(), [dict(r) for r in manifest]
     if not raws:
         raise S2SError(f"{where.manifest}: no edits listed")
     rows, seen = [], {}
