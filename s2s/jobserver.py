@@ -17,7 +17,9 @@ Jobs run in their own process as before (the fallback is silent and always corre
 
 A job whose process is killed (Snakemake stopping it, SIGKILL included) closes its end of the socket, and
 its child exits at once: the child watches that socket in a thread. Nothing is unpickled: the job goes
-over as JSON. The server exits when the Snakemake process that started it is gone, or at ``stop``.
+over as JSON. The server exits when the Snakemake process that started it is gone, or at ``stop``. A
+server killed with SIGKILL leaves its socket folder behind; the next server's ``start`` removes it
+(``remove_stale_folders``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -38,6 +41,12 @@ import traceback
 from pathlib import Path
 
 ENV = "S2S_JOB_SERVER"  # the socket's path, set for the jobs by ``start``
+# ``start`` makes each server a folder of its own under the system's temporary folder, named with this
+# prefix, with the socket and the server's pid in it: a later ``start`` finds a server's folder that was
+# left behind (the server was killed with SIGKILL, so its own clean-up never ran) by that pid.
+FOLDER_PREFIX = "s2s-jobs-"
+SOCKET_FILE = "socket"
+PID_FILE = "server.pid"
 REPO = Path(__file__).resolve().parents[1]
 # Imported by the server once, before any job: what the steps' modules import at their top or first call.
 PRELOAD = (
@@ -288,6 +297,7 @@ def serve(path: str, parent: int) -> None:
     finally:
         server.close()
         Path(path).unlink(missing_ok=True)
+        (Path(path).parent / PID_FILE).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             Path(path).parent.rmdir()  # the folder ``start`` made for it
 
@@ -311,8 +321,9 @@ def start(config: dict, local: bool, conda: bool, log_file: str) -> None:
     os.environ.pop(ENV, None)  # a server of an enclosing run (a workflow run by a job) is not this run's
     if not config.get("job_server", True) or not local or conda:
         return
-    folder = tempfile.mkdtemp(prefix="s2s-jobs-")
-    path = os.path.join(folder, "socket")
+    remove_stale_folders()
+    folder = tempfile.mkdtemp(prefix=FOLDER_PREFIX)
+    path = os.path.join(folder, SOCKET_FILE)
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     paths = [str(REPO), os.environ.get("PYTHONPATH")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
@@ -321,6 +332,7 @@ def start(config: dict, local: bool, conda: bool, log_file: str) -> None:
             [sys.executable, "-m", "s2s.jobserver", path, str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
+    Path(folder, PID_FILE).write_text(str(process.pid))
     deadline = time.monotonic() + 30
     while not os.path.exists(path) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -328,6 +340,30 @@ def start(config: dict, local: bool, conda: bool, log_file: str) -> None:
         return  # it did not come up: every job runs in its own process
     os.environ[ENV] = path
     _started.update(process=process, folder=folder)
+
+
+def remove_stale_folders(root: str | Path | None = None) -> list[Path]:
+    """Remove the folders ``start`` made (under ``root``, by default the system's temporary folder) for
+    servers that are gone, and return them. A folder goes only if it is named ``FOLDER_PREFIX*``, is a
+    directory (not a link) of this user, its ``PID_FILE`` names a process that is not alive, and it holds
+    nothing but the socket and that file; any other folder (another user's, one whose server runs or is
+    starting and has no pid file yet, one with other files) is left as it is."""
+    removed = []
+    for folder in sorted(Path(root or tempfile.gettempdir()).glob(FOLDER_PREFIX + "*")):
+        try:
+            info = folder.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            pid = int((folder / PID_FILE).read_text())
+            if pid <= 0 or _alive(pid) or {p.name for p in folder.iterdir()} - {SOCKET_FILE, PID_FILE}:
+                continue
+            (folder / SOCKET_FILE).unlink(missing_ok=True)
+            (folder / PID_FILE).unlink()
+            folder.rmdir()
+        except (OSError, ValueError):
+            continue
+        removed.append(folder)
+    return removed
 
 
 def stop() -> None:

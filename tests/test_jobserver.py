@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -209,3 +210,43 @@ def test_the_job_object_reads_back_as_snakemake_gave_it():
         {"seed": 3},
         {"mem_mb": 100},
     )
+
+
+def test_a_starting_server_removes_the_folders_of_servers_that_are_gone(tmp_path, monkeypatch):
+    """A server killed with SIGKILL leaves its socket folder behind; the next server's start removes that
+    folder and no other: not a running server's, one whose pid file is not written yet, one holding other
+    files, nor a folder of another name."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # start's folders go here
+    monkeypatch.setenv(jobserver.ENV, os.environ.get(jobserver.ENV, "unset"))  # restored afterwards
+    log_file = str(tmp_path / "logs" / "job_server.log")
+    module_server = dict(jobserver._started)  # the module's server, if it runs
+    jobserver._started.clear()
+    try:
+        jobserver.start({"job_server": True}, local=True, conda=False, log_file=log_file)
+        killed, left = jobserver._started.pop("process"), Path(jobserver._started.pop("folder"))
+        killed.kill()  # SIGKILL: the server's own clean-up never runs
+        killed.wait()
+        assert left.is_dir() and (left / jobserver.PID_FILE).read_text() == str(killed.pid)
+        kept = []
+        for name, pid, extra in (
+            ("s2s-jobs-running", os.getpid(), None),
+            ("s2s-jobs-starting", None, None),
+            ("s2s-jobs-more", killed.pid, "notes.txt"),
+            ("other-jobs", killed.pid, None),
+        ):
+            folder = tmp_path / name
+            folder.mkdir()
+            (folder / jobserver.SOCKET_FILE).touch()
+            if pid is not None:
+                (folder / jobserver.PID_FILE).write_text(str(pid))
+            if extra is not None:
+                (folder / extra).touch()
+            kept.append(folder)
+        contents = {folder: sorted(p.name for p in folder.iterdir()) for folder in kept}
+        jobserver.start({"job_server": True}, local=True, conda=False, log_file=log_file)
+        assert not left.exists()
+        assert {folder: sorted(p.name for p in folder.iterdir()) for folder in kept} == contents
+        assert Path(jobserver._started["folder"]).is_dir()  # the new server's own
+    finally:
+        jobserver.stop()
+        jobserver._started.update(module_server)
