@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from s2s.config import ClassImagesConfig, SamplingConfig
 from s2s.io import S2SError, check_safe_name, save_png, write_json
 from s2s.models import load_method_pipeline, pick_device, pick_dtype
 from s2s.progress import Progress
@@ -81,21 +82,19 @@ def sample_method(
     method: str,
     model_dir: Path | str | None,
     prompts: dict[str, str],
-    seeds: list[int],
+    settings: SamplingConfig,
     out_root: Path | str,
     resolution: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    scheduler: str = "ddim",
-    batch_size: int = 8,
     device: str = "auto",
     precision: str = "no",
 ) -> list[Path]:
-    """Write ``out_root/{prompt_id}/{seed}.png`` for each prompt id and seed, plus a prompt.json each and a
-    sampling.json with the seconds its images took."""
+    """Write ``out_root/{prompt_id}/{seed}.png`` for each prompt id and seed of ``settings`` (sampling.*:
+    seeds, steps, guidance, scheduler, batch size), plus a prompt.json each and a sampling.json with the
+    seconds its images took. ``prompts`` are this job's, subject phrase filled in."""
+    seeds = settings.seeds
     dev = pick_device(device)
     pipe = load_method_pipeline(base_model, method, model_dir, dev, pick_dtype(precision, dev))
-    set_scheduler(pipe, scheduler)
+    set_scheduler(pipe, settings.scheduler)
     written = []
     started = time.perf_counter()
     progress = Progress(f"sampling {method}", len(prompts) * len(seeds), log, unit="images")
@@ -104,7 +103,14 @@ def sample_method(
         folder = Path(out_root) / prompt_id
         prompt_started = time.perf_counter()
         images = generate(
-            pipe, prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size, progress
+            pipe,
+            prompt,
+            seeds,
+            settings.num_inference_steps,
+            settings.guidance_scale,
+            resolution,
+            settings.batch_size,
+            progress,
         )
         for seed, image in zip(seeds, images):
             save_png(image, folder / f"{seed}.png")
@@ -124,28 +130,34 @@ def sample_method(
 def generate_class_images(
     base_model: str,
     class_prompt: str,
-    count: int,
+    settings: ClassImagesConfig,
     out_dir: Path | str,
     resolution: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    batch_size: int,
     seed: int,
     device: str = "auto",
     precision: str = "no",
 ) -> list[Path]:
-    """Class-prior images ("a photo of a dog") from the base model, batched, one seed per image."""
+    """Class-prior images ("a photo of a dog") from the base model, batched, one seed per image; how many
+    and how they are sampled from ``settings`` (class_images.*)."""
     from s2s.io import atomic_dir
 
     dev = pick_device(device)
     pipe = load_method_pipeline(base_model, "base", None, dev, pick_dtype(precision, dev))
     set_scheduler(pipe, "ddim")
+    count = settings.num_class_images
     seeds = [seed * 100_000 + i for i in range(count)]
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         progress = Progress("class-prior images", count, log, unit="images")
         images = generate(
-            pipe, class_prompt, seeds, num_inference_steps, guidance_scale, resolution, batch_size, progress
+            pipe,
+            class_prompt,
+            seeds,
+            settings.num_inference_steps,
+            settings.guidance_scale,
+            resolution,
+            settings.batch_size,
+            progress,
         )
         for i, image in enumerate(images):
             save_png(image, tmp / f"class_{i:04d}.png")

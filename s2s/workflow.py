@@ -83,16 +83,12 @@ def class_priors(smk, config) -> None:
     if subject.class_images:
         prepare_subject(subject.class_images, smk.output[0], resolution, config["data"]["small_images"])
         return
-    ci = cfgmod.class_images_config(config)
     generate_class_images(
         cfgmod.base_model(config),
         class_prompt_for(config, subject),
-        ci.num_class_images,
+        cfgmod.class_images_config(config),
         smk.output[0],
         resolution,
-        ci.num_inference_steps,
-        ci.guidance_scale,
-        ci.batch_size,
         seed=config["seed"],
         device=config["device"],
         precision=config["training"].get("mixed_precision", "no"),
@@ -139,13 +135,9 @@ def sample(smk, config) -> None:
         method,
         model_dir,
         prompts,
-        sampling.seeds,
+        sampling,
         cfgmod.results_dir(config) / subject.name / "samples" / method,
         resolution=config["model"]["resolution"],
-        num_inference_steps=sampling.num_inference_steps,
-        guidance_scale=sampling.guidance_scale,
-        scheduler=sampling.scheduler,
-        batch_size=sampling.batch_size,
         device=config["device"],
         precision=config["training"].get("mixed_precision", "no"),
     )

@@ -6,7 +6,22 @@ import torch
 from diffusers import StableDiffusionPipeline
 from peft import LoraConfig
 
+from s2s.config import SamplingConfig
 from s2s.sample import fill_prompt, sample_method
+
+
+def sampling(seeds: list[int], steps: int, batch_size: int = 8) -> SamplingConfig:
+    """sampling.* for a test's sampling: DDIM at guidance 7.5 (the schema's defaults)."""
+    return SamplingConfig(
+        prompts=[],
+        seeds=seeds,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        scheduler="ddim",
+        include_base=True,
+        jobs="per_prompt",
+        batch_size=batch_size,
+    )
 
 
 def test_base_row_and_a_method_equal_to_base_give_identical_images(tmp_path, tiny_sd):
@@ -34,12 +49,9 @@ def test_base_row_and_a_method_equal_to_base_give_identical_images(tmp_path, tin
             method,
             model_dir,
             prompts,
-            [0, 5],
+            sampling([0, 5], 4, batch_size=2),
             tmp_path / method,
             64,
-            4,
-            7.5,
-            batch_size=2,
             device="cpu",
         )
     for pid in prompts:
@@ -65,12 +77,9 @@ def test_batched_seeds_equal_one_call_per_seed(tmp_path, tiny_sd):
             "base",
             None,
             {"p00": "a toy"},
-            [1, 2, 3],
+            sampling([1, 2, 3], 3, batch_size=batch_size),
             tmp_path / folder,
             64,
-            3,
-            7.5,
-            batch_size=batch_size,
             device="cpu",
         )
     import numpy as np

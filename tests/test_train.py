@@ -17,6 +17,7 @@ from s2s.data import list_images, load_prepared
 from s2s.io import S2SError
 from s2s.sample import sample_method
 from s2s.train.loop import train
+from tests.test_sample import sampling
 
 PROMPT = "a photo of sks toy"
 
@@ -180,8 +181,9 @@ def test_standard_loading_reproduces_project_sample(
     run(tmp_path, method, tiny_sd, toy_instance, class_dir=toy_class_images, learning_rate=lr)
     model_dir = tmp_path / "model"
     sample_method(
-        str(tiny_sd), method, model_dir, {"p00": PROMPT}, [7], tmp_path / "samples", 64, 4, 7.5, device="cpu"
-    )
+        str(tiny_sd), method, model_dir, {"p00": PROMPT}, sampling([7], 4), tmp_path / "samples", 64,
+        device="cpu",
+    )  # fmt: skip
     ours = np.asarray(
         __import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "samples" / "p00" / "7.png"),
         dtype=np.int16,
