@@ -164,7 +164,6 @@ def evaluate(smk, config) -> None:
 
     method = smk.wildcards.method
     seeds = cfgmod.sampling_config(config).seeds
-    evaluation = cfgmod.evaluation_config(config)  # with the `models` choice's metric models
     samples_root = cfgmod.results_dir(config) / smk.wildcards.subject / "samples" / method
     samples, rows, labels = [], [], []
     for pid in cfgmod.prompt_ids(config):
@@ -177,7 +176,6 @@ def evaluate(smk, config) -> None:
         rows.append(paths)
         labels.append(pid)
     image_grid(rows, smk.output.grid, row_labels=labels)
-    reference = evaluation.reference_images
     world = {}
     subject = cfgmod.subject(config, smk.wildcards.subject)
     if cfgmod.model_kind(config) == "world" and subject.world is not None:
@@ -195,14 +193,8 @@ def evaluate(smk, config) -> None:
         samples,
         [str(p) for p in list_images(smk.input.instance)],
         smk.output.metrics,
-        clip_model=evaluation.clip_model,
-        dino_model=evaluation.dino_model,
-        feature_extractor=evaluation.feature_extractor,
-        reference_images=[str(p) for p in sorted(Path(reference).iterdir())] if reference else None,
-        n_boot=evaluation.n_boot,
+        cfgmod.evaluation_config(config),  # with the `models` choice's metric models
         seed=config["seed"],
-        study_feature_extractor=evaluation.study_feature_extractor,
-        study_n_images=evaluation.study_n_images,
         **world,
     )
 

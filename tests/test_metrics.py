@@ -13,6 +13,7 @@ import scipy.stats
 import torch
 from PIL import Image
 
+from s2s.config import EvaluationConfig
 from s2s.io import S2SError, save_safetensors
 from s2s.metrics.bootstrap import bootstrap_ci, bootstrap_set_ci
 from s2s.metrics.evaluate import IS_INTERVAL, evaluate_method, load_images, study_selection
@@ -410,6 +411,28 @@ def _save(images: torch.Tensor, folder, prefix: str, suffix: str = ".png") -> li
     return paths
 
 
+def evaluation(
+    models: dict,
+    dino: bool = False,
+    reference_images=None,
+    n_boot: int = 200,
+    study_extractor: str | None = None,
+    study_n_images: int = 18,
+) -> EvaluationConfig:
+    """evaluation.* for a test's evaluation on the tiny metric models: DINO only if asked for, the study
+    FID/IS on the FID extractor unless another is given, 18 study images (the schema's default)."""
+    return EvaluationConfig(
+        clip_model=models["clip"],
+        dino_model=models["dino"] if dino else None,
+        feature_extractor=models["extractor"],
+        study_feature_extractor=study_extractor or models["extractor"],
+        study_n_images=study_n_images,
+        reference_images=None if reference_images is None else str(reference_images),
+        n_boot=n_boot,
+        compare_published=False,
+    )
+
+
 def test_evaluate_method_writes_complete_json(models, tmp_path):
     gen_paths = _save(make_images(6, 20, size=(48, 48)), tmp_path / "gen", "g")
     real_paths = _save(make_images(3, 21, size=(60, 44)), tmp_path / "real", "r", ".jpg")
@@ -421,11 +444,7 @@ def test_evaluate_method_writes_complete_json(models, tmp_path):
         samples,
         real_paths,
         out,
-        models["clip"],
-        models["dino"],
-        models["extractor"],
-        reference_images=ref_paths,
-        n_boot=20,
+        evaluation(models, dino=True, reference_images=tmp_path / "ref", n_boot=20),
         seed=0,
     )
 
@@ -485,10 +504,7 @@ def test_evaluate_method_without_dino_and_with_bad_input(models, tmp_path):
         samples,
         real_paths,
         tmp_path / "m.json",
-        models["clip"],
-        None,
-        models["extractor"],
-        n_boot=10,
+        evaluation(models, n_boot=10),
     )
     assert result["metrics"]["dino"] is None and result["reference"]["dino_real"] is None
     assert any("DINO skipped" in w for w in result["warnings"])
@@ -499,9 +515,7 @@ def test_evaluate_method_without_dino_and_with_bad_input(models, tmp_path):
             [{"prompt": "x", "path": gen_paths[0]}],
             real_paths,
             tmp_path / "x.json",
-            models["clip"],
-            None,
-            models["extractor"],
+            evaluation(models),
         )
     with pytest.raises(S2SError, match="not found"):
         evaluate_method(
@@ -509,9 +523,7 @@ def test_evaluate_method_without_dino_and_with_bad_input(models, tmp_path):
             samples,
             [str(tmp_path / "missing.png")],
             tmp_path / "x.json",
-            models["clip"],
-            None,
-            models["extractor"],
+            evaluation(models),
         )
     assert not (tmp_path / "x.json").exists()
 
@@ -532,14 +544,14 @@ def test_evaluate_method_study_columns_and_prompt_resampled_intervals(models, tm
         samples,
         real_paths,
         tmp_path / "m.json",
-        models["clip"],
-        None,
-        models["extractor"],
-        reference_images=ref_paths,
-        n_boot=n_boot,
+        evaluation(
+            models,
+            reference_images=tmp_path / "ref",
+            n_boot=n_boot,
+            study_extractor=models["study"],
+            study_n_images=7,
+        ),
         seed=seed,
-        study_feature_extractor=models["study"],
-        study_n_images=7,
     )
     chosen = [0, 3, 6, 9, 12, 1, 4]  # seed 0 of p0..p4, then seed 1 of p0, p1
     assert result["study_images"]["generated"] == [gen_paths[i] for i in chosen]
@@ -588,11 +600,7 @@ def test_evaluate_method_study_columns_and_prompt_resampled_intervals(models, tm
         samples,
         real_paths[:4],
         tmp_path / "m2.json",
-        models["clip"],
-        None,
-        models["extractor"],
-        n_boot=10,
-        study_feature_extractor=models["study"],
+        evaluation(models, n_boot=10, study_extractor=models["study"]),
     )
     assert fewer["metrics"]["study_fid"]["n_generated"] == fewer["metrics"]["study_fid"]["n_real"] == 4
     assert any("evaluation.study_n_images = 18" in w for w in fewer["warnings"])

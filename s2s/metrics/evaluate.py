@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s2s.config import EvaluationConfig
 from s2s.io import S2SError, write_json
 from s2s.metrics.bootstrap import bootstrap_set_ci, cluster_bootstrap_ci, jackknife_set_ci
 from s2s.metrics.features import extract_features, load_feature_extractor
@@ -235,15 +236,9 @@ def evaluate_method(
     samples: list[dict],
     real_images: list[str],
     out_json: str | Path,
-    clip_model: str,
-    dino_model: str | None,
-    feature_extractor: str,
-    reference_images: list[str] | None = None,
-    n_boot: int = 200,
+    settings: EvaluationConfig,
     seed: int = 0,
     confidence: float = 0.95,
-    study_feature_extractor: str | None = None,
-    study_n_images: int = 18,
     extra_per_image: dict[str, list[float]] | None = None,
     extra_details: dict | None = None,
 ) -> dict:
@@ -252,12 +247,13 @@ def evaluate_method(
     ``samples``: dicts with prompt, seed, path of each generated image, and optionally prompt_id (the
     prompt's identity across methods, whose prompt texts differ by their subject token; by default the
     prompt text). ``real_images``: the subject's photos (the reference for DINO / CLIP-I, and the real set
-    of FID / KID). ``reference_images``: more real images added to the FID / KID real set only.
-    ``study_feature_extractor`` (default: ``feature_extractor``) and ``study_n_images``: the network
-    and set size of the study-compatible FID / IS. ``extra_per_image``: more per-image measures, one
-    value per sample in ``samples`` order (the world's subject identification and attribute read-out),
-    averaged with the same prompt-resampled intervals and paired in the companion table;
-    ``extra_details`` is stored as it is under ``"extra"``.
+    of FID / KID). ``settings`` (evaluation.*, with the `models` choice's metric models): the CLIP, DINO
+    (None skips it) and feature networks, the folder of more real images added to the FID / KID real set
+    only (``reference_images``), the network and set size of the study-compatible FID / IS
+    (``study_feature_extractor``, ``study_n_images``) and the bootstrap's resamples. ``extra_per_image``:
+    more per-image measures, one value per sample in ``samples`` order (the world's subject
+    identification and attribute read-out), averaged with the same prompt-resampled intervals and paired
+    in the companion table; ``extra_details`` is stored as it is under ``"extra"``.
     """
     _check_samples(samples)
     warnings: list[str] = []
@@ -266,10 +262,12 @@ def evaluate_method(
         log.warning(message)
         warnings.append(message)
 
+    folder = settings.reference_images
+    reference_images = [str(p) for p in sorted(Path(folder).iterdir())] if folder else []
     generated = load_images([s["path"] for s in samples])
     prompts = [s["prompt"] for s in samples]
     real = load_images(real_images)
-    fid_real = real + load_images(reference_images or [])
+    fid_real = real + load_images(reference_images)
     n_gen, n_real, n_fid_real = len(generated), len(real), len(fid_real)
     if n_gen < 2 or n_fid_real < 2:
         raise S2SError(
@@ -282,28 +280,31 @@ def evaluate_method(
         n_gen,
         n_real,
         n_fid_real - n_real,
-        n_boot,
+        settings.n_boot,
     )
 
     # Two parts of different cost (networks, then the bootstrap): a line after each.
     progress = Progress(f"evaluating {method}", 2, log, every_s=0.0, unit="parts")
-    extractor = load_feature_extractor(feature_extractor)
+    extractor = load_feature_extractor(settings.feature_extractor)
     feats_gen = extract_features(extractor, generated)
     feats_real = extract_features(extractor, fid_real)
-    study_spec = study_feature_extractor or feature_extractor
-    study_extractor = extractor if study_spec == feature_extractor else load_feature_extractor(study_spec)
-    study_idx, n_study = study_selection(samples, n_fid_real, study_n_images)
-    if n_study < study_n_images:
+    study_spec = settings.study_feature_extractor
+    study_extractor = (
+        extractor if study_spec == settings.feature_extractor else load_feature_extractor(study_spec)
+    )
+    study_idx, n_study = study_selection(samples, n_fid_real, settings.study_n_images)
+    if n_study < settings.study_n_images:
         warn(
             f"study FID/IS: {n_study} generated vs {n_study} real images, fewer than "
-            f"evaluation.study_n_images = {study_n_images} ({n_gen} generated, {n_fid_real} real available)"
+            f"evaluation.study_n_images = {settings.study_n_images} "
+            f"({n_gen} generated, {n_fid_real} real available)"
         )
     if n_study < 2:
         raise S2SError(f"evaluate {method}: the study FID/IS need at least 2 images per set, got {n_study}")
     study_gen = extract_features(study_extractor, [generated[i] for i in study_idx])["logits"]
     study_real = extract_features(study_extractor, fid_real[:n_study])["logits"]
-    clip = load_clip(clip_model)
-    dino = load_dino(dino_model) if dino_model else None
+    clip = load_clip(settings.clip_model)
+    dino = load_dino(settings.dino_model) if settings.dino_model else None
     if dino is None:
         warn("DINO skipped: no DINO model configured (evaluation.dino_model is null)")
 
@@ -317,7 +318,7 @@ def evaluate_method(
     progress.update()
 
     clusters = [s.get("prompt_id", s["prompt"]) for s in samples]
-    boot = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
+    boot = {"n_boot": settings.n_boot, "confidence": confidence, "seed": seed}
     with single_threaded_torch():
         metrics = {
             **_per_image_metrics(per_image, boot, clusters),
@@ -343,9 +344,9 @@ def evaluate_method(
         # The DreamBooth paper's "Real Images" row: mean DINO / CLIP-I over pairs of distinct real images.
         "reference": {"dino_real": fidelity["dino_real"], "clip_i_real": fidelity["clip_i_real"]},
         "models": {
-            "clip_model": clip_model,
-            "dino_model": dino_model,
-            "feature_extractor": feature_extractor,
+            "clip_model": settings.clip_model,
+            "dino_model": settings.dino_model,
+            "feature_extractor": settings.feature_extractor,
             "feature_extractor_name": extractor.name,
             "study_feature_extractor": study_spec,
             "study_feature_extractor_name": study_extractor.name,
@@ -353,7 +354,7 @@ def evaluate_method(
         "study_images": {
             "n": n_study,
             "generated": [str(samples[i]["path"]) for i in study_idx],
-            "real": [str(p) for p in (list(real_images) + list(reference_images or []))[:n_study]],
+            "real": [str(p) for p in (list(real_images) + reference_images)[:n_study]],
             "selection": "first seed of each prompt in manifest order, then the second, ...; first n real",
         },
         "bootstrap": {
