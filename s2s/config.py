@@ -7,8 +7,9 @@ defaults, once (rules/common.smk at parse time; jobs get that config). The typed
 dataclasses built from the checked config alone, so that stage functions take the sub-config they need
 instead of reaching into nested dicts: ``train_config`` (a method's training, merging the shared
 settings under the method's), ``sampling_config``, ``class_images_config``, ``edit_config``,
-``evaluation_config``, ``world_config`` and ``subject``. ``model_kind`` reads the ``models`` choice
-(hub, tiny, rehearsal, world), and ``base_model`` and ``metric_models`` turn it into the models' paths.
+``evaluation_config``, ``world_config``, ``edit_bench_config`` and ``subject``. ``model_kind`` reads the
+``models`` choice (hub, tiny, rehearsal, world), and ``base_model`` and ``metric_models`` turn it into the
+models' paths.
 The ``depends_*`` functions give each rule's ``params``: the part of the config its outputs depend on.
 """
 
@@ -450,6 +451,24 @@ class WorldConfig:
     report_check: bool  # the check's page in the report (planned by s2s.plan.report_targets)
 
 
+@dataclass(frozen=True)
+class EditBenchConfig:
+    """edit_bench.*: the world edit benchmark (s2s.world_studies.edit_bench)."""
+
+    cases: int
+    seed: int
+    methods: list[str]
+    edit_types: list[str]
+    num_inference_steps: int
+    guidance_scale: float
+    null_text_inner_steps: int
+    null_text_sources: int | None  # None: null-text inversion on every source
+    blend_threshold: float
+    subject_model: str  # the trained model of the subject edits (a method), or base
+    n_boot: int
+    jobs: int
+
+
 def _section(cls, values: dict):
     """A typed section: every field read from the checked config (check_config filled the schema's
     defaults: a missing key here is a config that was not checked)."""
@@ -478,6 +497,10 @@ def evaluation_config(config: dict) -> EvaluationConfig:
 
 def world_config(config: dict) -> WorldConfig:
     return _section(WorldConfig, config["world"])
+
+
+def edit_bench_config(config: dict) -> EditBenchConfig:
+    return _section(EditBenchConfig, config["edit_bench"])
 
 
 def schema_defaults(section: str) -> dict:

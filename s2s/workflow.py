@@ -337,27 +337,16 @@ def world_check(smk, config) -> None:
 def edit_bench(smk, config) -> None:
     from s2s.world_studies.edit_bench import run_edit_bench
 
-    bench = config["edit_bench"]
+    bench = cfgmod.edit_bench_config(config)
+    # The config subject whose trained model makes the subject edits (None: the base model makes them).
     subject = smk.params.subject
-    subject_model = None
-    if subject is not None:
-        method = bench["subject_model"]
-        subject_model = (method, cfgmod.results_dir(config) / subject / "models" / method)
     run_edit_bench(
         Path(smk.input.build).parent,
         smk.output.cases,
         smk.output.csv,
         smk.output.summary,
-        cases=bench["cases"],
-        seed=bench["seed"],
-        methods=bench["methods"],
-        edit_types=bench["edit_types"],
-        num_inference_steps=bench["num_inference_steps"],
-        guidance_scale=bench["guidance_scale"],
-        null_text_inner_steps=bench["null_text_inner_steps"],
-        null_text_sources=bench["null_text_sources"],
-        blend_threshold=bench["blend_threshold"],
-        subject_model=subject_model,
-        n_boot=bench["n_boot"],
-        jobs=bench["jobs"],
+        bench,
+        subject_model_dir=None
+        if subject is None
+        else cfgmod.results_dir(config) / subject / "models" / bench.subject_model,
     )

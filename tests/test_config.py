@@ -246,9 +246,9 @@ def test_a_new_key_reruns_only_off_its_default():
 
 
 def test_stage_configs_are_built_from_the_checked_config_alone():
-    """Sampling, class images, edits, evaluation and world: typed, every schema key a field, every value
-    from the checked config (defaults only in the schema: no field has one, and an unchecked config is
-    refused instead of completed)."""
+    """Sampling, class images, edits, evaluation, world and the edit benchmark: typed, every schema key a
+    field, every value from the checked config (defaults only in the schema: no field has one, and an
+    unchecked config is refused instead of completed)."""
     from dataclasses import MISSING, fields
 
     from s2s import config as cfgmod
@@ -259,6 +259,7 @@ def test_stage_configs_are_built_from_the_checked_config_alone():
         "edits": cfgmod.edit_config,
         "evaluation": cfgmod.evaluation_config,
         "world": cfgmod.world_config,
+        "edit_bench": cfgmod.edit_bench_config,
     }
     ignored = {"sampling": {"prompt_chunk_size"}}  # a key kept so that old configs load; nothing reads it
     changes = {
@@ -267,6 +268,7 @@ def test_stage_configs_are_built_from_the_checked_config_alone():
         "edits": {"blend_threshold": 0.5, "inversion": "ddim"},
         "evaluation": {"n_boot": 20},
         "world": {"check_seeds": 3},
+        "edit_bench": {"cases": 5, "methods": ["baseline"]},
     }
     config = check_config(with_(**changes))
     schema = load_schema()["properties"]

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from s2s import plan
+from s2s.config import EditBenchConfig, check_config, edit_bench_config
 from s2s.edit.bench_metrics import background_metrics, bench_metrics, gt_psnr, gt_psnr_in_mask
 from s2s.edit.metrics import MAX_PSNR
 from s2s.world.edit_cases import EDIT_TYPES, SUBJECT, SUBJECT_TOKEN
@@ -22,14 +23,28 @@ from s2s.world_studies import edit_bench as eb
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # The subset: the first 10 cases of seed 0 (3 sources, every edit type), at few steps so that it runs in
-# a test; the benchmark itself runs 20 (config edit_bench). Subject cases on the base model (no training).
-SUBSET = {"cases": 10, "seed": 0, "num_inference_steps": 8, "null_text_inner_steps": 3, "n_boot": 200}
+# a test, in this process; the benchmark itself runs 20 (config edit_bench). Subject cases on the base
+# model (no training).
+SUBSET = {
+    "cases": 10,
+    "seed": 0,
+    "num_inference_steps": 8,
+    "null_text_inner_steps": 3,
+    "n_boot": 200,
+    "jobs": 1,
+}
 REQUIRED = (
     "case", "edit_type", "method", "seconds", "unet_calls", "background_psnr", "background_ssim",
     "structure_distance", "clip_whole", "clip_edited", "gt_psnr", "gt_psnr_in_mask",
     "target_attribute_correct",
 )  # fmt: skip
 FILES = ("source.png", "target_gt.png", "mask.png", *(f"{m}.png" for m in eb.METHODS))
+
+
+def bench_config(**changes) -> EditBenchConfig:
+    """edit_bench.* of a checked config: the schema's defaults, with ``changes``."""
+    subjects = {"toy": {"class": "toy", "synthetic": True}}
+    return edit_bench_config(check_config({"subjects": subjects, "edit_bench": changes}))
 
 
 # ---------------------------------------------------------------- planning (no models)
@@ -80,14 +95,15 @@ def test_every_case_gets_a_controller_that_builds_with_the_world_tokenizer(world
 
     tokenizer = CLIPTokenizer.from_pretrained(world_models / "sd" / "tokenizer")
     kinds = {"object": Replace, "colour": Replace, "background": Refine, "accessory": Refine}
+    threshold = bench_config().blend_threshold
     for case in eb.bench_cases(0, 100):
-        spec = eb.controller_spec(case)
+        spec = eb.controller_spec(case, threshold)
         controller = build_controller(tokenizer, case.source_prompt, case.target_prompt, spec, 20)
         assert isinstance(controller, kinds.get(case.edit_type, Refine)), case.case_id
         blend = controller.local_blend
         assert (blend is None) == (case.edit_type == "background"), case.case_id
         if blend is not None:
-            assert blend.threshold == eb.BLEND_THRESHOLD and isinstance(blend, LocalBlend)
+            assert blend.threshold == threshold and isinstance(blend, LocalBlend)
             for prompt, words in zip((case.source_prompt, case.target_prompt), spec["blend_words"]):
                 assert all(word_positions(tokenizer, prompt, w) for w in words), (case.case_id, words)
 
@@ -115,7 +131,7 @@ def subset(world_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("edit_bench")
     out = root / "edit_bench"
     csv_path, json_path = root / "edit_bench.csv", root / "edit_bench.json"
-    summary = eb.run_edit_bench(world_models, out, csv_path, json_path, **SUBSET)
+    summary = eb.run_edit_bench(world_models, out, csv_path, json_path, bench_config(**SUBSET))
     with open(csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {
@@ -265,7 +281,7 @@ def test_summary_means_are_the_rows_and_intervals_contain_them(subset):
 
 
 def test_shards_split_every_source_once_by_cost():
-    settings = eb.Settings("models/world", cases=100, null_text_sources=4)
+    settings = eb.Settings("models/world", bench_config(cases=100, null_text_sources=4), None)
     groups = eb.by_source(settings.selected())
     parts = eb.shards(settings, 2)
     assert len(parts) == 2 and sorted(s for p in parts for s in p) == sorted(groups)
@@ -276,5 +292,7 @@ def test_shards_split_every_source_once_by_cost():
     assert abs(load[0] - load[1]) <= max(cost.values()), load  # longest first: within one source
     assert eb.shards(settings, 1) == [order]
     assert settings.null_text_source_ids(groups) == order[:4]
-    no_null = eb.Settings("models/world", cases=100, methods=("p2p_ddim",), null_text_sources=4)
+    no_null = eb.Settings(
+        "models/world", bench_config(cases=100, methods=["p2p_ddim"], null_text_sources=4), None
+    )
     assert no_null.null_text_source_ids(groups) == []

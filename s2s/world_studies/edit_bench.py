@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from s2s.config import EditBenchConfig
 from s2s.edit.photo_metrics import PHOTO_METRICS
 from s2s.io import S2SError, save_png, write_json, write_text
 from s2s.world.edit_cases import (
@@ -64,10 +65,6 @@ REFERENCE = "ground_truth"  # the renderer's target scored as an edit (the ceili
 # self-attention for the first 40% (layers of at most 16x16 tokens).
 CROSS_REPLACE_STEPS = 0.8
 SELF_REPLACE_STEPS = 0.4
-# Local blend's threshold on the world models. Their cross-attention is aggregated at 8 x 8; at P2P's 0.3
-# the blend mask covers the whole latent (tests/test_world_edits.py measured 100% on both seeds), at 0.7 it
-# leaves the background around the object (78-91% of the latent covered).
-BLEND_THRESHOLD = 0.7
 LINEUP = 40  # world dogs the subject is identified against (s2s.world_studies.study.LINEUP)
 METRICS = (
     *PHOTO_METRICS,  # the metrics without a ground truth, as a manifest's edits get them
@@ -121,8 +118,11 @@ def _accessory_word(context: str) -> list[str]:
     return [context.split()[-1]] if context in ACCESSORIES else []
 
 
-def controller_spec(case: EditCase, threshold: float = BLEND_THRESHOLD) -> dict:
-    """The P2P edit of a case's type (docs/edit_bench.md, "Controllers"):
+def controller_spec(case: EditCase, threshold: float) -> dict:
+    """The P2P edit of a case's type (docs/edit_bench.md, "Controllers"), blending at ``threshold``
+    (edit_bench.blend_threshold: 0.7 on the world models, whose cross-attention is aggregated at 8 x 8; at
+    P2P's 0.3 the blend mask covers the whole latent (tests/test_world_edits.py measured 100% on both
+    seeds), at 0.7 it leaves the background around the object, 78-91% of the latent covered):
 
     - object, colour: word swap (``replace``: the prompts have as many words) with a local blend on the
       class noun, so the edit stays on the object;
@@ -465,27 +465,21 @@ def summary_table(summary: dict, column: str = "target_attribute_correct") -> st
 
 @dataclass(frozen=True)
 class Settings:
-    """What the generation of the benchmark's edits depends on (``run_edit_bench``'s arguments)."""
+    """What the generation of the benchmark's edits depends on (``run_edit_bench``'s arguments), as the
+    worker processes get it."""
 
     models_dir: str
-    cases: int = 100
-    seed: int = 0
-    methods: tuple[str, ...] = tuple(METHODS)
-    edit_types: tuple[str, ...] = EDIT_TYPES
-    num_inference_steps: int = 20
-    guidance_scale: float = 7.5
-    null_text_inner_steps: int = 10
-    null_text_sources: int | None = None
-    blend_threshold: float = BLEND_THRESHOLD
-    subject_model: tuple[str, str] | None = None  # (method, folder); None: the base model
+    bench: EditBenchConfig
+    subject_model_dir: str | None  # the trained model bench.subject_model; None: the base model
 
     def selected(self) -> list[EditCase]:
-        return bench_cases(self.seed, self.cases, self.edit_types)
+        return bench_cases(self.bench.seed, self.bench.cases, self.bench.edit_types)
 
     def null_text_source_ids(self, groups: dict) -> list[str]:
-        if "p2p_null_text" not in self.methods:
+        if "p2p_null_text" not in self.bench.methods:
             return []
-        return list(groups)[: len(groups) if self.null_text_sources is None else self.null_text_sources]
+        sources = self.bench.null_text_sources
+        return list(groups)[: len(groups) if sources is None else sources]
 
 
 def generate(settings: Settings, source_ids: list[str], out_dir: Path | str) -> list[dict]:
@@ -497,10 +491,8 @@ def generate(settings: Settings, source_ids: list[str], out_dir: Path | str) -> 
     base = str(Path(settings.models_dir) / "sd")
     pipes = {"base": (load_pipeline(base), "base")}
     if any(c.edit_type == "subject" for s in source_ids for c in groups[s]):
-        method, folder = settings.subject_model or ("base", None)
-        pipes["subject"] = (
-            pipes["base"] if method == "base" else (load_pipeline(base, method, folder), method)
-        )
+        method, folder = settings.bench.subject_model, settings.subject_model_dir
+        pipes["subject"] = pipes["base"] if folder is None else (load_pipeline(base, method, folder), method)
     from s2s.progress import Progress
 
     progress = Progress("edit benchmark", sum(len(groups[s]) for s in source_ids), log, unit="cases")
@@ -510,12 +502,12 @@ def generate(settings: Settings, source_ids: list[str], out_dir: Path | str) -> 
             pipes,
             groups[source_id],
             out_dir,
-            list(settings.methods),
-            settings.num_inference_steps,
-            settings.guidance_scale,
-            settings.null_text_inner_steps,
+            list(settings.bench.methods),
+            settings.bench.num_inference_steps,
+            settings.bench.guidance_scale,
+            settings.bench.null_text_inner_steps,
             source_id in null_sources,
-            settings.blend_threshold,
+            settings.bench.blend_threshold,
         )
         progress.update(len(groups[source_id]))
     del pipes
@@ -528,9 +520,9 @@ def shards(settings: Settings, jobs: int) -> list[list[str]]:
     inversion about ``null_text_inner_steps + 2`` edits: its Adam steps run forward and backward)."""
     groups = by_source(settings.selected())
     null_sources = set(settings.null_text_source_ids(groups))
-    edits = len(settings.methods)
+    edits = len(settings.bench.methods)
     cost = {
-        s: len(c) * edits + (settings.null_text_inner_steps + 2) * (s in null_sources)
+        s: len(c) * edits + (settings.bench.null_text_inner_steps + 2) * (s in null_sources)
         for s, c in groups.items()
     }
     out: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(groups))))]
@@ -590,14 +582,7 @@ def _worker_main(spec_path: str, result_path: str, name: str) -> None:
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
     raw = spec["settings"]
-    settings = Settings(
-        **{
-            **raw,
-            "methods": tuple(raw["methods"]),
-            "edit_types": tuple(raw["edit_types"]),
-            "subject_model": tuple(raw["subject_model"]) if raw["subject_model"] else None,
-        }
-    )
+    settings = Settings(raw["models_dir"], EditBenchConfig(**raw["bench"]), raw["subject_model_dir"])
     write_json(result_path, generate(settings, spec["sources"], spec["out"]))
 
 
@@ -606,43 +591,21 @@ def run_edit_bench(
     out_dir: Path | str,
     csv_path: Path | str,
     json_path: Path | str,
-    *,
-    cases: int = 100,
-    seed: int = 0,
-    methods: list[str] | tuple[str, ...] = tuple(METHODS),
-    edit_types: list[str] | tuple[str, ...] = EDIT_TYPES,
-    num_inference_steps: int = 20,
-    guidance_scale: float = 7.5,
-    null_text_inner_steps: int = 10,
-    null_text_sources: int | None = None,
-    blend_threshold: float = BLEND_THRESHOLD,
-    subject_model: tuple[str, Path | str] | None = None,
-    n_boot: int = 1000,
-    jobs: int = 1,
+    bench: EditBenchConfig,
+    subject_model_dir: Path | str | None = None,
 ) -> dict:
     """Run every method on the benchmark's cases and write the case folders, the CSV and the summary JSON.
 
-    ``subject_model``: (method, folder) of the trained subject model for subject cases (textual_inversion,
-    dreambooth or lora, trained on ``world_subject(*SUBJECT)`` with the token ``SUBJECT_TOKEN``); None runs
-    them on the base model. ``null_text_sources``: null-text inversion only on the first N sources (None:
-    all). ``jobs``: processes generating side by side (sources split between them)."""
+    ``bench``: edit_bench.* (cases, methods, steps, the bootstrap's resamples, ``jobs``: processes
+    generating side by side, the sources split between them). ``subject_model_dir``: the folder of the
+    trained subject model ``bench.subject_model`` for subject cases (textual_inversion, dreambooth or lora,
+    trained on ``world_subject(*SUBJECT)`` with the token ``SUBJECT_TOKEN``); None runs them on the base
+    model."""
     models_dir, out_dir = Path(models_dir), Path(out_dir)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
+    unknown = [m for m in bench.methods if m not in METHODS]
+    if unknown or not bench.methods:
         raise S2SError(f"config key edit_bench.methods: {unknown}; use some of {', '.join(METHODS)}")
-    settings = Settings(
-        str(models_dir),
-        cases,
-        seed,
-        tuple(methods),
-        tuple(edit_types),
-        num_inference_steps,
-        guidance_scale,
-        null_text_inner_steps,
-        null_text_sources,
-        blend_threshold,
-        None if subject_model is None else (subject_model[0], str(subject_model[1])),
-    )
+    settings = Settings(str(models_dir), bench, None if subject_model_dir is None else str(subject_model_dir))
     start = time.perf_counter()
     selected = settings.selected()
     groups = by_source(selected)
@@ -653,14 +616,14 @@ def run_edit_bench(
         len(selected),
         ", ".join(f"{t} {sum(c.edit_type == t for c in selected)}" for t in EDIT_TYPES),
         len(groups),
-        ", ".join(methods),
-        num_inference_steps,
+        ", ".join(bench.methods),
+        bench.num_inference_steps,
         len(null_sources),
-        jobs,
+        bench.jobs,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    if jobs > 1:
-        rows = _generate_in_workers(settings, jobs, out_dir)
+    if bench.jobs > 1:
+        rows = _generate_in_workers(settings, bench.jobs, out_dir)
     else:
         rows = generate(settings, list(groups), out_dir)
     rows = sort_rows(rows, selected)
@@ -670,30 +633,34 @@ def run_edit_bench(
         "what": "world edit benchmark (issue 23): the world models' numbers, not SD v1.4's",
         "models": str(models_dir),
         "settings": {
-            "cases": cases,
-            "seed": seed,
-            "methods": list(methods),
-            "edit_types": list(edit_types),
-            "num_inference_steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "null_text_inner_steps": null_text_inner_steps,
-            "null_text_sources": null_text_sources,
-            "blend_threshold": blend_threshold,
-            "subject_model": "base" if subject_model is None else f"{subject_model[0]} ({subject_model[1]})",
-            "n_boot": n_boot,
-            "jobs": jobs,
+            "cases": bench.cases,
+            "seed": bench.seed,
+            "methods": list(bench.methods),
+            "edit_types": list(bench.edit_types),
+            "num_inference_steps": bench.num_inference_steps,
+            "guidance_scale": bench.guidance_scale,
+            "null_text_inner_steps": bench.null_text_inner_steps,
+            "null_text_sources": bench.null_text_sources,
+            "blend_threshold": bench.blend_threshold,
+            "subject_model": "base"
+            if subject_model_dir is None
+            else f"{bench.subject_model} ({settings.subject_model_dir})",
+            "n_boot": bench.n_boot,
+            "jobs": bench.jobs,
             "interval": "95% percentile bootstrap over cases (s2s.metrics.bootstrap.bootstrap_ci)",
         },
         "n_cases": len(selected),
         "n_sources": len(groups),
         "cases_per_type": {t: sum(c.edit_type == t for c in selected) for t in EDIT_TYPES},
         "null_text_cases": len(null_cases),
-        "controllers": {t: _spec_of_type(selected, t, blend_threshold) for t in EDIT_TYPES},
+        "controllers": {t: _spec_of_type(selected, t, bench.blend_threshold) for t in EDIT_TYPES},
         "seconds": {},
-        "methods": summarise(rows, n_boot, seed),
+        "methods": summarise(rows, bench.n_boot, bench.seed),
     }
-    if len(null_cases) < len(selected) and "p2p_null_text" in methods:
-        summary["methods_on_null_text_cases"] = summarise(rows, n_boot, seed, cases=set(null_cases))
+    if len(null_cases) < len(selected) and "p2p_null_text" in bench.methods:
+        summary["methods_on_null_text_cases"] = summarise(
+            rows, bench.n_boot, bench.seed, cases=set(null_cases)
+        )
     summary["seconds"]["total"] = time.perf_counter() - start
     write_json(json_path, summary)
     log.info(
