@@ -23,7 +23,9 @@ from s2s.io import S2SError, check_safe_name
 # (tests/test_parse.py checks it): those modules import torch.
 EDIT_TYPES = ("replace", "refine", "reweight", "subject")
 INVERSION_NAMES = ("negative_prompt", "null_text", "ddim", "direct")
-COLUMNS = ("edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion")
+COLUMNS = (
+    "edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion", "seed",
+)  # fmt: skip
 REQUIRED = ("source_prompt", "target_prompt", "edit")
 
 
@@ -109,6 +111,7 @@ class RowCells:
     model: str | None
     inversion: str | None
     params: dict
+    seed: int | None = None  # a generated source's noise seed (None: the run's seed)
 
 
 def check_row(raw: dict, row: int, where: Where) -> RowCells:
@@ -138,7 +141,24 @@ def check_row(raw: dict, row: int, where: Where) -> RowCells:
         model=raw.get("model"),
         inversion=inversion,
         params=parse_params(raw.get("params"), where, row),
+        seed=parse_seed(raw, where, row),
     )
+
+
+def parse_seed(raw: dict, where: Where, row: int) -> int | None:
+    """A row's ``seed``: the noise its generated source (and edit) start from, so that each edit can pick
+    the sample it shows (P2P's notebooks seed each prompt pair). A photo's noise is its inversion's."""
+    value = raw.get("seed")
+    if value is None:
+        return None
+    if raw.get("image"):
+        raise where.error(
+            row, "seed", "a seed applies to generated sources only; a photo's noise comes from its inversion"
+        )
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"\d+", text) or int(text) >= 2**63:
+        raise where.error(row, "seed", f"{value!r} is not a seed; give a whole number from 0 to 2**63 - 1")
+    return int(text)
 
 
 def parse_params(value, where: Where, row: int) -> dict:

@@ -55,7 +55,9 @@ def models(tmp_path_factory):
 
 
 def write_manifest(folder: Path, rows: list[dict], name="manifest.csv") -> Path:
-    columns = ["edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion"]
+    columns = [
+        "edit_id", "image", "source_prompt", "target_prompt", "edit", "params", "model", "inversion", "seed"
+    ]  # fmt: skip
     path = folder / name
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[c for c in columns if any(c in r for r in rows)])
@@ -195,6 +197,9 @@ BAD_ROWS = [
     ({"inversion": "pivotal", "image": "photo.png"}, "inversion"),
     ({"edit_id": "../escape"}, "edit_id"),
     ({"edit_id": "001_horse"}, "edit_id"),  # duplicate of row 1's derived id
+    ({"seed": "-1"}, "seed"),
+    ({"seed": "1.5"}, "seed"),
+    ({"seed": "7", "image": "photo.png"}, "seed"),  # a photo's noise is its inversion's
 ]
 
 
@@ -209,6 +214,21 @@ def test_bad_manifest_names_row_and_column_and_writes_nothing(models, tmp_path, 
     message = str(info.value)
     assert str(manifest) in message and "row 2" in message and f"column '{column}'" in message, message
     assert not out.exists()
+
+
+def test_a_rows_seed_picks_its_generated_source(models, tmp_path):
+    """A row's seed replaces the batch's for its generated source, and edit.json records the one used; a
+    row without one keeps the batch's."""
+    rows = [
+        {**GOOD_ROW, "edit_id": "batch_seed"},
+        {**GOOD_ROW, "edit_id": "own_seed", "seed": "11"},
+        {**GOOD_ROW, "edit_id": "batch_seed_again", "seed": "3"},
+    ]
+    records = run(models, write_manifest(tmp_path, rows), tmp_path / "edits")
+    assert [r["seed"] for r in records] == [3, 11, 3]
+    source = {r["edit_id"]: (tmp_path / "edits" / r["edit_id"] / "source.png").read_bytes() for r in rows}
+    assert source["batch_seed"] == source["batch_seed_again"]
+    assert source["own_seed"] != source["batch_seed"]
 
 
 def test_manifest_without_required_column(models, tmp_path):

@@ -4,7 +4,7 @@ Manifest (CSV with a header, or YAML: a list of mappings or ``{edits: [...]}``),
 
 - ``source_prompt``, ``target_prompt``, ``edit`` (replace | refine | reweight | subject): required;
 - ``image``: a photo (relative to the manifest's folder) to invert and edit; empty: the source is generated
-  from ``source_prompt`` with the batch seed;
+  from ``source_prompt`` with the row's ``seed``, else the batch's;
 - ``edit_id``: output folder name; derived from the row number and the edited words when empty;
 - ``params``: JSON/YAML mapping of P2P parameters (cross_replace_steps, self_replace_steps, blend_words,
   threshold, start_blend, equalizer, self_replace_max_res), over the batch's settings (the edits.* keys,
@@ -12,7 +12,9 @@ Manifest (CSV with a header, or YAML: a list of mappings or ``{edits: [...]}``),
 - ``model``: base, or a trained model the batch is given (``model_dirs``: in the workflow every method
   and variant of config key ``methods``); default base, and the subject model for ``subject`` edits (the
   photo is inverted and edited with that model);
-- ``inversion``: negative_prompt (default) | null_text | ddim | direct.
+- ``inversion``: negative_prompt (default) | null_text | ddim | direct;
+- ``seed``: the noise seed of a generated source (a whole number; not with ``image``), so that an edit can
+  show the sample it was chosen for; empty: the batch's seed (the workflow's config ``seed``).
 
 Outputs per edit, in ``out_root/{edit_id}/`` (the folder appears complete or not at all): source.png,
 reconstruction.png, edited.png, mask.png (the edit mask of the metrics, L, 255 = may change),
@@ -73,6 +75,7 @@ class EditRow:
     spec: dict = field(default_factory=dict)  # controller spec: edit + P2P parameters, defaults applied
     # Built once, when the manifest is checked (before any model loads), and used by the edit.
     controller: EditController | None = None
+    seed: int | None = None  # the row's own seed for a generated source (None: the batch's)
 
 
 def _check_image(path: Path, where: Where, row: int) -> None:
@@ -153,6 +156,7 @@ def parse_row(
         model,
         (cells.inversion or settings.inversion) if image is not None else None,
         {"edit": edit, **settings.spec, **cells.params},
+        seed=cells.seed,
     )
 
 
@@ -275,6 +279,7 @@ def _edit_row(
 ) -> dict:
     start = time.perf_counter()
     steps, guidance = int(settings.num_inference_steps), float(settings.guidance_scale)
+    seed = row.seed if row.seed is not None else seed
     inversion = None
     target = convert_prompt(pipe, row.target_prompt)
     controller = row.controller
