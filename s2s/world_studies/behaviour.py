@@ -240,15 +240,17 @@ def measure_reweight(
     prompt: str = SNOW_PROMPT,
     word: str = SNOW_WORD,
     object_word: str = SNOW_OBJECT,
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> dict:
     """P2P reweighting of ``word`` in ``prompt`` at each of ``scales``: the amount of snow of the edit.
 
     ``snow_fraction`` per scale: the mean over seeds of :func:`snow_fraction` of the edited image outside
     the object's attention mask (:func:`attention_mask` of ``object_word`` in both branches of that run,
-    not grown: it only has to keep a white animal out of the count). A seed whose mask covers its whole
-    image at any scale is left out at every scale (``usable_seeds``), so the scales' means stay paired
-    over the same seeds. Reported beside it: the mean classifier probability of the context "in the snow"
-    (it saturates once the context is recognised, so it cannot tell more snow from enough), and
+    at ``mask_threshold``, not grown: it only has to keep a white animal out of the count). A seed whose
+    mask covers its whole image at any scale is left out at every scale (``usable_seeds``), so the scales'
+    means stay paired over the same seeds. Reported beside it: the mean classifier probability of the
+    context "in the snow" (it saturates once the context is recognised, so it cannot tell more snow from
+    enough), and
     ``change_from_source``, the mean absolute pixel difference (0..1) between the edit and the unedited
     source branch (whether the reweighting acts at all; 0 at scale 1).
     """
@@ -264,7 +266,9 @@ def measure_reweight(
                 pipe, prompt, prompt, controller, generator=_generator(seed), num_inference_steps=steps,
                 guidance_scale=GUIDANCE,
             )  # fmt: skip
-            mask = attention_mask(pipe, controller, prompt, prompt, (object_word, object_word), dilation=0)
+            mask = attention_mask(
+                pipe, controller, prompt, prompt, (object_word, object_word), mask_threshold, dilation=0
+            )
             fractions.append(snow_fraction(result.edited_image, mask))
             images.append(result.edited_image)
             change = np.abs(image_array(result.edited_image) - image_array(result.source_image)).mean()
