@@ -5,9 +5,13 @@
 #   scripts/diffusers_examples/compare.sh EXAMPLES_DIR [OUT_DIR] [STEPS] [ROUNDS]
 #
 # EXAMPLES_DIR holds train_dreambooth.py, train_dreambooth_lora.py and textual_inversion.py from a diffusers
-# checkout (examples/dreambooth, examples/textual_inversion); they need torchvision. Run `make demo` first
-# (it builds the tiny model and the toy images). Results: OUT_DIR/{ref,ours}_{method}_{round}.json and
-# OUT_DIR/summary.md. Measure on an idle machine; nothing else should run meanwhile.
+# checkout (examples/dreambooth, examples/textual_inversion); they need torchvision, and `python` on PATH
+# must be an environment that has it and s2s (both sides run in it). The tiny model and the toy images
+# come from the tiny config, built into results/ (the demo uses the world models, not these):
+#   snakemake --cores 1 --configfile config/tiny.yaml --config results_dir=results -- \
+#       results/tiny_models/sd/model_index.json results/toy/instance results/toy/class_images
+# Results: OUT_DIR/{reference,ours}_{method}_{round}.json and OUT_DIR/summary.md. Measure on an idle
+# machine; nothing else should run meanwhile.
 set -euo pipefail
 EXAMPLES=$(realpath "$1"); OUT=$(realpath -m "${2:-results/bench/diffusers_examples}")
 STEPS=${3:-15}; ROUNDS=${4:-3}
