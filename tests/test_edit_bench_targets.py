@@ -66,7 +66,8 @@ def config_settings() -> dict:
 def summary() -> dict:
     from s2s.world_studies.edit_bench import targets_table
 
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--forcerun", "edit_bench", "edit_bench"]
+    # The target before --forcerun, which takes every rule name after it (the target would default to all).
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "edit_bench", "--forcerun", "edit_bench"]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))),
