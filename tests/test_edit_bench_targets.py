@@ -3,8 +3,8 @@ committed world models (models/world) with the config's edit_bench settings (con
 schema's defaults, 100 cases of seed 0 at 20 steps), the demo subject's LoRA trained first when missing,
 then each target of the summary's ``targets`` (s2s.world_studies.edit_bench_targets) checked.
 
-The benchmark takes 7-10 minutes on 2 idle cores (more on a loaded machine), too long for CI, so these
-tests run only with S2S_EDIT_BENCH=1:
+The benchmark takes 7-15 minutes on 2 cores (852 s measured from scratch, the LoRA's training included),
+too long for CI, so these tests run only with S2S_EDIT_BENCH=1:
 
     S2S_EDIT_BENCH=1 .venv/bin/python -m pytest -q -s -m edit_bench tests/test_edit_bench_targets.py
 
@@ -47,7 +47,7 @@ pytestmark = [
     pytest.mark.edit_bench,
     pytest.mark.skipif(
         os.environ.get("S2S_EDIT_BENCH") != "1",
-        reason="set S2S_EDIT_BENCH=1 (the full edit benchmark, ~10 min)",
+        reason="set S2S_EDIT_BENCH=1 (the full edit benchmark, 10-15 min)",
     ),
 ]
 
