@@ -19,6 +19,7 @@ from s2s.edit.bench_metrics import background_metrics, bench_metrics, gt_psnr, g
 from s2s.edit.metrics import MAX_PSNR
 from s2s.world.edit_cases import EDIT_TYPES, SUBJECT, SUBJECT_TOKEN
 from s2s.world_studies import edit_bench as eb
+from s2s.world_studies.edit_bench_targets import edit_bench_targets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -160,6 +161,8 @@ def test_subset_writes_every_file_and_column(subset):
     assert {r["edit_type"] for r in rows} == set(EDIT_TYPES)
     summary = subset["json"]
     assert summary == json.loads(json.dumps(subset["summary"]))  # the file is the returned summary
+    # The targets are the CSV's rows' (read back as strings), with the run's resamples and seed.
+    assert summary["targets"] == edit_bench_targets(rows, SUBSET["n_boot"], SUBSET["seed"])
     assert summary["n_cases"] == 10 and sum(summary["cases_per_type"].values()) == 10
     for method in methods:
         assert set(summary["methods"][method]) == {"all", *EDIT_TYPES}, method

@@ -16,7 +16,8 @@ the world's edit cases with ground-truth targets. docs/edit_bench.md describes t
   identification of the subject against a line-up. A ``ground_truth`` row per case scores the renderer's
   target as if it were an edit: the ceiling of every metric and the read-outs' accuracy on the truth.
 - Summary (``summarise``): per method and edit type, the mean of each column with a percentile-bootstrap
-  interval resampling cases (``s2s.metrics.bootstrap.bootstrap_ci``).
+  interval resampling cases (``s2s.metrics.bootstrap.bootstrap_ci``); and issue 23's targets measured
+  from the rows, paired by case (``s2s.world_studies.edit_bench_targets``).
 - Speed: with ``jobs`` > 1 the sources are split between worker processes (``shards``, ``python -m
   s2s.world_studies.edit_bench``), each generating and scoring its sources with one torch thread.
 """
@@ -49,6 +50,7 @@ from s2s.world.edit_cases import (
     edit_cases,
     write_case,
 )
+from s2s.world_studies.edit_bench_targets import edit_bench_targets
 
 log = logging.getLogger(__name__)
 
@@ -459,6 +461,17 @@ def summary_table(summary: dict, column: str = "target_attribute_correct") -> st
     return "\n".join(lines)
 
 
+def targets_table(targets: list[dict]) -> str:
+    """A Markdown table of the targets: measured value [interval], target, met."""
+    lines = ["| target | value [95% interval] | target | met |", "|---|---|---|---|"]
+    for entry in targets:
+        value = "not measured" if entry["value"] is None else f"{entry['value']:.3g}"
+        if entry["ci_low"] is not None:
+            value += f" [{entry['ci_low']:.3g}, {entry['ci_high']:.3g}]"
+        lines.append(f"| {entry['key']} | {value} | {entry['target']:g} | {entry['met']} |")
+    return "\n".join(lines)
+
+
 # -------------------------------------------------------------------------------------------------
 # The whole benchmark
 
@@ -656,6 +669,7 @@ def run_edit_bench(
         "controllers": {t: _spec_of_type(selected, t, bench.blend_threshold) for t in EDIT_TYPES},
         "seconds": {},
         "methods": summarise(rows, bench.n_boot, bench.seed),
+        "targets": edit_bench_targets(rows, bench.n_boot, bench.seed),
     }
     if len(null_cases) < len(selected) and "p2p_null_text" in bench.methods:
         summary["methods_on_null_text_cases"] = summarise(
@@ -664,7 +678,10 @@ def run_edit_bench(
     summary["seconds"]["total"] = time.perf_counter() - start
     write_json(json_path, summary)
     log.info(
-        "edit benchmark done in %.0f s\n%s", summary["seconds"]["total"], summary_table(summary["methods"])
+        "edit benchmark done in %.0f s\n%s\n%s",
+        summary["seconds"]["total"],
+        summary_table(summary["methods"]),
+        targets_table(summary["targets"]),
     )
     return summary
 
