@@ -77,6 +77,21 @@ def generate(
     return images
 
 
+def generate_with(
+    pipe,
+    prompt: str,
+    seeds: list[int],
+    settings: SamplingConfig | ClassImagesConfig,
+    resolution: int,
+    progress: Progress | None = None,
+):
+    """``generate`` with the steps, guidance and batch size of a sampling or class-prior stage's settings."""
+    return generate(
+        pipe, prompt, seeds, settings.num_inference_steps, settings.guidance_scale, resolution,
+        settings.batch_size, progress,
+    )  # fmt: skip
+
+
 def sample_method(
     base_model: str,
     method: str,
@@ -102,16 +117,7 @@ def sample_method(
         check_safe_name(prompt_id, "prompt id")
         folder = Path(out_root) / prompt_id
         prompt_started = time.perf_counter()
-        images = generate(
-            pipe,
-            prompt,
-            seeds,
-            settings.num_inference_steps,
-            settings.guidance_scale,
-            resolution,
-            settings.batch_size,
-            progress,
-        )
+        images = generate_with(pipe, prompt, seeds, settings, resolution, progress)
         for seed, image in zip(seeds, images):
             save_png(image, folder / f"{seed}.png")
             written.append(folder / f"{seed}.png")
@@ -149,16 +155,7 @@ def generate_class_images(
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         progress = Progress("class-prior images", count, log, unit="images")
-        images = generate(
-            pipe,
-            class_prompt,
-            seeds,
-            settings.num_inference_steps,
-            settings.guidance_scale,
-            resolution,
-            settings.batch_size,
-            progress,
-        )
+        images = generate_with(pipe, class_prompt, seeds, settings, resolution, progress)
         for i, image in enumerate(images):
             save_png(image, tmp / f"class_{i:04d}.png")
         write_json(tmp / "class_prompt.json", {"prompt": class_prompt, "seeds": seeds})
