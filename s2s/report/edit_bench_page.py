@@ -13,7 +13,6 @@ from pathlib import Path
 
 from s2s.io import write_text
 from s2s.report.pages import E, img, page
-from s2s.world_studies.edit_bench_targets import BEST_BY
 
 # The columns the page tables, with how to read them (docs/edit_bench.md defines each).
 TABLES = (
@@ -135,13 +134,14 @@ def targets_table(targets: list[dict] | None) -> str:
     table = f'<table class="targets"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     best = next((e["best_inversion"] for e in targets if e.get("best_inversion")), None)
     if best:
+        # The entry names the column it chose by: the page reads the summary, never the world studies.
+        by = str(best.get("by", ""))
         means = ", ".join(
-            f"{E(m)} {v:.2f}"
-            for m, v in sorted(best.get(f"mean_{BEST_BY}", {}).items(), key=lambda kv: -kv[1])
+            f"{E(m)} {v:.2f}" for m, v in sorted(best.get(f"mean_{by}", {}).items(), key=lambda kv: -kv[1])
         )
         table += (
             f"<p>The best inversion: {E(str(best.get('method')))}, {E(best.get('chosen_by', ''))} "
-            f"(mean {BEST_BY}, dB: {means}). It is chosen on the run it is measured on, so its comparisons "
+            f"(mean {E(by)}, dB: {means}). It is chosen on the run it is measured on, so its comparisons "
             "with the baseline are slightly optimistic.</p>"
         )
     return table

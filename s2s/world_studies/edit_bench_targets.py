@@ -188,6 +188,7 @@ def best_targets(rows: list[dict], n_boot: int, seed: int) -> list[dict]:
     chosen = {
         "method": best,
         "chosen_by": f"the P2P method with the highest mean {BEST_BY} on the cases every P2P method has",
+        "by": BEST_BY,
         f"mean_{BEST_BY}": means,
     }
     background = _entry(
