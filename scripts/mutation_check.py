@@ -13,6 +13,12 @@ tree), so a mutation costs its tests' time rather than ~5 s of imports; two work
     python scripts/mutation_check.py            # all mutations; exit 1 if any survives or errs
     python scripts/mutation_check.py --only ID  # one mutation (repeatable)
     python scripts/mutation_check.py --list     # the list as a Markdown table (for tests/README.md)
+
+The slow mutations (``tests/mutations/slow/*.yaml``: a method that learns nothing, an identifier made inert
+in training) are caught only by the study's tests on the committed world, whose fixture runs the whole
+world demo (~5 min per mutation on 2 cores). CI does not run them; ``--slow`` does:
+
+    python scripts/mutation_check.py --slow --workers 1
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 MUTATIONS = REPO / "tests" / "mutations"
+SLOW_MUTATIONS = MUTATIONS / "slow"
 KEYS = ("id", "file", "find", "replace", "tests")
 
 
@@ -115,8 +122,8 @@ def run_tests(root: Path, tests: list[str]) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(status), log.read_text()[-3000:]
 
 
-def markdown(entries: list[dict]) -> str:
-    lines = ["| mutation | file | tests that catch it |", "|---|---|---|"]
+def markdown(entries: list[dict], heading: str = "mutation") -> str:
+    lines = [f"| {heading} | file | tests that catch it |", "|---|---|---|"]
     for e in entries:
         tests = ", ".join(f"`{t.split('/')[-1]}`" for t in e["tests"])
         lines.append(f"| `{e['id']}` | `{e['file']}` | {tests} |")
@@ -130,15 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="run only this mutation id")
     parser.add_argument("--list", action="store_true", help="print the mutations as a Markdown table")
     parser.add_argument("--workers", type=int, default=2, help="mutations tested side by side (default 2)")
+    parser.add_argument(
+        "--slow", action="store_true", help=f"the slow mutations ({SLOW_MUTATIONS.relative_to(REPO)}) instead"
+    )
     args = parser.parse_args(argv)
-    entries = load_mutations()
+    entries = load_mutations(SLOW_MUTATIONS if args.slow else MUTATIONS)
     if args.only:
         unknown = set(args.only) - {e["id"] for e in entries}
         if unknown:
             raise SystemExit(f"unknown mutation id(s): {sorted(unknown)}")
         entries = [e for e in entries if e["id"] in args.only]
     if args.list:
-        print(markdown(entries))
+        print(markdown(entries, "slow mutation" if args.slow else "mutation"))
         return 0
     bad = [(e["id"], why) for e in entries if (why := check_applicable(e, REPO))]
     if bad:

@@ -30,6 +30,23 @@ def test_every_mutation_applies_names_existing_tests_and_is_listed_in_the_readme
         assert f"`{entry['id']}`" in readme, f"mutation {entry['id']} is not listed in tests/README.md"
 
 
+def test_every_slow_mutation_applies_names_existing_tests_and_is_listed_in_the_readme():
+    """The slow list (scripts/mutation_check.py --slow): a method that learns nothing and an identifier made
+    inert, one each for the three methods of the study."""
+    checker = _checker()
+    entries = checker.load_mutations(checker.SLOW_MUTATIONS)
+    assert {"textual-inversion-learns-nothing", "dreambooth-learns-nothing", "lora-learns-nothing"} <= {
+        e["id"] for e in entries
+    }
+    assert not {e["id"] for e in entries} & {e["id"] for e in checker.load_mutations()}
+    readme = (REPO / "tests" / "README.md").read_text()
+    assert checker.markdown(entries, "slow mutation") in readme
+    for entry in entries:
+        assert checker.check_applicable(entry, REPO) is None, entry["id"]
+        for node in entry["tests"]:
+            assert (REPO / node.split("::")[0]).is_file(), f"{entry['id']}: {node}"
+
+
 def test_a_mutation_whose_text_is_missing_or_repeated_is_refused(tmp_path):
     checker = _checker()
     (tmp_path / "m.py").write_text("x = 1\nx = 1\n")
