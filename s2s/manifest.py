@@ -214,17 +214,17 @@ def check_words(raw: dict, params: dict, where: Where, row: int) -> None:
                     "params",
                     f"cross_replace_steps word {word!r} is not in the target prompt {target!r}",
                 )
-    blend = params.get("blend_words")
-    if blend:
-        if isinstance(blend, list | tuple) and len(blend) == 2 and all(isinstance(w, list) for w in blend):
-            src_words, tgt_words = blend
+    for key in ("blend_words", "keep_words"):
+        words = params.get(key)
+        if not words:
+            continue
+        if isinstance(words, list | tuple) and len(words) == 2 and all(isinstance(w, list) for w in words):
+            src_words, tgt_words = words
         else:
-            src_words = tgt_words = [blend] if isinstance(blend, str) else blend
+            src_words = tgt_words = [words] if isinstance(words, str) else words
         if (
             isinstance(src_words, list | tuple)
             and not any(_in_prompt(w, source) for w in src_words)
             and not any(_in_prompt(w, target) for w in tgt_words)
         ):
-            raise where.error(
-                row, "params", f"blend_words {blend!r} occur in neither {source!r} nor {target!r}"
-            )
+            raise where.error(row, "params", f"{key} {words!r} occur in neither {source!r} nor {target!r}")

@@ -88,7 +88,8 @@ def test_cases_are_a_prefix_of_the_seed_cases_with_every_type():
 
 def test_every_case_gets_a_controller_that_builds_with_the_world_tokenizer(world_models):
     """Each type's controller (replace for object and colour, refine for background and accessory, the
-    subject edit) builds for all 100 cases, and every blend word is in its prompt."""
+    subject edit) builds for all 100 cases, and every blend word is in its prompt. A colour edit blends on
+    the colour word and the class noun of each prompt; a background edit has no local blend."""
     from transformers import CLIPTokenizer
 
     from s2s.edit.controllers import LocalBlend, Refine, Replace, build_controller
@@ -103,10 +104,14 @@ def test_every_case_gets_a_controller_that_builds_with_the_world_tokenizer(world
         assert isinstance(controller, kinds.get(case.edit_type, Refine)), case.case_id
         blend = controller.local_blend
         assert (blend is None) == (case.edit_type == "background"), case.case_id
-        if blend is not None:
-            assert blend.threshold == threshold and isinstance(blend, LocalBlend)
-            for prompt, words in zip((case.source_prompt, case.target_prompt), spec["blend_words"]):
-                assert all(word_positions(tokenizer, prompt, w) for w in words), (case.case_id, words)
+        if blend is None:
+            continue
+        assert isinstance(blend, LocalBlend) and blend.threshold == threshold and blend.keep is None
+        scenes = (case.source, case.target)
+        if case.edit_type == "colour":
+            assert spec["blend_words"] == [[s.individual.colour_word, s.individual.cls] for s in scenes]
+        for prompt, words in zip((case.source_prompt, case.target_prompt), spec["blend_words"]):
+            assert all(word_positions(tokenizer, prompt, w) for w in words), (case.case_id, words)
 
 
 def test_target_attribute_is_the_target_scenes():

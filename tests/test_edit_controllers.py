@@ -295,3 +295,18 @@ def test_attention_maps_and_tokens(pipe, noise):
     assert result.attention_maps.shape == (len(result.tokens), 4, 4)  # the tiny UNet attends at 4x4
     assert (result.attention_maps > 0).all() and result.attention_maps.sum(0).max() <= 1.0 + 1e-5
     assert result.blend_mask is None
+
+
+def test_keep_words_build_a_blend_that_keeps_their_region(tokenizer):
+    """A spec with keep_words alone gets a local blend whose kept positions are those words' tokens in each
+    prompt, at its own threshold; bad keep_words or keep_threshold are refused with the key's name."""
+    spec = {"edit": "refine", "keep_words": [["dog"], ["dog"]], "keep_threshold": 0.5, "threshold": 0.7}
+    blend = build_controller(tokenizer, "a dog on the beach", "a dog in the snow", spec, 10).local_blend
+    assert blend is not None and blend.positions == ([], [])
+    assert blend.keep == ([2], [2]) and blend.keep_threshold == 0.5 and blend.threshold == 0.7
+    with pytest.raises(EditSpecError, match="keep_words \\['zebra'\\] occur in neither") as info:
+        build_controller(tokenizer, SOURCE, TARGET, {"edit": "replace", "keep_words": ["zebra"]}, 10)
+    assert info.value.key == "keep_words"
+    with pytest.raises(EditSpecError, match="keep_threshold 1.5 must be in") as info:
+        build_controller(tokenizer, SOURCE, TARGET, {"keep_words": ["dog"], "keep_threshold": 1.5}, 10)
+    assert info.value.key == "keep_threshold"

@@ -82,3 +82,42 @@ def test_local_blend_mask_by_hand():
     assert torch.equal(out[1][:, ~inside], latents[0][:, ~inside])
     assert torch.allclose(out[1][:, inside], latents[1][:, inside], atol=1e-6)  # x_s + (x_t - x_s)
     assert 0 < expected.sum() < 64  # a partial mask: both kinds of pixel are checked
+
+
+def test_local_blend_keep_words_by_hand():
+    """``keep`` (P2P's substruct_words): the kept words' region, not max-pooled and thresholded at
+    ``keep_threshold``, leaves the mask; with keep words alone the mask is everything else."""
+    maps = torch.zeros(2, 16, 8)
+    maps[0, 0, 2] = 1.0  # blend word (source): cell (0, 0), pooled to (0..1, 0..1)
+    maps[0, 5, 4], maps[0, 6, 4] = 0.8, 0.2  # keep word (source): (1, 1) hot, (1, 2) at 0.25 of max
+    maps[1, 10, 4] = 0.5  # keep word (target): (2, 2)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    store = _store_with(maps)
+
+    def cells(*keep_cells, base=None):
+        rows = []
+        for y in range(8):
+            row = []
+            for x in range(8):
+                cell = (y // 2, x // 2)
+                inside = True if base is None else base(*cell)
+                row.append(float(inside and cell not in keep_cells))
+            rows.append(row)
+        return torch.tensor(rows)[None]
+
+    keep_only = LocalBlend([], [], threshold=0.3, keep=([4], [4]), keep_threshold=0.3)
+    out = keep_only(store, 0, latents)
+    # Not pooled: only the hot cells (1, 1) and (2, 2) are kept; (1, 2) at 0.25 < 0.3 is not.
+    assert torch.equal(keep_only.mask, cells((1, 1), (2, 2)))
+    kept = ~keep_only.mask[0].bool()
+    assert torch.equal(out[1][:, kept], latents[0][:, kept])
+    assert torch.allclose(out[1][:, ~kept], latents[1][:, ~kept], atol=1e-6)
+
+    lower = LocalBlend([], [], threshold=0.3, keep=([4], [4]), keep_threshold=0.2)
+    lower(store, 0, latents)
+    assert torch.equal(lower.mask, cells((1, 1), (1, 2), (2, 2)))  # its own threshold, not the blend's
+
+    both = LocalBlend([2], [], threshold=0.3, keep=([4], [4]), keep_threshold=0.3)
+    both(store, 0, latents)
+    near_origin = lambda y, x: y <= 1 and x <= 1  # noqa: E731  (the blend word's pooled region)
+    assert torch.equal(both.mask, cells((1, 1), (2, 2), base=near_origin))

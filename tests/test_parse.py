@@ -170,6 +170,10 @@ def manifest_error(tmp_path: Path, rows: str, **extra) -> str:
             "row 1, column 'params': blend_words ['horse'] occur in neither",
         ),
         (
+            'a,,a dog,a cat,replace,"{""keep_words"": [""horse""]}",,',
+            "row 1, column 'params': keep_words ['horse'] occur in neither",
+        ),
+        (
             'a,,a dog,a cat,replace,"{""cross_replace_steps"": {""horse"": 0.5}}",,',
             "cross_replace_steps word 'horse' is not in the target prompt",
         ),

@@ -7,8 +7,9 @@ Manifest (CSV with a header, or YAML: a list of mappings or ``{edits: [...]}``),
   from ``source_prompt`` with the row's ``seed``, else the batch's;
 - ``edit_id``: output folder name; derived from the row number and the edited words when empty;
 - ``params``: JSON/YAML mapping of P2P parameters (cross_replace_steps, self_replace_steps, blend_words,
-  threshold, start_blend, equalizer, self_replace_max_res), over the batch's settings (the edits.* keys,
-  s2s.config.EditConfig);
+  threshold, keep_words, keep_threshold, start_blend, equalizer, self_replace_max_res), over the batch's
+  settings (the edits.* keys, s2s.config.EditConfig); ``keep_words`` (P2P's ``substruct_words``) keeps
+  the source where those words attend, e.g. the object in a background edit;
 - ``model``: base, or a trained model the batch is given (``model_dirs``: in the workflow every method
   and variant of config key ``methods``); default base, and the subject model for ``subject`` edits (the
   photo is inverted and edited with that model);

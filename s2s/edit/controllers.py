@@ -52,7 +52,9 @@ SPEC_KEYS = {
     "self_replace_max_res",
     "equalizer",
     "blend_words",
+    "keep_words",
     "threshold",
+    "keep_threshold",
     "start_blend",
 }
 _EDIT_DEFAULTS = schema_defaults("edits")
@@ -179,28 +181,53 @@ class LocalBlend:
 
     The mask is the cross-attention of the words (source words in the source, target words in the target),
     max-pooled, scaled to the latent size, normalised to its maximum and thresholded; the union of both
-    prompts' masks is kept. From ``start_step`` on, x_t = x_src + mask * (x_t - x_src) after every step.
+    prompts' masks is kept. With ``keep`` positions (P2P's ``substruct_words``), the region where those
+    words attend (not max-pooled, thresholded at ``keep_threshold``, union of both prompts) is taken out
+    of the mask; with keep positions alone the mask is everything but that region, as a background edit
+    needs: the object stays the source's. From ``start_step`` on, x_t = x_src + mask * (x_t - x_src) after
+    every step.
     """
 
-    def __init__(self, source_positions, target_positions, threshold: float, start_step: int = 0):
+    def __init__(
+        self,
+        source_positions,
+        target_positions,
+        threshold: float,
+        start_step: int = 0,
+        keep: tuple[list[int], list[int]] | None = None,
+        keep_threshold: float | None = None,
+    ):
         self.positions = (list(source_positions), list(target_positions))
         self.threshold = threshold
         self.start_step = start_step
+        self.keep = None if keep is None else (list(keep[0]), list(keep[1]))
+        self.keep_threshold = threshold if keep_threshold is None else keep_threshold
         self.mask: torch.Tensor | None = None  # last mask used, [1, h, w] at latent size
+
+    @staticmethod
+    def _word_mask(store: AttentionStore, positions, size, threshold: float, pool: bool) -> torch.Tensor:
+        """[1, h, w] bool: where either prompt's words (``positions``: one list per prompt) attend above
+        ``threshold`` of their map's maximum."""
+        word_maps = [store.average_maps(prompt)[..., pos].sum(-1) for prompt, pos in enumerate(positions)]
+        maps = torch.stack(word_maps)[:, None]
+        if pool:
+            maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
+        maps = F.interpolate(maps, size=size)
+        maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        selected = maps.gt(threshold)
+        return selected[0] | selected[1]
 
     def __call__(self, store: AttentionStore, step: int, latents: torch.Tensor) -> torch.Tensor:
         if step < self.start_step:
             return latents
-        word_maps = []
-        for prompt, positions in enumerate(self.positions):
-            maps = store.average_maps(prompt)
-            word_maps.append(maps[..., positions].sum(-1))
-        maps = torch.stack(word_maps)[:, None]
-        maps = F.max_pool2d(maps, kernel_size=3, stride=1, padding=1)
-        maps = F.interpolate(maps, size=latents.shape[-2:])
-        maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-        selected = maps.gt(self.threshold)
-        self.mask = (selected[0] | selected[1]).to(latents.dtype)
+        size = latents.shape[-2:]
+        if any(self.positions):
+            mask = self._word_mask(store, self.positions, size, self.threshold, pool=True)
+        else:
+            mask = torch.ones((1, *size), dtype=torch.bool, device=latents.device)
+        if self.keep is not None:
+            mask = mask & ~self._word_mask(store, self.keep, size, self.keep_threshold, pool=False)
+        self.mask = mask.to(latents.dtype)
         return latents[:1] + self.mask * (latents - latents[:1])
 
 
@@ -342,33 +369,50 @@ class Reweight(EditController):
         return a * self.scale[None, :], None if d is None else d * self.scale
 
 
-def _blend_words(spec_words, source: str, target: str) -> tuple[list[str], list[str]]:
-    """``blend_words``: a list of words looked up in both prompts, or ``[source words, target words]``."""
+def _blend_words(
+    spec_words, source: str, target: str, key: str = "blend_words"
+) -> tuple[list[str], list[str]]:
+    """``blend_words`` (or ``keep_words``): a list of words looked up in both prompts, or ``[source words,
+    target words]``."""
     if spec_words and all(isinstance(w, list | tuple) for w in spec_words) and len(spec_words) == 2:
         return list(spec_words[0]), list(spec_words[1])
     if isinstance(spec_words, str):
         spec_words = [spec_words]
     if not isinstance(spec_words, list | tuple) or not all(isinstance(w, str) for w in spec_words):
         raise EditSpecError(
-            f"blend_words {spec_words!r}: give a list of words or [[source words], [target words]]",
-            "blend_words",
+            f"{key} {spec_words!r}: give a list of words or [[source words], [target words]]", key
         )
     return list(spec_words), list(spec_words)
 
 
+def _positions(tokenizer, source: str, target: str, key: str, words) -> tuple[list[int], list[int]]:
+    src_words, tgt_words = _blend_words(words, source, target, key)
+    src = [p for w in src_words for p in word_positions(tokenizer, source, w)]
+    tgt = [p for w in tgt_words for p in word_positions(tokenizer, target, w)]
+    if not src and not tgt:
+        raise EditSpecError(f"{key} {words!r} occur in neither {source!r} nor {target!r}", key)
+    return src, tgt
+
+
+def _threshold(spec: dict, key: str, default: float) -> float:
+    value = float(spec.get(key, default))
+    if not 0.0 <= value < 1.0:
+        raise EditSpecError(f"{key} {value} must be in [0, 1)", key)
+    return value
+
+
 def build_local_blend(tokenizer, source: str, target: str, spec: dict, num_steps: int) -> LocalBlend:
-    src_words, tgt_words = _blend_words(spec["blend_words"], source, target)
-    src_pos = [p for w in src_words for p in word_positions(tokenizer, source, w)]
-    tgt_pos = [p for w in tgt_words for p in word_positions(tokenizer, target, w)]
-    if not src_pos and not tgt_pos:
-        raise EditSpecError(
-            f"blend_words {spec['blend_words']!r} occur in neither {source!r} nor {target!r}", "blend_words"
-        )
-    threshold = float(spec.get("threshold", DEFAULT_SPEC["threshold"]))
-    if not 0.0 <= threshold < 1.0:
-        raise EditSpecError(f"threshold {threshold} must be in [0, 1)", "threshold")
+    """The local blend of a spec with ``blend_words``, ``keep_words`` or both."""
+    src_pos, tgt_pos = [], []
+    if spec.get("blend_words"):
+        src_pos, tgt_pos = _positions(tokenizer, source, target, "blend_words", spec["blend_words"])
+    keep = None
+    if spec.get("keep_words"):
+        keep = _positions(tokenizer, source, target, "keep_words", spec["keep_words"])
+    threshold = _threshold(spec, "threshold", DEFAULT_SPEC["threshold"])
+    keep_threshold = _threshold(spec, "keep_threshold", threshold)
     start = step_window(spec.get("start_blend", DEFAULT_SPEC["start_blend"]), num_steps, "start_blend")[1]
-    return LocalBlend(src_pos, tgt_pos, threshold=threshold, start_step=start)
+    return LocalBlend(src_pos, tgt_pos, threshold, start, keep=keep, keep_threshold=keep_threshold)
 
 
 def build_controller(
@@ -402,7 +446,7 @@ def build_controller(
             "self_replace_steps",
         ),
         "local_blend": build_local_blend(tokenizer, source, target, spec, num_steps)
-        if spec.get("blend_words")
+        if spec.get("blend_words") or spec.get("keep_words")
         else None,
         "self_replace_max_res": int(spec.get("self_replace_max_res", SELF_REPLACE_MAX_RES)),
     }

@@ -126,10 +126,13 @@ def controller_spec(case: EditCase, threshold: float) -> dict:
     P2P's 0.3 the blend mask covers the whole latent (tests/test_world_edits.py measured 100% on both
     seeds), at 0.7 it leaves the background around the object, 78-91% of the latent covered):
 
-    - object, colour: word swap (``replace``: the prompts have as many words) with a local blend on the
-      class noun, so the edit stays on the object;
+    - object: word swap (``replace``: the prompts have as many words) with a local blend on the class
+      noun, so the edit stays on the object;
+    - colour: the same with the colour word in the blend too: at 8 x 8 the noun's attention covers part of
+      the object (often the head), and the body kept the source's colour;
     - background: ``refine`` (the contexts differ in length, a plain source has none), no local blend: the
-      change is everywhere but the object, which self-attention injection and the aligned words keep;
+      change is everywhere but the object, which self-attention injection and the aligned words keep (a
+      blend keeping the noun's region, ``keep_words``, was measured and not adopted: docs/edit_bench.md);
     - accessory: ``refine`` (words added, removed or swapped) with a local blend on the class noun and the
       accessory's noun in each prompt;
     - subject: ``subject`` (aligned as ``refine``: the identifier is a new word) with a local blend on the
@@ -137,8 +140,11 @@ def controller_spec(case: EditCase, threshold: float) -> dict:
     """
     src, tgt = case.source.individual.cls, case.target.individual.cls
     spec = {"cross_replace_steps": CROSS_REPLACE_STEPS, "self_replace_steps": SELF_REPLACE_STEPS}
-    if case.edit_type in ("object", "colour"):
+    if case.edit_type == "object":
         return {"edit": "replace", "blend_words": [[src], [tgt]], "threshold": threshold, **spec}
+    if case.edit_type == "colour":
+        words = [[case.source.individual.colour_word, src], [case.target.individual.colour_word, tgt]]
+        return {"edit": "replace", "blend_words": words, "threshold": threshold, **spec}
     if case.edit_type == "background":
         return {"edit": "refine", **spec}
     if case.edit_type == "accessory":
