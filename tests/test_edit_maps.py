@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from s2s.edit.controllers import AttentionStore, LocalBlend
@@ -121,3 +122,5 @@ def test_local_blend_keep_words_by_hand():
     both(store, 0, latents)
     near_origin = lambda y, x: y <= 1 and x <= 1  # noqa: E731  (the blend word's pooled region)
     assert torch.equal(both.mask, cells((1, 1), (2, 2), base=near_origin))
+    with pytest.raises(ValueError, match="blend words or of keep words"):
+        LocalBlend([], [], threshold=0.3)  # no words: neither an edit region nor a kept one

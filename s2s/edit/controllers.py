@@ -201,6 +201,8 @@ class LocalBlend:
         self.threshold = threshold
         self.start_step = start_step
         self.keep = None if keep is None else (list(keep[0]), list(keep[1]))
+        if not any(self.positions) and not (self.keep and any(self.keep)):
+            raise ValueError("a local blend needs the token positions of blend words or of keep words")
         self.keep_threshold = threshold if keep_threshold is None else keep_threshold
         self.mask: torch.Tensor | None = None  # last mask used, [1, h, w] at latent size
 
