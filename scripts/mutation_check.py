@@ -18,7 +18,7 @@ The slow mutations (``tests/mutations/slow/*.yaml``: a method that learns nothin
 in training) are caught only by the study's tests on the committed world, whose fixture runs the whole
 world demo (~5 min per mutation on 2 cores). CI does not run them; ``--slow`` does:
 
-    python scripts/mutation_check.py --slow --workers 1
+    python scripts/mutation_check.py --slow --workers 1 --show  # --show: why each was caught
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--slow", action="store_true", help=f"the slow mutations ({SLOW_MUTATIONS.relative_to(REPO)}) instead"
     )
+    parser.add_argument(
+        "--show", action="store_true", help="print the end of every mutation's test output, caught ones too"
+    )
     args = parser.parse_args(argv)
     entries = load_mutations(SLOW_MUTATIONS if args.slow else MUTATIONS)
     if args.only:
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             code = os.waitstatus_to_exitcode(status)
             verdict = {0: "SURVIVED", 1: "caught"}.get(code, f"ERROR (pytest exit {code})")
             print(f"{verdict:>24}  {entry['id']}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if args.show and code == 1:
+                print((root / ".mutation-log").read_text()[-1500:], flush=True)
             if code != 1:
                 failures.append(entry["id"])
                 print((root / ".mutation-log").read_text()[-3000:])
