@@ -105,6 +105,7 @@ def metric_model_inputs():
                 "clip/config.json",
                 "identity/config.json",
                 "classifier.safetensors",
+                "readout.safetensors",  # identification and attributes read
             )
         ],
     }[MODELS]

@@ -113,6 +113,9 @@ def test_the_models_choice_decides_what_the_dag_builds_and_loads(tmp_path, model
     else:
         assert base_file.format(results=results) in inputs.split(", "), sample
     assert ("threads: 2" in sample) == (threads == 2), sample
+    if models == "world":  # a rebuilt read-out re-runs the measures it reads (identification, attributes)
+        evaluate = next(iter(job_blocks(out, "evaluate")))
+        assert "models/world/readout.safetensors" in evaluate.split("input: ", 1)[1].split("\n", 1)[0]
 
 
 def test_paper_dry_run_shows_the_complete_dag(shared_data):

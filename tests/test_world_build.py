@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from s2s.world.build import BuildSettings, build_world, load_settings, min_snr_weights
+from s2s.world.readout import load_readout
 
 
 def _sha256(path: Path) -> str:
@@ -54,6 +55,10 @@ def test_short_build_writes_every_model_in_its_real_layout(short_build):
     identity = ViTModel.from_pretrained(out / "identity")
     pixels = ViTImageProcessor.from_pretrained(out / "identity")(images=[image], return_tensors="pt")
     assert identity(**pixels).last_hidden_state.shape[-1] == identity.config.hidden_size
+
+    settings = load_settings("short")  # the read-out is built as its settings say
+    readout = load_readout(out / "readout.safetensors")
+    assert (readout.spatial, readout.norm) == (settings.readout_spatial, settings.readout_norm)
 
 
 def test_short_build_classifier_serves_as_the_evaluation_feature_network(short_build):
@@ -162,6 +167,7 @@ def test_min_snr_weights_damp_clean_timesteps_only():
     [
         ("vae_stepz: 3\n", r"unknown build setting\(s\) \['vae_stepz'\]"),
         ("- 3\n", "must be a YAML mapping"),
+        ("readout_norm: layer\n", r"readout_norm 'layer' must be one of \['batch', 'group'\]"),
         (None, "no such settings file"),
     ],
 )

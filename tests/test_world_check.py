@@ -51,6 +51,7 @@ CHECK = {
     "seeds": [0, 1],
     "num_inference_steps": 2,
     "heldout_renders": 24,
+    "readout_renders": 20,
     "heldout_individuals": 6,
     "photos_each": 3,
     "heldout_prompt_count": 3,
@@ -263,7 +264,7 @@ def test_check_json_has_every_measure_its_target_and_the_build(checked, tiny_wor
     assert len(heldout["per_prompt"]) == CHECK["heldout_prompt_count"]
     assert result["readout_colour"]["prompts"] == len(CLASSES) * len(COLOURS)
     vae_readout = result["vae_readout"]
-    assert set(vae_readout["readout_accuracy"]) == set(ATTRIBUTES)
+    assert set(vae_readout["readout_accuracy"]) == set(ATTRIBUTES) and vae_readout["renders"] == 20
     assert 0 < vae_readout["vae_psnr"] < 100
     assert set(result["identifiers"]["identifiers"]) == set(IDENTIFIERS)
 

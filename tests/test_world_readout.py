@@ -86,6 +86,23 @@ def test_subject_truth_identifies_gates_by_class_and_skips_hidden_attributes():
     assert "marking" not in visible("wearing a tuxedo") and set(visible("plain")) == set(ATTRIBUTES)
 
 
+def test_a_batchnorm_readout_keeps_its_running_statistics_and_reads_in_eval_mode(tmp_path):
+    """BatchNorm's running statistics are buffers: saved, loaded, and used by the loaded model, so that a
+    sample's reading does not depend on the other samples read with it."""
+    model = AttributeReadout(width=8, spatial=4, norm="batch")
+    with torch.no_grad():  # a few training-mode passes move the running statistics off their defaults
+        for _ in range(3):
+            model(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8))
+    model.eval()
+    loaded = load_readout(save_readout(model, tmp_path / "readout.safetensors"))
+    assert loaded.norm == "batch" and not loaded.training
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    together, alone = loaded.log_probs(images), loaded.log_probs(images[:1])
+    for key, value in model.log_probs(images).items():
+        assert torch.allclose(together[key], value, atol=1e-5)
+        assert torch.allclose(alone[key][0], together[key][0], atol=1e-5)
+
+
 def test_readout_saves_and_loads_as_safetensors_with_its_format(tmp_path):
     model = AttributeReadout(width=8).eval()
     path = save_readout(model, tmp_path / "readout.safetensors")
@@ -96,6 +113,8 @@ def test_readout_saves_and_loads_as_safetensors_with_its_format(tmp_path):
         assert value.shape == (2, len(ATTRIBUTES[key]))
     from s2s.io import save_safetensors
 
+    with pytest.raises(S2SError, match="read-out norm 'layer'"):
+        AttributeReadout(norm="layer")
     save_safetensors({"w": torch.zeros(1)}, tmp_path / "other.safetensors")
     with pytest.raises(S2SError, match="not a world attribute read-out"):
         load_readout(tmp_path / "other.safetensors")

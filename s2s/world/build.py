@@ -39,7 +39,7 @@ from s2s.io import S2SError, atomic_dir, sha256_file, write_json
 from s2s.progress import Progress
 from s2s.world.classifier import WorldClassifier, load_classifier, save_classifier
 from s2s.world.data import SceneSet, identity_set, individuals, scene_set
-from s2s.world.readout import AttributeReadout, load_readout, save_readout
+from s2s.world.readout import NORMS, AttributeReadout, load_readout, save_readout
 from s2s.world.scene import ATTRIBUTES
 from s2s.world.tokenizer import write_world_tokenizer
 
@@ -81,8 +81,9 @@ class BuildSettings:
     identity_steps: int = 2000
     identity_batch: int = 64
     readout_scenes: int = 20000  # scenes passed through the VAE for the read-out
-    readout_steps: int = 3000
+    readout_steps: int = 6000
     readout_batch: int = 64
+    readout_norm: str = "batch"  # "group" or "batch" (AttributeReadout); batch reads proportions better
     readout_spatial: int = 16  # channels of the read-out's position-by-position features (0: pooled only)
     warmup_steps: int = 200
 
@@ -114,6 +115,8 @@ def load_settings(spec: str) -> BuildSettings:
     if unknown:
         raise S2SError(f"{spec}: unknown build setting(s) {sorted(unknown)}; known: {sorted(known)}")
     tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+    if data.get("readout_norm", "batch") not in NORMS:  # known now, not after the build's first parts
+        raise S2SError(f"{spec}: readout_norm {data['readout_norm']!r} must be one of {sorted(NORMS)}")
     return BuildSettings(**{**data, **tuples})
 
 
@@ -415,7 +418,7 @@ def train_readout(data: SceneSet, vae, s: BuildSettings) -> AttributeReadout:
         for key in HIDDEN_BY.get(ALL_CONTEXTS[context], ()):
             labels[row, keys.index(key)] = -100  # cross_entropy's ignore_index
     torch.manual_seed(s.seed + 5)
-    model = AttributeReadout(spatial=s.readout_spatial)
+    model = AttributeReadout(spatial=s.readout_spatial, norm=s.readout_norm)
     optimizer = _optimizer(model.parameters(), 2e-3)
     rng, gen = np.random.default_rng(s.seed + 5), torch.Generator().manual_seed(s.seed + 5)
     progress = _progress("readout", s.readout_steps)
@@ -456,10 +459,10 @@ PART_RECIPES = {
     "classifier": (1, ("scenes", "classifier_steps", "classifier_batch"), ("images",)),
     "identity": (1, ("identity_individuals", "identity_photos", "identity_steps", "identity_batch"), ()),
     "readout": (
-        2,
-        ("scenes", "readout_scenes", "readout_steps", "readout_batch", "readout_spatial"),
+        3,
+        ("scenes", "readout_scenes", "readout_steps", "readout_batch", "readout_spatial", "readout_norm"),
         ("images", "vae"),
-    ),  # 2: position-by-position features
+    ),  # 2: position-by-position features; 3: the norm is a setting
 }  # fmt: skip
 
 

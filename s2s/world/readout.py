@@ -39,20 +39,29 @@ HIDDEN_BY = {
 }
 
 
+NORMS = {"group": lambda channels: nn.GroupNorm(8, channels), "batch": nn.BatchNorm2d}
+
+
 class AttributeReadout(nn.Module):
     """A small CNN with one head per attribute (``ATTRIBUTES``); input uint8 [N, 3, 64, 64] or [-1, 1].
 
     Colours and marking kinds survive global pooling; proportions do not: a large head is told from a small
     one only against the rest of the body, whose size varies with the pose's scale and the build. With
     ``spatial`` channels the heads also see the last feature map position by position (and the input gets
-    two coordinate channels), so they can compare parts of the body with each other."""
+    two coordinate channels), so they can compare parts of the body with each other.
 
-    def __init__(self, width: int = 32, input_size: int = 64, spatial: int = 0) -> None:
+    ``norm`` is ``"group"`` (GroupNorm, 8 groups) or ``"batch"`` (BatchNorm, whose running statistics are
+    used once the model is in eval mode, as ``load_readout`` returns it). BatchNorm reads proportions better
+    at the same steps (measured in the twelfth session: see the README's read-out paragraph)."""
+
+    def __init__(self, width: int = 32, input_size: int = 64, spatial: int = 0, norm: str = "group") -> None:
         super().__init__()
-        self.width, self.input_size, self.spatial = width, input_size, spatial
+        if norm not in NORMS:
+            raise S2SError(f"read-out norm {norm!r}: expected one of {sorted(NORMS)}")
+        self.width, self.input_size, self.spatial, self.norm = width, input_size, spatial, norm
 
         def block(cin, cout, stride):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), NORMS[norm](cout), nn.SiLU())
 
         w = width
         self.convs = nn.Sequential(
@@ -66,7 +75,8 @@ class AttributeReadout(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(features, len(v)) for k, v in ATTRIBUTES.items()})
 
     def config(self) -> dict:
-        return {"width": self.width, "input_size": self.input_size, "spatial": self.spatial}
+        config = {"width": self.width, "input_size": self.input_size, "spatial": self.spatial}
+        return {**config, "norm": self.norm}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images

@@ -383,6 +383,7 @@ def check_world(
     num_inference_steps: int = 25,
     guidance_scale: float = 7.5,
     heldout_renders: int = 500,
+    readout_renders: int = 2000,
     heldout_individuals: int = 50,
     photos_each: int = 6,
     seed: int = HELDOUT_SEED,
@@ -427,7 +428,7 @@ def check_world(
         "readout_colour", measure_readout_colour, models_dir, list(range(colour_seeds)), num_inference_steps,
         guidance_scale,
     )  # fmt: skip
-    vae_readout = timed("vae_readout", measure_vae_and_readout, models_dir, heldout_renders, seed)
+    vae_readout = timed("vae_readout", measure_vae_and_readout, models_dir, readout_renders, seed)
     clip = timed("clip", measure_clip, models_dir, heldout_renders, seed)
     identity = timed("identity", measure_identity, models_dir, heldout_individuals, photos_each, seed)
     identifiers = timed("identifiers", _identifiers, models_dir)
@@ -457,6 +458,7 @@ def check_world(
             "guidance_scale": guidance_scale,
             "scheduler": "ddim",
             "heldout_renders": heldout_renders,
+            "readout_renders": readout_renders,
             "heldout_individuals": heldout_individuals,
             "photos_each": photos_each,
             "seed": seed,
