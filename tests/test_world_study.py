@@ -3,6 +3,10 @@ models, and what it measures carries meaning.
 
 - every method raises subject fidelity (the identity network's DINO-style similarity to the subject's
   photos) over the base model, the paired interval excluding zero (Table 1's companion);
+- against the renderer's truth (issue 21 point 4), every method identifies the subject more often than the
+  base model, over the study's prompts and on its instance prompt, and more often on "a photo of sks dog"
+  than on "a photo of a dog" (the identifier carries the subject); the targets' rates (30% and 50%) are
+  tests of their own, strict xfails where the demo misses them (MEASURED);
 - prompt fidelity stays: the world classifier finds the prompted context in most trained-model samples;
 - prior preservation is measurable: "a photo of a dog" drifts toward the subject after DreamBooth
   without it, and less with it.
@@ -28,7 +32,7 @@ from s2s import config as cfgmod
 REPO = Path(__file__).resolve().parent.parent
 CONTEXT_TARGET = 0.70
 DRIFT_SEEDS = list(range(100, 116))
-INSTANCE_SEEDS = list(range(200, 216))
+INSTANCE_SEEDS = list(range(200, 232))
 IDENTIFY_INSTANCE = 0.50  # issue 21: the subject first in at least half of "a photo of sks dog" samples
 IDENTIFY_PROMPTS = 0.30  # ... and in at least 30% over the study's 20 prompts
 BASE_IDENTIFY = 0.05  # the base model (chance is 1/41)
@@ -68,32 +72,36 @@ def demo(tmp_path_factory, world_models) -> tuple[Path, dict]:
 
 
 METHODS = ["textual_inversion", "dreambooth", "lora"]
-# Measured on the demo (seed 0; DreamBooth 400 steps, LoRA 600) on the third world build (identifiers kept
-# apart from "a" in the text encoder, issue 21): identification over the study's 20 prompts x 4 seeds, base
-# 0.013; TI reaches 0.425.
-IDENTIFY_MEASURED = {"dreambooth": 0.275, "lora": 0.113}
-# ... and in 16 samples of "a photo of sks dog" (seeds 200-215), base 0.00 (none of 16); DreamBooth 0.69.
-INSTANCE_MEASURED = {"textual_inversion": 0.44, "lora": 0.31}
-# On training seed 1 (`training: {seed: 1}`, README) the same measures read TI 0.36, DreamBooth 0.31,
-# LoRA 0.44 over the prompts and 0.56 / 0.44 / 0.50 on the instance prompt: which method misses which target
-# is the seed's doing as much as the method's; these tests pin the demo's seed 0.
-# Within two samples of a target: not strict, since a sample drawn otherwise by another machine's
-# arithmetic would reach it (TI's 7 of 16 on the instance prompt, DreamBooth's 22 of 80 over the prompts).
-NEAR_TARGET = {"textual_inversion", "dreambooth"}
-UNET_ONLY_SHORT = (
-    "LoRA binds the identifier to the subject's body colour (69% of 'a photo of sks dog' samples) more than "
-    "to its marking (12%) or accent colour (38%); it gains with steps (6% of those samples identified at "
-    "300 steps, 31% at 600) and is not yet there at the demo's budget. README, 'The miniature world'"
+# Issue 21 point 4's targets, measured on the demo (training seed 0) on the committed world (fourth build:
+# the read-out retrained with BatchNorm, 6000 steps; README, "The study on this world"): identification over
+# the study's 20 prompts x 4 seeds (base 0.013) and in 32 samples of "a photo of sks dog" (base 0.00).
+MEASURED = {
+    "prompts": {"textual_inversion": 0.300, "dreambooth": 0.212, "lora": 0.087},
+    "instance": {"textual_inversion": 0.344, "dreambooth": 0.594, "lora": 0.312},
+}
+TARGET = {"prompts": IDENTIFY_PROMPTS, "instance": IDENTIFY_INSTANCE}
+SAMPLES = {"prompts": 80, "instance": len(INSTANCE_SEEDS)}
+TARGET_SHORT = (
+    "issue 21's target ({what} >= {target:.2f}) is not reached at the demo's settings on training seed 0: "
+    "measured {rate:.3f}. The UNet-only methods bind the identifier weakly (the base UNet answers it 0.043 "
+    "rms, a colour word 0.107), and the training seed moves each method by more than the gap between them "
+    "(README, 'The study on this world')"
 )
-INSTANCE_SHORT = (
-    "issue 21's target (>= 0.50 of 'a photo of sks dog' samples, base <= 0.05) is not reached at the demo's "
-    "settings: measured {rate:.2f}, base 0.00; " + UNET_ONLY_SHORT
-)
-IDENTIFY_SHORT = (
-    "issue 21's target (>= 0.30 over the 20 prompts) is not reached at the demo's settings: measured "
-    "{rate:.2f} (base 0.013); in a context the subject is found less often than on a plain background "
-    "(DreamBooth 0.69 of 'a photo of sks dog' samples). " + UNET_ONLY_SHORT
-)
+
+
+def _target_case(kind: str, method: str):
+    """A method whose measured value misses the target by more than two samples is a strict xfail; one
+    within two samples of it, either side, is not strict (a sample drawn otherwise by another machine's
+    arithmetic would move it across); one above it by more is a plain test."""
+    rate, target = MEASURED[kind][method], TARGET[kind]
+    what = {"prompts": "over the 20 prompts", "instance": "of 'a photo of sks dog' samples"}[kind]
+    reason = TARGET_SHORT.format(what=what, target=target, rate=rate)
+    if abs(rate - target) * SAMPLES[kind] <= 2:
+        near = pytest.mark.xfail(strict=False, reason="near the target: " + reason)
+        return pytest.param(method, marks=near)
+    if rate < target:
+        return pytest.param(method, marks=pytest.mark.xfail(strict=True, reason=reason))
+    return method
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -120,70 +128,89 @@ def _minus_base(companion: pd.DataFrame, metric: str, method: str) -> tuple[floa
     return difference, low, high
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        "textual_inversion",
-        *(
-            pytest.param(
-                m, marks=pytest.mark.xfail(strict=m not in NEAR_TARGET, reason=IDENTIFY_SHORT.format(rate=r))
-            )
-            for m, r in IDENTIFY_MEASURED.items()
-        ),
-    ],
-)
-def test_method_identifies_the_subject_over_the_study_prompts(demo, method):
-    """Against the renderer's truth: the read-out ranks the subject first among 41 dogs in at least
-    IDENTIFY_PROMPTS of the method's samples of the study's 20 prompts, the base model (same prompts, same
-    noise) in at most BASE_IDENTIFY, the paired interval of the difference above zero."""
+def _prompt_rates(demo, method) -> dict[str, float]:
     results, config = demo
     subject = next(iter(config["subjects"]))
-    rates = {
-        m: json.loads((results / subject / "metrics" / f"{m}.json").read_text())["metrics"]["identification"]
+    return {
+        m: json.loads((results / subject / "metrics" / f"{m}.json").read_text())["metrics"]["identification"][
+            "value"
+        ]
         for m in ("base", method)
     }
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_identifies_the_subject_more_often_than_the_base_model(demo, instance_samples, method):
+    """Against the renderer's truth (the read-out ranks the subject first among 41 dogs): over the study's
+    20 prompts and on "a photo of sks dog", the method's samples show the subject more often than the base
+    model's from the same noise, each paired interval above zero, and the base model's rate is at most
+    BASE_IDENTIFY. A method that learns nothing fails here."""
+    results, _ = demo
+    rates = _prompt_rates(demo, method)
     difference, low, high = _minus_base(
         pd.read_csv(results / "table1_companion.csv"), "identification", method
     )
-    found = {m: round(r["value"], 3) for m, r in rates.items()}
-    interval = f"{difference:.3f} [{low:.3f}, {high:.3f}]"
-    print(f"\nidentification over the 20 prompts: {found}; {method} - base {interval}")
-    assert rates["base"]["value"] <= BASE_IDENTIFY, found
-    assert rates[method]["value"] >= IDENTIFY_PROMPTS, found
+    instance = instance_samples["methods"]
+    paired = instance[method]["minus_base"]
+    print(
+        f"\n{method} - base, identification over the 20 prompts: {difference:.3f} [{low:.3f}, {high:.3f}] "
+        f"(rates {rates}); on '{instance_samples['prompt']}': {paired}"
+    )
+    assert rates["base"] <= BASE_IDENTIFY and instance["base"]["identification"] <= BASE_IDENTIFY
     assert low > 0, (difference, low, high)
+    assert paired["ci_low"] > 0, paired
+
+
+@pytest.mark.parametrize("method", [_target_case("prompts", m) for m in METHODS])
+def test_method_reaches_the_identification_target_over_the_study_prompts(demo, method):
+    """Issue 21's target: the subject ranked first in at least IDENTIFY_PROMPTS of the method's samples
+    of the study's 20 prompts."""
+    rates = _prompt_rates(demo, method)
+    print(f"\nidentification over the 20 prompts: {rates}")
+    assert rates[method] >= IDENTIFY_PROMPTS, rates
 
 
 @pytest.fixture(scope="module")
 def instance_samples(demo):
-    from s2s.world_studies.study import instance_identification
+    from s2s.world_studies.study import prompt_identification
 
     results, config = demo
     subject = next(iter(config["subjects"]))
-    return instance_identification(config, results, subject, METHODS, INSTANCE_SEEDS)
+    return prompt_identification(config, results, subject, METHODS, INSTANCE_SEEDS)
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        "dreambooth",
-        *(
-            pytest.param(
-                m, marks=pytest.mark.xfail(strict=m not in NEAR_TARGET, reason=INSTANCE_SHORT.format(rate=r))
-            )
-            for m, r in INSTANCE_MEASURED.items()
-        ),
-    ],
-)
-def test_method_identifies_the_subject_in_its_instance_prompt(instance_samples, method):
-    """ "a photo of sks dog": the subject ranked first in at least IDENTIFY_INSTANCE of the method's
-    samples, the base model's at most BASE_IDENTIFY, the paired interval above zero."""
-    rows = instance_samples["methods"]
-    paired = rows[method]["minus_base"]
-    found = {m: round(rows[m]["identification"], 3) for m in ("base", method)}
-    print(f"\nidentification, '{instance_samples['prompt']}': {found}; paired {paired}")
-    assert rows["base"]["identification"] <= BASE_IDENTIFY, found
-    assert rows[method]["identification"] >= IDENTIFY_INSTANCE, found
-    assert paired["ci_low"] > 0, paired
+@pytest.fixture(scope="module")
+def class_samples(demo):
+    from s2s.job import class_prompt_for
+    from s2s.world_studies.study import prompt_identification
+
+    results, config = demo
+    name = next(iter(config["subjects"]))
+    prompt = class_prompt_for(config, cfgmod.subject(config, name))
+    return prompt_identification(config, results, name, METHODS, INSTANCE_SEEDS, prompt=prompt)
+
+
+@pytest.mark.parametrize("method", [_target_case("instance", m) for m in METHODS])
+def test_method_reaches_the_identification_target_on_its_instance_prompt(instance_samples, method):
+    """Issue 21's target: "a photo of sks dog" shows the subject in at least IDENTIFY_INSTANCE of the
+    method's samples."""
+    found = {m: round(instance_samples["methods"][m]["identification"], 3) for m in ("base", method)}
+    print(f"\nidentification, '{instance_samples['prompt']}': {found}")
+    assert found[method] >= IDENTIFY_INSTANCE, found
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_identifier_carries_the_subject(instance_samples, class_samples, method):
+    """The method's samples of "a photo of sks dog" show the subject more often than its samples of "a
+    photo of a dog" from the same noise (paired by seed, interval above zero): the trained model ties the
+    subject to the identifier, not to the class noun. The audit's first world failed this for the
+    UNet-only methods (an inert identifier: instance and class prompt were nearly the same text)."""
+    from s2s.world_studies.study import paired_difference
+
+    paired = paired_difference(instance_samples["rates"][method], class_samples["rates"][method])
+    rates = {p["prompt"]: p["methods"][method]["identification"] for p in (instance_samples, class_samples)}
+    print(f"\n{method}: identification {rates}; instance - class {paired}")
+    assert paired["ci_low"] > 0, (rates, paired)
 
 
 @pytest.mark.parametrize("method", METHODS)

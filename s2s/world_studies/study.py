@@ -8,6 +8,7 @@ evaluation's; the drift's resample seeds, paired between the base model and the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,33 +127,36 @@ def subject_measures(
     }
 
 
-def instance_identification(
+def prompt_identification(
     config: dict,
     results: Path | str,
     subject_name: str,
     methods: list[str],
     seeds: list[int],
     steps: int = 25,
+    prompt: str | None = None,
 ) -> dict:
-    """Identification of the subject in each method's (and the base model's) samples of the instance
-    prompt ("a photo of sks dog"), ``seeds`` images each from the same noise, with the rate and, for each
-    method, its paired difference from the base model (seeds resampled)."""
+    """Identification of the subject in each method's (and the base model's) samples of ``prompt`` (by
+    default the instance prompt, "a photo of sks dog"), ``seeds`` images each from the same noise, with the
+    rate and, for each method, its paired difference from the base model (seeds resampled). The samples are
+    saved under ``results/SUBJECT/prompt_identification/PROMPT/METHOD/SEED.png``; ``rates`` holds each
+    sample's identification by seed, for pairing with another prompt's."""
     from s2s import config as cfgmod
     from s2s.job import instance_prompt_for
-    from s2s.metrics.bootstrap import paired_difference_ci
     from s2s.models import load_method_pipeline
     from s2s.sample import generate, set_scheduler
 
     subject = cfgmod.subject(config, subject_name)
-    base, prompt = cfgmod.base_model(config), instance_prompt_for(config, subject)
-    out: dict = {"prompt": prompt, "seeds": list(seeds), "methods": {}}
-    rates = {}
+    base = cfgmod.base_model(config)
+    prompt = prompt or instance_prompt_for(config, subject)
+    out: dict = {"prompt": prompt, "seeds": list(seeds), "methods": {}, "rates": {}}
     for method in ["base", *methods]:
         folder = None if method == "base" else Path(results) / subject_name / "models" / method
         pipe = load_method_pipeline(base, method, folder, torch.device("cpu"), torch.float32)
         set_scheduler(pipe, "ddim")
         images = generate(pipe, prompt, list(seeds), steps, 7.5, 64, len(seeds))
-        folder_of = Path(results) / subject_name / "instance_identification" / method
+        slug = re.sub(r"\W+", "_", prompt)
+        folder_of = Path(results) / subject_name / "prompt_identification" / slug / method
         folder_of.mkdir(parents=True, exist_ok=True)
         samples = []
         for seed, image in zip(seeds, images):
@@ -161,14 +165,21 @@ def instance_identification(
         measures = subject_measures(
             samples, subject.phrase, subject.class_noun, subject.world, cfgmod.world_dir(config)
         )
-        rates[method] = dict(zip(seeds, measures["identification"]))
+        out["rates"][method] = dict(zip(seeds, measures["identification"]))
         out["methods"][method] = {
             "identification": float(np.mean(measures["identification"])),
             "attributes": float(np.mean(measures["attributes"])),
             **measures["details"],
         }
     for method in methods:
-        keys = {(s, 0): v for s, v in rates[method].items()}
-        base_keys = {(s, 0): v for s, v in rates["base"].items()}
-        out["methods"][method]["minus_base"] = paired_difference_ci(keys, base_keys, n_boot=1000, seed=0)
+        out["methods"][method]["minus_base"] = paired_difference(out["rates"][method], out["rates"]["base"])
     return out
+
+
+def paired_difference(rates: dict[int, float], other: dict[int, float], n_boot: int = 1000) -> dict:
+    """The mean of ``rates - other`` over the seeds both have, with its percentile-bootstrap interval
+    (seeds resampled): e.g. a method against the base model on one prompt, or one method's instance prompt
+    against its class prompt."""
+    return paired_difference_ci(
+        {(s, 0): v for s, v in rates.items()}, {(s, 0): v for s, v in other.items()}, n_boot=n_boot, seed=0
+    )
