@@ -79,6 +79,27 @@ def test_build_record_hashes_every_file(short_build):
     assert all(_sha256(out / name) == digest for name, digest in record["files"].items())
 
 
+def test_the_readout_trains_on_fresh_scenes_of_its_own_seed(short_build, monkeypatch):
+    """The read-out's scenes are its own (``READOUT_SCENE_SEED``) and show fresh individuals only, not the
+    pretraining scenes with their named pool."""
+    from diffusers import AutoencoderKL
+
+    import s2s.world.build as build
+
+    out, _ = short_build
+    calls, fresh_scene_set = [], build.fresh_scene_set
+
+    def recorded(n, seed):
+        calls.append((n, seed))
+        return fresh_scene_set(n, seed)
+
+    monkeypatch.setattr(build, "fresh_scene_set", recorded)
+    settings = replace(load_settings("short"), readout_steps=1)
+    model = build.train_readout(AutoencoderKL.from_pretrained(out / "sd" / "vae"), settings)
+    assert calls == [(settings.readout_scenes, settings.seed + build.READOUT_SCENE_SEED)]
+    assert not model.training
+
+
 def test_committed_world_is_the_recipes_full_build(world_models):
     """The committed files are those the build hashed, made with today's full settings: a change to the
     recipe without a rebuild (or a hand-edited weight file) fails here."""
@@ -124,6 +145,16 @@ def test_a_stopped_build_resumes_by_part_and_retrains_what_changed(tmp_path, mon
     record = build_world(tmp_path / "again", replace(settings, clip_lr=settings.clip_lr / 2))
     assert record["resumed_parts"] == ["vae", "classifier", "identity"]
     assert record["files"]["clip/model.safetensors"] != whole["files"]["clip/model.safetensors"]
+
+    # Resumed with only the read-out to train, which renders scenes of its own: the pretraining scenes are
+    # not rendered again, and the record still counts the time the first run spent on them.
+    monkeypatch.setattr(build, "train_readout", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        build_world(tmp_path / "last", settings)
+    monkeypatch.undo()
+    record = build_world(tmp_path / "last", settings)
+    assert record["resumed_parts"] == ["vae", "clip", "unet", "classifier", "identity"]
+    assert set(record["seconds"]) == set(whole["seconds"]) and record["seconds"]["render"] > 0
 
 
 def test_clip_is_trained_to_read_each_word_back_from_its_state(tmp_path):

@@ -265,15 +265,18 @@ def test_check_json_has_every_measure_its_target_and_the_build(checked, tiny_wor
     assert result["readout_colour"]["prompts"] == len(CLASSES) * len(COLOURS)
     vae_readout = result["vae_readout"]
     assert set(vae_readout["readout_accuracy"]) == set(ATTRIBUTES) and vae_readout["renders"] == 20
+    assert vae_readout["only_fresh_individuals"] is True  # none the read-out could have learned by heart
     assert 0 < vae_readout["vae_psnr"] < 100
     assert set(result["identifiers"]["identifiers"]) == set(IDENTIFIERS)
 
 
-def test_check_refuses_held_out_seeds_the_build_rendered_from(tiny_world, tmp_path):
+@pytest.mark.parametrize("seed", [99, 102])
+def test_check_refuses_held_out_seeds_the_build_rendered_from(tiny_world, tmp_path, seed):
     (tmp_path / "prompts.txt").write_text(PROMPTS)
-    # seeds 99, 100, 101 held out; the build drew its identity individuals and photos from 100 and 101
+    # the check draws from seed .. seed + 3; the build drew its identity individuals and photos from 100
+    # and 101, the read-out's scenes from 102 (99 meets all three, 102 only the read-out's)
     with pytest.raises(S2SError, match="reuses the build's scene seed"):
-        check_world(tiny_world, tmp_path / "prompts.txt", tmp_path / "check.json", seed=99)
+        check_world(tiny_world, tmp_path / "prompts.txt", tmp_path / "check.json", seed=seed)
 
 
 def test_world_check_rule_runs_the_check_without_rebuilding_the_models(tiny_world, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from s2s.world.captions import name_caption, parse_prompt
-from s2s.world.data import scene_set
+from s2s.world.data import fresh_scene_set, scene_set
 from s2s.world.names import (
     IDENTIFIERS,
     NAME_WORDS,
@@ -183,3 +183,12 @@ def test_the_committed_text_encoder_keeps_each_identifier_apart_from_a(world_mod
             named = states(f"a photo of {word} {cls}")
             cosine = torch.nn.functional.cosine_similarity(plain[4], named[4], dim=0)
             assert cosine < 0.5, (word, cls, float(cosine))
+
+
+def test_fresh_scenes_show_none_of_the_named_pool():
+    """What the read-out trains and is measured on: an individual drawn for each scene, never one of the
+    named individuals that the pretraining scenes show (a read-out that had learned those read them better
+    than an individual it never saw)."""
+    fresh, pretraining = fresh_scene_set(400, seed=5), scene_set(400, seed=5)
+    assert len(fresh.images) == 400 and (fresh.individual == -1).all()
+    assert (pretraining.individual >= 0).mean() > 0.3  # the pool the fresh scenes leave out

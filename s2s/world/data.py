@@ -99,6 +99,12 @@ def scene_set(
     )  # fmt: skip
 
 
+def fresh_scene_set(n: int, seed: int) -> SceneSet:
+    """``n`` random scenes, each of an individual drawn for it (none of the named pool): what a model that
+    must read individuals it never saw trains and is measured on (the attribute read-out)."""
+    return scene_set(n, seed, p_named=0.0)
+
+
 def individuals(n: int, seed: int) -> list[Individual]:
     """``n`` individuals, classes in turn, colours at random."""
     rng = random.Random(seed)
