@@ -4,9 +4,9 @@ models, and what it measures carries meaning.
 - every method raises subject fidelity (the identity network's DINO-style similarity to the subject's
   photos) over the base model, the paired interval excluding zero (Table 1's companion);
 - against the renderer's truth (issue 21 point 4), every method identifies the subject more often than the
-  base model on its instance prompt and over the study's prompts (LoRA does not over the prompts: a strict
-  xfail, MEASURED_OVER_PROMPTS), and more often on "a photo of sks dog" than on "a photo of a dog" (the
-  identifier carries the subject); the targets' rates (30% and 50%) are tests of their own, strict xfails
+  base model on its instance prompt and over the study's prompts (a method measured not to would be a
+  strict xfail: MEASURED_OVER_PROMPTS), and more often on "a photo of sks dog" than on "a photo of a dog"
+  (the identifier carries the subject); the targets' rates (30% and 50%) are tests of their own, strict xfails
   where the demo misses them (MEASURED);
 - prompt fidelity stays: the world classifier finds the prompted context in most trained-model samples;
 - prior preservation is measurable: "a photo of a dog" drifts toward the subject after DreamBooth
@@ -74,17 +74,18 @@ def demo(tmp_path_factory, world_models) -> tuple[Path, dict]:
 
 METHODS = ["textual_inversion", "dreambooth", "lora"]
 # Issue 21 point 4's targets, measured on the demo (training seed 0) on the committed world (fifth build:
-# the read-out trained on fresh individuals; README, "The study on this world"): identification over the
-# study's 20 prompts x 4 seeds (base 0.000) and in 32 samples of "a photo of sks dog" (base 0.000), and each
-# method's paired difference from the base model over the prompts (difference, ci_low, ci_high).
+# the read-out trained on fresh individuals; LoRA at rank 16, lr 3e-3; README, "The study on this world"):
+# identification over the study's 20 prompts x 4 seeds (base 0.000) and in 32 samples of "a photo of sks
+# dog" (base 0.000), and each method's paired difference from the base model over the prompts (difference,
+# ci_low, ci_high).
 MEASURED = {
-    "prompts": {"textual_inversion": 0.138, "dreambooth": 0.375, "lora": 0.025},
-    "instance": {"textual_inversion": 0.156, "dreambooth": 0.906, "lora": 0.250},
+    "prompts": {"textual_inversion": 0.138, "dreambooth": 0.375, "lora": 0.200},
+    "instance": {"textual_inversion": 0.156, "dreambooth": 0.906, "lora": 0.375},
 }
 MEASURED_OVER_PROMPTS = {
     "textual_inversion": (0.138, 0.050, 0.225),
     "dreambooth": (0.375, 0.238, 0.513),
-    "lora": (0.025, 0.000, 0.063),
+    "lora": (0.200, 0.100, 0.300),
 }
 TARGET = {"prompts": IDENTIFY_PROMPTS, "instance": IDENTIFY_INSTANCE}
 SAMPLES = {"prompts": 80, "instance": len(INSTANCE_SEEDS)}
@@ -160,16 +161,15 @@ def test_method_identifies_the_subject_more_often_than_the_base_model(demo, inst
 
 
 def _beats_base_over_the_prompts(method: str):
-    """LoRA at the demo's settings does not beat the base model over the 20 prompts on training seed 0 as
-    the fifth build's read-out reads it (MEASURED_OVER_PROMPTS): a strict xfail, so that a change that
-    makes it pass is seen."""
+    """A method measured not to beat the base model over the 20 prompts on training seed 0
+    (MEASURED_OVER_PROMPTS, its interval reaching zero) is a strict xfail, so that a change that makes it
+    pass is seen; one measured to beat it is a plain test."""
     difference, low, high = MEASURED_OVER_PROMPTS[method]
     if low > 0:
         return method
     reason = (
         f"{method} - base over the 20 prompts, training seed 0: {difference:+.3f} [{low:.3f}, {high:.3f}] "
-        "as measured; the fifth build's read-out finds the subject in 2 of LoRA's 80 samples (README, "
-        "'The study on this world')"
+        "as measured (README, 'The study on this world')"
     )
     return pytest.param(method, marks=pytest.mark.xfail(strict=True, reason=reason))
 
