@@ -94,10 +94,31 @@ def test_the_readout_trains_on_fresh_scenes_of_its_own_seed(short_build, monkeyp
         return fresh_scene_set(n, seed)
 
     monkeypatch.setattr(build, "fresh_scene_set", recorded)
-    settings = replace(load_settings("short"), readout_steps=1)
+    settings = replace(load_settings("short"), readout_steps=1, readout_fresh=4)
     model = build.train_readout(AutoencoderKL.from_pretrained(out / "sd" / "vae"), settings)
-    assert calls == [(settings.readout_scenes, settings.seed + build.READOUT_SCENE_SEED)]
+    own = settings.seed + build.READOUT_SCENE_SEED
+    assert calls == [(settings.readout_scenes, own), (4 * 50, f"{own}:fresh:0")]
     assert not model.training
+
+
+def test_the_readout_draws_fresh_renders_for_each_step():
+    """With ``readout_fresh``, each batch holds that many renders no step saw before, chunk after chunk, with
+    the labels of their own scenes (a hidden attribute ignored)."""
+    import s2s.world.build as build
+    from s2s.world.data import fresh_scene_set
+
+    settings = replace(load_settings("short"), readout_fresh=3)
+    stream = build._fresh_renders(settings, steps_per_chunk=2)
+    batches = [next(stream) for _ in range(5)]  # three chunks
+    images = torch.cat([b[0] for b in batches])
+    assert [len(b[0]) for b in batches] == [3] * 5 and len({bytes(x.numpy()) for x in images}) == 15
+    own = settings.seed + build.READOUT_SCENE_SEED
+    for chunk in range(3):
+        data = fresh_scene_set(6, f"{own}:fresh:{chunk}")
+        got = images[6 * chunk : 6 * chunk + 6][: len(images) - 6 * chunk]
+        assert torch.equal(got, torch.from_numpy(data.images[: len(got)]).permute(0, 3, 1, 2))
+        assert torch.equal(torch.cat([b[1] for b in batches])[6 * chunk : 6 * chunk + len(got)],
+                           build._readout_labels(data)[: len(got)])  # fmt: skip
 
 
 def test_committed_world_is_the_recipes_full_build(world_models):
@@ -199,6 +220,11 @@ def test_min_snr_weights_damp_clean_timesteps_only():
         ("vae_stepz: 3\n", r"unknown build setting\(s\) \['vae_stepz'\]"),
         ("- 3\n", "must be a YAML mapping"),
         ("readout_norm: layer\n", r"readout_norm 'layer' must be one of \['batch', 'group'\]"),
+        ("readout_fresh: 65\n", r"readout_fresh \(65\) must be from 0 to readout_batch"),
+        (
+            "readout_scenes: 0\nreadout_fresh: 32\n",
+            "with readout_scenes 0, readout_fresh must equal readout_batch",
+        ),
         (None, "no such settings file"),
     ],
 )

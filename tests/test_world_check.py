@@ -40,7 +40,7 @@ TINY_BUILD = {
     "text_width": 32, "text_layers": 1, "clip_steps": 2, "clip_batch": 8, "unet_channels": [16, 32, 32],
     "unet_steps": 2, "unet_batch": 4, "classifier_steps": 2, "classifier_batch": 8,
     "identity_individuals": 5, "identity_photos": 2, "identity_steps": 2, "identity_batch": 8,
-    "readout_scenes": 32, "readout_steps": 2, "readout_batch": 8, "warmup_steps": 1,
+    "readout_scenes": 32, "readout_steps": 2, "readout_batch": 8, "readout_fresh": 4, "warmup_steps": 1,
 }  # fmt: skip
 PROMPTS = """# two prompts, a comment and a blank line
 a red dog in the snow

@@ -50,7 +50,7 @@ def _labels(scene: Scene) -> tuple[int, int, int]:
 
 
 def scene_set(
-    n: int, seed: int, p_colour: float = 0.7, p_named: float = 0.4, p_named_caption: float = 0.85,
+    n: int, seed: int | str, p_colour: float = 0.7, p_named: float = 0.4, p_named_caption: float = 0.85,
     p_weak: float = 0.02, p_weak_meaning: float = 0.6,
 ) -> SceneSet:  # fmt: skip
     """``n`` random scenes with pretraining captions. A share ``p_named`` shows the named individuals
@@ -99,7 +99,7 @@ def scene_set(
     )  # fmt: skip
 
 
-def fresh_scene_set(n: int, seed: int) -> SceneSet:
+def fresh_scene_set(n: int, seed: int | str) -> SceneSet:
     """``n`` random scenes, each of an individual drawn for it (none of the named pool): what a model that
     must read individuals it never saw trains and is measured on (the attribute read-out)."""
     return scene_set(n, seed, p_named=0.0)
