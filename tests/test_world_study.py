@@ -73,19 +73,19 @@ def demo(tmp_path_factory, world_models) -> tuple[Path, dict]:
 
 
 METHODS = ["textual_inversion", "dreambooth", "lora"]
-# Issue 21 point 4's targets, measured on the demo (training seed 0) on the committed world (fifth build:
-# the read-out trained on fresh individuals; LoRA at rank 16, lr 3e-3; README, "The study on this world"):
-# identification over the study's 20 prompts x 4 seeds (base 0.000) and in 32 samples of "a photo of sks
-# dog" (base 0.000), and each method's paired difference from the base model over the prompts (difference,
-# ci_low, ci_high).
+# Issue 21 point 4's targets, measured on the demo (training seed 0) on the committed world (sixth build:
+# the read-out trained on fresh individuals, half of each batch rendered for its step; LoRA at rank 16, lr
+# 3e-3; README, "The study on this world"): identification over the study's 20 prompts x 4 seeds (base
+# 0.013) and in 32 samples of "a photo of sks dog" (base 0.000), and each method's paired difference from
+# the base model over the prompts (difference, ci_low, ci_high).
 MEASURED = {
-    "prompts": {"textual_inversion": 0.138, "dreambooth": 0.375, "lora": 0.200},
-    "instance": {"textual_inversion": 0.156, "dreambooth": 0.906, "lora": 0.375},
+    "prompts": {"textual_inversion": 0.150, "dreambooth": 0.325, "lora": 0.263},
+    "instance": {"textual_inversion": 0.219, "dreambooth": 0.938, "lora": 0.469},
 }
 MEASURED_OVER_PROMPTS = {
-    "textual_inversion": (0.138, 0.050, 0.225),
-    "dreambooth": (0.375, 0.238, 0.513),
-    "lora": (0.200, 0.100, 0.300),
+    "textual_inversion": (0.138, 0.037, 0.237),
+    "dreambooth": (0.312, 0.200, 0.438),
+    "lora": (0.250, 0.150, 0.362),
 }
 TARGET = {"prompts": IDENTIFY_PROMPTS, "instance": IDENTIFY_INSTANCE}
 SAMPLES = {"prompts": 80, "instance": len(INSTANCE_SEEDS)}
