@@ -447,7 +447,7 @@ def train_readout(vae, s: BuildSettings) -> AttributeReadout:
     never saw: trained on the pretraining scenes, 40% of which show the named pool, the fourth build's
     read-out read its training images' ears at 97% and a fresh individual's at 73%. It had learned who an
     individual is, not what it looks like. A fixed set still leaves a gap (the fifth build: ears 88% on its
-    own scenes, 83% on unseen ones), and reconstructing a scene costs ten times rendering it, so the
+    own scenes, 80% on unseen ones), and reconstructing a scene costs ten times rendering it, so the
     renders drawn per step give it individuals it never sees twice (README, "The miniature world":
     Evidence)."""
     images = torch.zeros(0, 3, 64, 64, dtype=torch.uint8)
