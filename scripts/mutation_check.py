@@ -3,8 +3,8 @@
 Mutations are listed in ``tests/mutations/*.yaml``: each entry names a file, an exact text that occurs once
 in it, its replacement, and the pytest node ids that must fail with the mutation in place. The tree is
 copied into a temporary folder per worker (the files git tracks or would track), the listed tests are run
-there unmutated first (they must pass, or the check means nothing), then each mutation is applied, its
-tests run, and the file restored.
+there unmutated first (they must pass, or the check means nothing; split by test file across the
+workers), then each mutation is applied, its tests run, and the file restored.
 
 Speed: each mutation's tests run in a process forked from one that has already imported torch, diffusers,
 transformers and the other heavy libraries (but not ``s2s``, which the child imports from the mutated
@@ -106,6 +106,10 @@ def start_tests(root: Path, tests: list[str], log: Path) -> int:
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+        # Python's streams onto those descriptors too: a parent that replaced sys.stdout (pytest's capture,
+        # when the check itself is under test) would otherwise get the child's report.
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - flushed before _exit
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         os.chdir(root)
         sys.path.insert(0, str(root))
         import pytest
@@ -113,13 +117,35 @@ def start_tests(root: Path, tests: list[str], log: Path) -> int:
         code = pytest.main(["-q", "-x", "-p", "no:cacheprovider", "--no-header", *tests])
     except BaseException:  # noqa: BLE001 - the child must never return into the parent's code
         code = 3
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(int(code))
 
 
-def run_tests(root: Path, tests: list[str]) -> tuple[int, str]:
-    log = root / ".mutation-log"
-    _, status = os.waitpid(start_tests(root, tests, log), 0)
-    return os.waitstatus_to_exitcode(status), log.read_text()[-3000:]
+def split_by_file(tests: list[str], parts: int) -> list[list[str]]:
+    """``tests`` in at most ``parts`` groups, each test file whole (its module fixtures then run once), the
+    files dealt largest first to the group with the fewest tests."""
+    by_file: dict[str, list[str]] = {}
+    for test in tests:
+        by_file.setdefault(test.split("::")[0], []).append(test)
+    groups: list[list[str]] = [[] for _ in range(max(1, min(parts, len(by_file))))]
+    for file_tests in sorted(by_file.values(), key=len, reverse=True):
+        min(groups, key=len).extend(file_tests)
+    return groups
+
+
+def run_baseline(roots: list[Path], tests: list[str]) -> tuple[int, str]:
+    """Run ``tests`` unmutated, split across the workers' trees side by side; the first failing group's
+    exit code and output, else (0, "")."""
+    running = {}
+    for root, group in zip(roots, split_by_file(tests, len(roots))):
+        running[start_tests(root, group, root / ".mutation-log")] = root
+    results = {}
+    while running:
+        pid, status = os.wait()
+        root = running.pop(pid)
+        results[root] = (os.waitstatus_to_exitcode(status), (root / ".mutation-log").read_text()[-3000:])
+    return next((result for result in results.values() if result[0] != 0), (0, ""))
 
 
 def markdown(entries: list[dict], heading: str = "mutation") -> str:
@@ -168,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         if (REPO.parent / "shared").is_dir():  # ../shared/data as the checkout sees it (shared_data tests)
             (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")
         baseline = sorted({t for e in entries for t in e["tests"]})
-        code, output = run_tests(roots[0], baseline)
+        code, output = run_baseline(roots, baseline)
         if code != 0:
             print(output)
             print(f"the {len(baseline)} tests fail without any mutation: fix them first")

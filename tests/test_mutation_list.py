@@ -55,3 +55,28 @@ def test_a_mutation_whose_text_is_missing_or_repeated_is_refused(tmp_path):
     (tmp_path / "bad.yaml").write_text("- id: a\n  file: m.py\n")
     with pytest.raises(SystemExit, match="needs exactly the keys"):
         checker.load_mutations(tmp_path)
+
+
+def test_the_baseline_is_split_by_whole_test_files_across_the_workers():
+    checker = _checker()
+    tests = ["t/a.py::x", "t/a.py::y", "t/b.py::z", "t/c.py::w[1]", "t/c.py::w[2]", "t/c.py::v"]
+    groups = checker.split_by_file(tests, 2)
+    assert sorted(t for group in groups for t in group) == sorted(tests)
+    files = [{t.split("::")[0] for t in group} for group in groups]
+    assert len(groups) == 2 and not files[0] & files[1]
+    assert sorted(map(len, groups)) == [3, 3]
+    assert checker.split_by_file(tests[:2], 4) == [tests[:2]]  # one file: one worker
+
+
+def test_a_baseline_failing_in_any_worker_fails_the_baseline(tmp_path):
+    checker = _checker()
+    roots = [tmp_path / "worker0", tmp_path / "worker1"]
+    for root in roots:
+        (root / "t").mkdir(parents=True)
+        (root / "t" / "test_ok.py").write_text("def test_ok():\n    pass\n")
+        (root / "t" / "test_bad.py").write_text("def test_bad():\n    assert False, 'broken in this tree'\n")
+    code, _ = checker.run_baseline(roots, ["t/test_ok.py::test_ok"])
+    assert code == 0
+    for order in (["t/test_ok.py::test_ok", "t/test_bad.py::test_bad"], ["t/test_bad.py::test_bad"]):
+        code, output = checker.run_baseline(roots, order)
+        assert code == 1 and "broken in this tree" in output
